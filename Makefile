@@ -1,0 +1,41 @@
+# Thin entry points; the logic lives in scripts/. Pass UPSTREAM_VERSION=X to work on
+# another pinned release than the base (see upstream/releases.json).
+PYTHON ?= python3
+UPSTREAM_VERSION ?=
+UP := $(if $(UPSTREAM_VERSION),--upstream $(UPSTREAM_VERSION))
+PYTEST_ARGS ?=
+
+.PHONY: apply test test-vanilla test-manual lint prove discard clean lock lock-tools bench
+
+apply:  ## fetch the pinned sglang, apply patches/series, build the patched wheel, prepare the venv
+	$(PYTHON) -m scripts.apply $(UP)
+
+test: lint  ## lint, then the registered and tooling tests against the patched build
+	$(PYTHON) -m scripts.test --flavor patched $(UP) $(PYTEST_ARGS)
+
+test-vanilla:  ## the registered tests against vanilla upstream (the patches' tests fail here)
+	$(PYTHON) -m scripts.test --flavor vanilla $(UP) $(PYTEST_ARGS)
+
+test-manual:  ## end-to-end tests that need a model and GPUs (see tests/manual)
+	$(PYTHON) -m scripts.test --flavor patched --tier manual $(UP) $(PYTEST_ARGS)
+
+lint:  ## series/tests consistency checks
+	$(PYTHON) -m scripts.lint
+
+prove:  ## each patch's tests: fail on vanilla, pass patched (a table)
+	$(PYTHON) -m scripts.prove $(UP)
+
+discard:  ## drop local edits and commits in the scratch tree (back to the baseline)
+	$(PYTHON) -m scripts.discard $(UP)
+
+lock:  ## regenerate env/<version>.lock from env/<version>.in (hashes, upload-date cut-off)
+	$(PYTHON) -m scripts.lock $(UP)
+
+lock-tools:  ## regenerate env/tools.lock (uv, wheel)
+	$(PYTHON) -m scripts.lock --tools
+
+bench:  ## the benchmarks in bench/, vanilla vs patched
+	$(PYTHON) -m scripts.bench $(UP)
+
+clean:  ## remove the scratch trees (build/); the shared cache stays
+	rm -rf build

@@ -1,0 +1,90 @@
+"""make apply: fetch the pinned upstream, apply the series (all or nothing), build the
+patched wheel and prepare the test environment."""
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from scripts import build
+from scripts.lib import config, envs, git, scratch, series
+from scripts.lib.errors import SeriesError, run_main
+
+
+def apply_series(paths: config.Paths, rel: config.Release, tools: envs.Tools) -> dict:
+    """Apply patches/series on a fresh `applied` branch; returns the recorded state."""
+    patches = series.load(paths.patches)  # every entry checked before the tree is touched
+    fp = series.fingerprint(paths.patches, patches)
+    repo = scratch.ensure_baseline(paths, rel, tools)
+    scratch.require_clean(repo)
+    state = scratch.read_state(paths, rel.version)
+    _refuse_foreign_commits(repo, state)
+    if state and state["fingerprint"] == fp and git.current_branch(repo) == scratch.APPLIED:
+        print(f"series already applied on sglang {rel.version} ({len(patches)} patches)")
+        return state
+
+    scratch.write_state(paths, rel.version, None)
+    git.checkout_fresh(repo, scratch.APPLIED, scratch.BASELINE)
+    applied = []
+    for patch in patches:
+        proc = git.am(repo, patch.path)
+        if proc.returncode != 0:
+            git.am_abort(repo)
+            git.checkout_fresh(repo, scratch.APPLIED, scratch.BASELINE)
+            raise SeriesError(describe_failure(patch, proc.stderr + proc.stdout) + "; the tree is back at the baseline")
+        applied.append({"patch": patch.name, "subject": patch.subject, "commit": git.rev(repo, "HEAD"), **patch.headers})
+        print(f"applied {patch.name}")
+    state = {"upstream": rel.version, "wheel_sha256": rel.sha256, "fingerprint": fp,
+             "head": git.rev(repo, "HEAD"), "patches": applied}
+    scratch.write_state(paths, rel.version, state)
+    return state
+
+
+def _refuse_foreign_commits(repo: Path, state: dict | None) -> None:
+    """Never move the `applied` branch past commits that apply itself did not make."""
+    if not git.ref_exists(repo, scratch.APPLIED):
+        return
+    expected = state["head"] if state else git.rev(repo, scratch.BASELINE)
+    if git.rev(repo, scratch.APPLIED) != expected:
+        raise SeriesError(
+            f"branch '{scratch.APPLIED}' in {repo} has commits that `make apply` did not make; "
+            "turn them into patches with `make export`, or drop them with `make discard`"
+        )
+
+
+def describe_failure(patch: series.Patch, git_output: str) -> str:
+    """Name the patch and, where git says where, the hunk that did not apply."""
+    m = re.search(r"patch failed: (.+):(\d+)", git_output)
+    if m:
+        path, line = m.group(1), int(m.group(2))
+        file_hunks = [h for h in series.hunks(patch.path.read_text()) if h[0] == path]
+        for index, (_, start, header) in enumerate(file_hunks, 1):
+            if start == line:
+                return (f"{patch.name} does not apply: hunk #{index} of {len(file_hunks)} in {path} ({header}); "
+                        "refresh the patch (`make queue`, fix, `make export`) or drop it from patches/series")
+        return f"{patch.name} does not apply at {path}:{line}; refresh it or drop it from patches/series"
+    lines = [l.strip() for l in git_output.splitlines() if l.strip()] or ["git am failed"]
+    corrupt = next((l for l in lines if "corrupt patch" in l or "detection failed" in l), None)
+    if corrupt:
+        return f"{patch.name} is corrupt ({corrupt}); restore it from git or regenerate it with `make export`"
+    detail = next((l for l in lines if l.startswith("error:")), lines[0])
+    return f"{patch.name} does not apply ({detail}); refresh it or drop it from patches/series"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--upstream", help="release to apply on (default: the pinned base)")
+    args = parser.parse_args(argv)
+    config.require_python()
+    paths = config.Paths.from_env()
+    rel = config.release(paths, args.upstream)
+    tools = envs.tools(paths)
+    apply_series(paths, rel, tools)
+    wheel = build.build(paths, rel, tools)
+    print(f"built {wheel.name}")
+    build.install_sites(paths, rel)
+    print("test environment ready; run `make test`")
+
+
+if __name__ == "__main__":
+    run_main(main)

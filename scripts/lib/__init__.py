@@ -1,0 +1,1 @@
+"""Helpers shared by the verbs. git, wheel and venv helpers know nothing of the series."""

@@ -1,0 +1,90 @@
+"""Where things live: the repo, the shared cache, the scratch build tree, the pins.
+
+Every location can be overridden through an environment variable, which the
+tooling tests use to run the verbs on a tiny synthetic upstream.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SeriesError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _path(var: str, default: Path) -> Path:
+    value = os.environ.get(var)
+    return Path(value).resolve() if value else default
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+    cache: Path  # shared by every clone on the machine
+    build: Path  # scratch space inside the repo (git-ignored)
+    patches: Path
+    releases: Path
+    env: Path  # lock files
+
+    @classmethod
+    def from_env(cls) -> "Paths":
+        xdg = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        return cls(
+            root=ROOT,
+            cache=_path("SGLANG_SERIES_CACHE", xdg / "sglang-series"),
+            build=_path("SGLANG_SERIES_BUILD", ROOT / "build"),
+            patches=_path("SGLANG_SERIES_PATCHES", ROOT / "patches"),
+            releases=_path("SGLANG_SERIES_RELEASES", ROOT / "upstream" / "releases.json"),
+            env=_path("SGLANG_SERIES_ENV", ROOT / "env"),
+        )
+
+    def release_dir(self, version: str) -> Path:
+        return self.build / version
+
+
+@dataclass(frozen=True)
+class Release:
+    version: str
+    wheel: str
+    url: str
+    sha256: str
+    exclude_newer: str
+
+
+def load_releases(paths: Paths) -> dict:
+    try:
+        return json.loads(paths.releases.read_text())
+    except FileNotFoundError:
+        raise SeriesError(f"{paths.releases} is missing; restore it with `git checkout -- {paths.releases.name}`")
+    except json.JSONDecodeError as exc:
+        raise SeriesError(f"{paths.releases} is not valid JSON ({exc}); fix it or `git checkout` it")
+
+
+def release(paths: Paths, version: str | None = None) -> Release:
+    """The pinned release `version` (default: the series' base)."""
+    data = load_releases(paths)
+    version = version or data["base"]
+    pins = data["releases"].get(version)
+    if pins is None:
+        known = ", ".join(sorted(data["releases"]))
+        raise SeriesError(
+            f"unknown upstream version {version!r} (pinned: {known}); "
+            f"pin it first with `make pin UPSTREAM_VERSION={version}`"
+        )
+    return Release(version=version, **pins)
+
+
+def base_version(paths: Paths) -> str:
+    return load_releases(paths)["base"]
+
+
+def require_python() -> None:
+    import sys
+
+    if sys.version_info[:2] != (3, 11):
+        raise SeriesError(
+            f"Python 3.11 is required (sglang 0.5.12 ships only a cp311 wheel); this is {sys.version.split()[0]}: "
+            "run with PYTHON=python3.11"
+        )

@@ -1,0 +1,116 @@
+"""The series: `patches/series` (order) and its git-format patch files with DEP-3 trailers."""
+
+import email.header
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import SeriesError
+
+REQUIRED_HEADERS = ("Origin", "Bug", "Forwarded", "Applied-Upstream", "Last-Update", "Tests")
+_TRAILER = re.compile(r"^([A-Z][A-Za-z-]+):\s*(.*)$")
+_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+@dataclass
+class Patch:
+    name: str
+    path: Path
+    subject: str = ""
+    headers: dict = field(default_factory=dict)
+
+    @property
+    def tests(self) -> list[str]:
+        return self.headers.get("Tests", "").split()
+
+
+def series_file(patches_dir: Path) -> Path:
+    return patches_dir / "series"
+
+
+def entries(patches_dir: Path) -> list[str]:
+    """Patch names in order; '#' comments and blank lines are skipped."""
+    path = series_file(patches_dir)
+    if not path.exists():
+        raise SeriesError(f"{path} is missing; restore it with `git checkout -- {path}`")
+    names = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.append(line)
+    return names
+
+
+def load(patches_dir: Path) -> list[Patch]:
+    """The series' patches, each checked to exist and to look like a git patch."""
+    patches = []
+    for name in entries(patches_dir):
+        path = patches_dir / name
+        if "/" in name or name.startswith("."):
+            raise SeriesError(f"patches/series: entry {name!r} must be a file name inside patches/")
+        if not path.is_file():
+            raise SeriesError(
+                f"patches/series names {name}, but patches/{name} does not exist; add the file or remove the entry"
+            )
+        patches.append(parse(path))
+    return patches
+
+
+def parse(path: Path) -> Patch:
+    text = path.read_text(errors="replace")
+    subject = _subject(text)
+    if subject is None or "\ndiff --git " not in text:
+        raise SeriesError(f"{path.name} is not a git-format patch (no Subject or no diff); regenerate it with `make export`")
+    return Patch(name=path.name, path=path, subject=subject, headers=_trailers(text))
+
+
+def _subject(text: str) -> str | None:
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Subject: "):
+            value = line[len("Subject: "):]
+            for cont in lines[i + 1:]:  # RFC 2822 folded header lines
+                if not cont.startswith((" ", "\t")):
+                    break
+                value += cont
+            value = str(email.header.make_header(email.header.decode_header(value)))
+            return re.sub(r"^\[PATCH[^\]]*\]\s*", "", value)
+        if line == "":
+            break
+    return None
+
+
+def _trailers(text: str) -> dict:
+    """The last paragraph of the commit message, parsed as `Key: value` lines."""
+    message = text.split("\n---\n", 1)[0].split("\n\n", 1)[-1]
+    paragraphs = [p for p in message.strip().split("\n\n") if p.strip()]
+    headers = {}
+    for line in paragraphs[-1].splitlines() if paragraphs else []:
+        m = _TRAILER.match(line.strip())
+        if m:
+            headers[m.group(1)] = m.group(2).strip()
+    return headers
+
+
+def hunks(patch_text: str) -> list[tuple[str, int, str]]:
+    """(file, old start line, hunk header) for every hunk, in order."""
+    found, current = [], None
+    for line in patch_text.splitlines():
+        if line.startswith("--- "):
+            current = None if line[4:] == "/dev/null" else line[4:].split("/", 1)[-1]
+        elif line.startswith("+++ ") and current is None:
+            current = line[4:].split("/", 1)[-1]
+        else:
+            m = _HUNK.match(line)
+            if m and current:
+                found.append((current, int(m.group(1)), line.split(" @@")[0] + " @@"))
+    return found
+
+
+def fingerprint(patches_dir: Path, patches: list[Patch]) -> str:
+    """Changes whenever the series or any of its patches changes."""
+    digest = hashlib.sha256(series_file(patches_dir).read_bytes())
+    for patch in patches:
+        digest.update(patch.name.encode() + b"\0" + patch.path.read_bytes())
+    return digest.hexdigest()

@@ -1,0 +1,94 @@
+"""make lint: check the series and the tests for the mistakes that make a green run lie.
+
+- every series entry exists, none twice, and no patch file sits outside the series;
+- every patch has the DEP-3 style headers, and the tests it names exist;
+- every test file under tests/registered registers itself (register_*_ci);
+- no test function has an empty body (`pass`, `...` or a docstring only), the trap
+  that silently disabled inherited checks in upstream's #25477.
+"""
+
+import ast
+import sys
+from collections import Counter
+from pathlib import Path
+
+from scripts.lib import config, series
+from scripts.lib.errors import SeriesError, run_main
+
+
+def check_series(paths: config.Paths) -> list[str]:
+    problems = []
+    names = series.entries(paths.patches)
+    problems += [f"patches/series lists {n} more than once" for n, c in Counter(names).items() if c > 1]
+    for name in names:
+        if not (paths.patches / name).is_file():
+            problems.append(f"patches/series lists {name}, which does not exist")
+    listed = set(names)
+    problems += [f"patches/{p.name} is not in patches/series" for p in sorted(paths.patches.glob("*.patch")) if p.name not in listed]
+    for name in names:
+        if not (paths.patches / name).is_file():
+            continue
+        try:
+            patch = series.parse(paths.patches / name)
+        except SeriesError as exc:
+            problems.append(str(exc))
+            continue
+        missing = [h for h in series.REQUIRED_HEADERS if not patch.headers.get(h)]
+        if missing:
+            problems.append(f"{name}: missing header(s) {', '.join(missing)}")
+        problems += [f"{name}: Tests names {t}, which does not exist" for t in patch.tests if not test_exists(paths.root, t)]
+    return problems
+
+
+def test_exists(root: Path, node_id: str) -> bool:
+    """A pytest node id (file, file::Class or file::Class::method) that is really there."""
+    file, *names = node_id.split("::")
+    path = root / file
+    if not path.is_file() or not file.startswith("tests/"):
+        return False
+    scope = ast.parse(path.read_text()).body
+    for name in names:
+        found = next((n for n in scope if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name), None)
+        if found is None:
+            return False
+        scope = found.body
+    return True
+
+
+def empty_tests(tests_dir: Path) -> list[str]:
+    problems = []
+    for path in sorted(tests_dir.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
+                body = [s for s in node.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+                if all(isinstance(s, ast.Pass) for s in body):
+                    problems.append(f"{path}:{node.lineno} {node.name} has an empty body: it passes without checking anything")
+    return problems
+
+
+def unregistered(registered_dir: Path) -> list[str]:
+    problems = []
+    for path in sorted(registered_dir.rglob("test_*.py")):
+        calls = {n.func.id for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        if not any(c.startswith("register_") and c.endswith("_ci") for c in calls):
+            problems.append(f"{path}: registered test file without a register_*_ci(...) call")
+    return problems
+
+
+def problems(paths: config.Paths) -> list[str]:
+    tests = paths.root / "tests"
+    return check_series(paths) + empty_tests(tests) + unregistered(tests / "registered")
+
+
+def main() -> None:
+    paths = config.Paths.from_env()
+    found = problems(paths)
+    for problem in found:
+        print(f"lint: {problem}", file=sys.stderr)
+    if found:
+        raise SeriesError(f"{len(found)} lint problem(s), listed above")
+    print(f"lint: series of {len(series.entries(paths.patches))} patches and tests/ are consistent")
+
+
+if __name__ == "__main__":
+    run_main(main)
