@@ -74,6 +74,7 @@ def describe_failure(patch: series.Patch, git_output: str) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--upstream", help="release to apply on (default: the pinned base)")
+    parser.add_argument("--no-env", action="store_true", help="apply and build only; do not prepare the test venv")
     args = parser.parse_args(argv)
     config.require_python()
     paths = config.Paths.from_env()
@@ -82,6 +83,8 @@ def main(argv=None) -> None:
     apply_series(paths, rel, tools)
     wheel = build.build(paths, rel, tools)
     print(f"built {wheel.name}")
+    if args.no_env:
+        return
     build.install_sites(paths, rel)
     print("test environment ready; run `make test`")
 

@@ -1,0 +1,52 @@
+"""make pin UPSTREAM_VERSION=X: pin sglang X (default: the newest on PyPI) for the rebase tools.
+
+Records X's cp311 manylinux x86_64 wheel (url, sha256) and a dependency cut-off
+date in upstream/releases.json, writes env/X.in from the base's and compiles
+the hashed env/X.lock. Nothing is downloaded but PyPI's metadata and the
+resolver's; the wheel itself is fetched (and its sha256 checked) on first use.
+"""
+
+import argparse
+import re
+
+from scripts import lock
+from scripts.lib import config, pins
+from scripts.lib.errors import SeriesError, run_main
+
+
+def requirements_for(paths: config.Paths, version: str) -> str:
+    """env/<base>.in with sglang==version: the same tools and constraints for every release."""
+    base = config.base_version(paths)
+    source = paths.env / f"{base}.in"
+    if not source.exists():
+        raise SeriesError(f"{source} is missing; restore it with `git checkout -- env/{base}.in`")
+    text, count = re.subn(rf"(?m)^sglang=={re.escape(base)}\s*$", f"sglang=={version}", source.read_text())
+    if count != 1:
+        raise SeriesError(f"{source} has no single `sglang=={base}` line; fix it, then run `make pin` again")
+    return text.replace(f"sglang {base}", f"sglang {version}", 1)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--upstream", help="release to pin (default: the newest sglang on PyPI)")
+    parser.add_argument("--show-newest", action="store_true", help="print the newest version on PyPI and stop")
+    parser.add_argument("--keep-in", action="store_true", help="keep an existing env/X.in (a maintainer adjusted it)")
+    args = parser.parse_args(argv)
+    paths = config.Paths.from_env()
+    meta = pins.project()
+    version = args.upstream or pins.newest_version(meta)
+    if args.show_newest:
+        print(pins.newest_version(meta))
+        return
+    pin = pins.wheel_pin(version, meta)
+    changed = pins.record(paths, version, pin)
+    print(f"{'pinned' if changed else 'already pinned'} sglang {version}: {pin['wheel']} (deps uploaded up to {pin['exclude_newer']})")
+    source = paths.env / f"{version}.in"
+    if not (args.keep_in and source.exists()) and version != config.base_version(paths):
+        source.write_text(requirements_for(paths, version))
+        print(f"wrote {source}")
+    lock.main(["--upstream", version])
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,125 @@
+"""A tiny synthetic upstream (a two-file `sglang` wheel, its pin and a patch series) so
+the tooling can be tested in seconds, without the real 8 GB environment."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+VERSION = "1.0.0"
+ORIGINAL = {
+    "sglang/__init__.py": "VERSION = '1.0.0'\n",
+    "sglang/pool.py": "".join(f"LINE_{i} = {i}\n" for i in range(1, 41)),
+}
+
+
+def real_cache() -> Path:
+    sys.path.insert(0, str(REPO))
+    from scripts.lib import config
+
+    return config.Paths.from_env().cache
+
+
+class Upstream:
+    """Folders for one test: cache, build, patches and pins, wired through SGLANG_SERIES_*."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.cache = tmp / "cache"
+        self.build = tmp / "build"
+        self.patches = tmp / "patches"
+        self.releases = tmp / "releases.json"
+        self.cache.mkdir()
+        self.patches.mkdir()
+        # The pinned tools (uv, wheel) are shared with the real cache: no download.
+        (self.cache / "tools").symlink_to(real_cache() / "tools")
+        self.wheel = self._make_wheel()
+        self.pin(VERSION, self.wheel.as_uri(), _sha256(self.wheel))
+        self.write_series([])
+
+    @property
+    def env(self) -> dict:
+        env = dict(os.environ)
+        env.update(
+            SGLANG_SERIES_CACHE=str(self.cache),
+            SGLANG_SERIES_BUILD=str(self.build),
+            SGLANG_SERIES_PATCHES=str(self.patches),
+            SGLANG_SERIES_RELEASES=str(self.releases),
+        )
+        return env
+
+    @property
+    def tree(self) -> Path:
+        return self.build / VERSION / "tree"
+
+    def pin(self, version: str, url: str, sha256: str) -> None:
+        data = json.loads(self.releases.read_text()) if self.releases.exists() else {"base": version, "releases": {}}
+        data["releases"][version] = {"wheel": f"sglang-{version}-py3-none-any.whl", "url": url,
+                                     "sha256": sha256, "exclude_newer": "2026-01-01"}
+        self.releases.write_text(json.dumps(data))
+
+    def write_series(self, names: list[str]) -> None:
+        (self.patches / "series").write_text("# test series\n" + "".join(n + "\n" for n in names))
+
+    def add_patch(self, name: str, replacements: dict[int, str], subject: str = "change pool") -> Path:
+        """A git-format patch of sglang/pool.py with {line number: new text} changes."""
+        lines = ORIGINAL["sglang/pool.py"].splitlines(keepends=True)
+        new = list(lines)
+        for number, text in replacements.items():
+            new[number - 1] = text + "\n"
+        return self.add_raw_patch(name, _format_patch("python/sglang/pool.py", lines, new, subject))
+
+    def add_raw_patch(self, name: str, text: str) -> Path:
+        path = self.patches / name
+        path.write_text(text)
+        return path
+
+    def run(self, verb: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", f"scripts.{verb}", *args], cwd=REPO, env=self.env,
+                              capture_output=True, text=True)
+
+    def git(self, *args: str) -> str:
+        return subprocess.run(["git", "-C", str(self.tree), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+    def _make_wheel(self) -> Path:
+        root = self.tmp / "wheel-src" / f"sglang-{VERSION}"
+        for rel, text in ORIGINAL.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        info = root / f"sglang-{VERSION}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: sglang\nVersion: {VERSION}\n")
+        (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        out = self.tmp / "upstream"
+        out.mkdir()
+        proc = subprocess.run([str(_wheel_cli()), "pack", "-d", str(out), str(root)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return next(out.glob("*.whl"))
+
+
+def _wheel_cli() -> Path:
+    sys.path.insert(0, str(REPO))
+    from scripts.lib import config, envs
+
+    return envs.tools(config.Paths.from_env()).wheel
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _format_patch(path: str, old: list[str], new: list[str], subject: str) -> str:
+    import difflib
+
+    diff = "".join(difflib.unified_diff(old, new, f"a/{path}", f"b/{path}", n=3))
+    return (
+        "From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
+        "From: Test <test@localhost>\nDate: Sat, 1 Jan 2000 00:00:00 +0000\n"
+        f"Subject: [PATCH] {subject}\n\n{subject}.\n\n"
+        "Origin: vendor\nBug: https://example.invalid/1\nForwarded: not-needed\n"
+        "Applied-Upstream: no\nLast-Update: 2026-11-21\nTests: tests/tooling/synthetic.py\n"
+        f"---\ndiff --git a/{path} b/{path}\n{diff}--\n2.39.5\n\n"
+    )
