@@ -1,0 +1,433 @@
+"""CPU fixtures for UnifiedRadixCache HiCache tests (not a test module).
+
+Builds a real ``UnifiedRadixCache`` over real device pools on "cpu"
+(``SWAKVPool`` + ``SWATokenToKVPoolAllocator`` + ``ReqToTokenPool``, or
+``HybridReqToTokenPool`` with a real ``MambaPool`` for FULL+SWA+MAMBA) and
+attaches a small stand-in for the HiCache controller: the real one needs CUDA
+streams and pinned memory. Host slots come from the real ``HostPoolGroup`` /
+``LogicalHostPool`` index pools, so host accounting is the real one and a
+leaked host slot shows up as a size mismatch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from sglang.test.test_utils import maybe_stub_sgl_kernel
+
+maybe_stub_sgl_kernel()
+
+import torch  # noqa: E402
+
+from sglang.srt.mem_cache.base_prefix_cache import (  # noqa: E402
+    EvictParams,
+    InsertParams,
+    MatchPrefixParams,
+)
+from sglang.srt.mem_cache.cache_init_params import CacheInitParams  # noqa: E402
+from sglang.srt.mem_cache.hicache_storage import PoolName  # noqa: E402
+from sglang.srt.mem_cache.memory_pool import ReqToTokenPool  # noqa: E402
+from sglang.srt.mem_cache.memory_pool_host import (  # noqa: E402
+    HostPoolGroup,
+    LogicalHostPool,
+    PoolEntry,
+)
+from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
+from sglang.srt.mem_cache.swa_memory_pool import (  # noqa: E402
+    SWAKVPool,
+    SWATokenToKVPoolAllocator,
+)
+from sglang.srt.mem_cache.unified_cache_components import ComponentType  # noqa: E402
+from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache  # noqa: E402
+
+FULL = ComponentType.FULL
+SWA = ComponentType.SWA
+MAMBA = ComponentType.MAMBA
+
+
+# ---------------------------------------------------------------------------
+# Fake HiCache controller
+# ---------------------------------------------------------------------------
+
+
+class FakeCompletion:
+    """Stands in for a device event; finished once the test completes it."""
+
+    def __init__(self):
+        self.done = False
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        self.done = True
+
+
+class FakeHiCacheController:
+    """The controller surface that write_backup / writing_check / eviction use.
+
+    ``write`` allocates host slots the way HybridCacheController.write does:
+    the KV anchor first, then every extra pool transfer (evicting that pool's
+    host side once when it is full), rolling everything back and returning
+    None when any pool cannot take it. Copies are not performed; each write
+    gets an ack whose completion the test controls.
+    """
+
+    def __init__(self, mem_pool_host: HostPoolGroup, write_policy: str):
+        self.mem_pool_host = mem_pool_host
+        self.write_policy = write_policy
+        self.ack_write_queue: list = []
+        self.ack_load_queue: list = []
+        # (node_id, kv_tokens, {pool_name: tokens}) per accepted write
+        self.write_log: list = []
+        self.failed_writes = 0
+
+    def reset(self) -> None:
+        self.ack_write_queue.clear()
+        self.ack_load_queue.clear()
+
+    def write(
+        self,
+        device_indices: torch.Tensor,
+        priority: Optional[int] = None,
+        node_id: int = -1,
+        extra_pools=None,
+    ) -> Optional[torch.Tensor]:
+        host_indices = self.mem_pool_host.alloc(len(device_indices))
+        if host_indices is None:
+            self.failed_writes += 1
+            return None
+        taken = []
+        for xfer in extra_pools or ():
+            if xfer.indices_from_pool is not None:
+                continue
+            if xfer.host_indices is not None or xfer.device_indices is None:
+                continue
+            entry = self.mem_pool_host.entry_map.get(xfer.name)
+            if entry is None:
+                continue
+            size = len(xfer.device_indices)
+            slots = entry.host_pool.alloc(size)
+            if slots is None and entry.host_evict_fn is not None:
+                entry.host_evict_fn(size)
+                slots = entry.host_pool.alloc(size)
+            if slots is None:
+                for prev_xfer, prev_entry, prev_slots in taken:
+                    prev_entry.host_pool.free(prev_slots)
+                    prev_xfer.host_indices = None
+                self.mem_pool_host.free(host_indices)
+                self.failed_writes += 1
+                return None
+            # Like the real controller: the tree reads the slots back from here.
+            xfer.host_indices = slots
+            taken.append((xfer, entry, slots))
+        self.ack_write_queue.append((None, FakeCompletion(), [node_id]))
+        self.write_log.append(
+            (node_id, len(host_indices), {x.name: len(s) for x, _, s in taken})
+        )
+        return host_indices
+
+    def pending_writes(self) -> int:
+        return sum(1 for _, ev, _ in self.ack_write_queue if not ev.done)
+
+    def complete_writes(self, count: Optional[int] = None) -> None:
+        """Finish the oldest ``count`` outstanding writes (all when None)."""
+        for _, ev, _ in self.ack_write_queue:
+            if count is not None and count <= 0:
+                break
+            if not ev.done:
+                ev.done = True
+                if count is not None:
+                    count -= 1
+
+
+# ---------------------------------------------------------------------------
+# Tree construction
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class HostPools:
+    kv: LogicalHostPool
+    swa: LogicalHostPool
+    mamba: Optional[LogicalHostPool]
+
+
+@dataclasses.dataclass
+class RadixHarness:
+    cache: UnifiedRadixCache
+    allocator: SWATokenToKVPoolAllocator
+    req_to_token_pool: ReqToTokenPool
+    page_size: int
+    window: int
+    has_mamba: bool
+    controller: Optional[FakeHiCacheController] = None
+    host: Optional[HostPools] = None
+
+    # -- device allocation ---------------------------------------------------
+
+    def alloc_kv(self, num_tokens: int) -> Optional[torch.Tensor]:
+        """Full + SWA device slots for num_tokens (page-aligned) tokens."""
+        assert num_tokens % self.page_size == 0
+        if num_tokens == 0:
+            return torch.empty((0,), dtype=torch.int64)
+        a = self.allocator
+        if (
+            a.full_attn_allocator.available_size() < num_tokens
+            or a.swa_attn_allocator.available_size() < num_tokens
+        ):
+            return None
+        full = a.full_attn_allocator.alloc(num_tokens)
+        swa = a.swa_attn_allocator.alloc(num_tokens)
+        a.set_full_to_swa_mapping(full, swa)
+        return full.to(torch.int64)
+
+    def alloc_mamba(self) -> Optional[torch.Tensor]:
+        return self.req_to_token_pool.mamba_pool.alloc(1)
+
+    # -- request-level operations -------------------------------------------
+
+    def insert_finished(
+        self,
+        tokens: list,
+        kv: torch.Tensor,
+        prefix_len: int,
+        swa_evicted_seqlen: int,
+        mamba_value: Optional[torch.Tensor] = None,
+    ):
+        """Insert a finished request the way cache_finished_req does.
+
+        SWA slots below ``swa_evicted_seqlen`` that the request owns were
+        already released by the scheduler while decoding: drop them first.
+        """
+        if swa_evicted_seqlen > prefix_len:
+            self.allocator.free_swa(kv[prefix_len:swa_evicted_seqlen])
+        result = self.cache.insert(
+            InsertParams(
+                key=RadixKey(list(tokens)),
+                value=kv,
+                mamba_value=mamba_value,
+                prev_prefix_len=prefix_len,
+                swa_evicted_seqlen=swa_evicted_seqlen,
+            )
+        )
+        if mamba_value is not None and result.mamba_exist:
+            self.req_to_token_pool.mamba_pool.free(mamba_value)
+        return result
+
+    def match(self, tokens: list):
+        return self.cache.match_prefix(MatchPrefixParams(key=RadixKey(list(tokens))))
+
+    def evict_counting_lost(self, params: EvictParams):
+        """Device eviction; returns (EvictResult, tokens lost without a host copy).
+
+        A node removed from the tree while it still held device KV and had no
+        host copy is KV that will have to be recomputed.
+        """
+        at_risk = {
+            id(n): len(n.key) for n in self.nodes() if not n.evicted and not n.backuped
+        }
+        result = self.cache.evict(params)
+        alive = {id(n) for n in self.nodes()}
+        lost = sum(t for nid, t in at_risk.items() if nid not in alive)
+        return result, lost
+
+    # -- inspection ----------------------------------------------------------
+
+    def nodes(self) -> list:
+        """All nodes except the root."""
+        out, stack = [], list(self.cache.root_node.children.values())
+        while stack:
+            n = stack.pop()
+            out.append(n)
+            stack.extend(n.children.values())
+        return out
+
+    def backup_invariant_violations(self) -> list:
+        """Ids of backed-up nodes whose parent is neither root nor backed up."""
+        root = self.cache.root_node
+        return [
+            n.id
+            for n in self.nodes()
+            if n.backuped and n.parent is not root and not n.parent.backuped
+        ]
+
+    def locked_nodes(self) -> list:
+        return [
+            n.id
+            for n in self.nodes()
+            if any(cd.lock_ref or cd.host_lock_ref for cd in n.component_data)
+        ]
+
+    def host_slot_leaks(self) -> dict:
+        """Per host pool: slots in use minus slots the tree references."""
+        pools = {FULL: self.host.kv, SWA: self.host.swa}
+        if self.host.mamba is not None:
+            pools[MAMBA] = self.host.mamba
+        leaks = {}
+        for ct, pool in pools.items():
+            referenced = sum(
+                len(n.component_data[ct].host_value)
+                for n in self.nodes()
+                if n.component_data[ct].host_value is not None
+            )
+            in_use = pool.size - pool.available_size()
+            if in_use != referenced:
+                leaks[str(ct)] = in_use - referenced
+        return leaks
+
+    def assert_healthy(self) -> None:
+        """Tree's own sanity check plus the write-through backup invariant."""
+        self.cache.sanity_check()
+        bad = self.backup_invariant_violations()
+        assert not bad, f"backed-up nodes under un-backed-up parents: {bad}"
+
+
+def _mamba_req_pool(size: int, mamba_size: int, max_context_len: int):
+    from sglang.srt.configs.mamba_utils import Mamba2CacheParams, Mamba2StateShape
+    from sglang.srt.mem_cache.memory_pool import HybridReqToTokenPool
+
+    shape = Mamba2StateShape.create(
+        tp_world_size=1,
+        intermediate_size=8,
+        n_groups=1,
+        num_heads=1,
+        head_dim=8,
+        state_size=4,
+        conv_kernel=2,
+    )
+    return HybridReqToTokenPool(
+        size=size,
+        mamba_size=mamba_size,
+        mamba_spec_state_size=mamba_size,
+        max_context_len=max_context_len,
+        device="cpu",
+        enable_memory_saver=False,
+        cache_params=Mamba2CacheParams(shape=shape, layers=[2]),
+        mamba_layer_ids=[2],
+        enable_mamba_extra_buffer=False,
+    )
+
+
+def build_tree(
+    *,
+    page_size: int = 1,
+    window: int = 4,
+    full_size: int = 512,
+    swa_size: int = 256,
+    with_mamba: bool = False,
+    mamba_size: int = 64,
+    max_context_len: int = 2048,
+) -> RadixHarness:
+    """FULL+SWA (or FULL+SWA+MAMBA) UnifiedRadixCache on real CPU pools."""
+    kvcache = SWAKVPool(
+        size=full_size,
+        size_swa=swa_size,
+        page_size=page_size,
+        dtype=torch.bfloat16,
+        head_num=1,
+        head_dim=4,
+        swa_attention_layer_ids=[0],
+        full_attention_layer_ids=[1],
+        enable_kvcache_transpose=False,
+        device="cpu",
+    )
+    allocator = SWATokenToKVPoolAllocator(
+        size=full_size,
+        size_swa=swa_size,
+        page_size=page_size,
+        dtype=torch.bfloat16,
+        device="cpu",
+        kvcache=kvcache,
+        need_sort=False,
+    )
+    if with_mamba:
+        req_pool = _mamba_req_pool(8, mamba_size, max_context_len)
+        components = (FULL, SWA, MAMBA)
+    else:
+        req_pool = ReqToTokenPool(
+            size=8,
+            max_context_len=max_context_len,
+            device="cpu",
+            enable_memory_saver=False,
+        )
+        components = (FULL, SWA)
+    params = CacheInitParams(
+        disable=False,
+        req_to_token_pool=req_pool,
+        token_to_kv_pool_allocator=allocator,
+        page_size=page_size,
+        sliding_window_size=window,
+        tree_components=components,
+        # Page sizes above 1 need the extra buffer with a mamba component.
+        enable_mamba_extra_buffer=with_mamba and page_size > 1,
+    )
+    return RadixHarness(
+        cache=UnifiedRadixCache(params),
+        allocator=allocator,
+        req_to_token_pool=req_pool,
+        page_size=page_size,
+        window=window,
+        has_mamba=with_mamba,
+    )
+
+
+def attach_fake_hicache(
+    h: RadixHarness,
+    *,
+    write_policy: str = "write_through",
+    host_full_size: int = 4096,
+    host_swa_size: int = 4096,
+    host_mamba_size: int = 512,
+) -> FakeHiCacheController:
+    """Wire host pools + fake controller the way the hybrid pool assembler does."""
+    cache = h.cache
+    kv_host = LogicalHostPool(host_full_size, h.page_size)
+    swa_host = LogicalHostPool(host_swa_size, h.page_size)
+    entries = [
+        PoolEntry(
+            name=PoolName.KV,
+            host_pool=kv_host,
+            device_pool=None,
+            layer_mapper=lambda i: i,
+            is_primary_index_anchor=True,
+        ),
+        PoolEntry(
+            name=PoolName.SWA,
+            host_pool=swa_host,
+            device_pool=None,
+            layer_mapper=lambda i: i,
+            host_evict_fn=lambda n: cache.evict_host(n, SWA),
+        ),
+    ]
+    mamba_host = None
+    if h.has_mamba:
+        mamba_host = LogicalHostPool(host_mamba_size, 1)
+        entries.append(
+            PoolEntry(
+                name=PoolName.MAMBA,
+                host_pool=mamba_host,
+                device_pool=None,
+                layer_mapper=lambda i: i,
+                host_evict_fn=lambda n: cache.evict_host(n, MAMBA),
+            )
+        )
+    group = HostPoolGroup(entries)
+    controller = FakeHiCacheController(group, write_policy)
+
+    cache.cache_controller = controller
+    cache.host_pool_group = group
+    cache.full_kv_pool_host = kv_host
+    cache.components[FULL]._full_kv_pool_host = kv_host
+    cache.swa_kv_pool_host = swa_host
+    cache.components[SWA]._swa_kv_pool_host = swa_host
+    if mamba_host is not None:
+        cache.mamba_pool_host = mamba_host
+        cache.components[MAMBA]._mamba_pool_host = mamba_host
+    cache.write_through_threshold = 1 if write_policy == "write_through" else 2
+    cache.load_back_threshold = 256
+
+    h.controller = controller
+    h.host = HostPools(kv=kv_host, swa=swa_host, mamba=mamba_host)
+    return controller
