@@ -1,0 +1,72 @@
+"""The lint catches what makes a green run lie: missing/unlisted patches, missing headers,
+tests named by a patch that do not exist, unregistered test files, empty test bodies."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).parent))
+from scripts import lint  # noqa: E402
+from scripts.lib import config  # noqa: E402
+from synthetic import _format_patch  # noqa: E402
+
+GOOD_TEST = """
+from sglang.test.ci.ci_register import register_cpu_ci
+register_cpu_ci(est_time=1, suite="stage-a-test-cpu")
+
+class TestThing:
+    def test_real(self):
+        assert 1 + 1 == 2
+"""
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / "patches").mkdir()
+    (tmp_path / "tests/registered").mkdir(parents=True)
+    (tmp_path / "tests/registered/test_thing.py").write_text(GOOD_TEST)
+    patch = _format_patch("python/sglang/a.py", ["a\n"], ["b\n"], "change a")
+    (tmp_path / "patches/0001-a.patch").write_text(patch.replace("tests/tooling/synthetic.py", "tests/registered/test_thing.py::TestThing::test_real"))
+    (tmp_path / "patches/series").write_text("0001-a.patch\n")
+    return config.Paths(root=tmp_path, cache=tmp_path / "c", build=tmp_path / "b", patches=tmp_path / "patches",
+                        releases=tmp_path / "r.json", env=tmp_path / "env")
+
+
+def test_consistent_project_is_clean(project):
+    assert lint.problems(project) == []
+
+
+def test_missing_and_unlisted_and_duplicate_patches(project):
+    (project.patches / "0002-stray.patch").write_text("x")
+    (project.patches / "series").write_text("0001-a.patch\n0001-a.patch\n0003-gone.patch\n")
+    found = "\n".join(lint.problems(project))
+    assert "0002-stray.patch is not in patches/series" in found
+    assert "lists 0003-gone.patch, which does not exist" in found
+    assert "lists 0001-a.patch more than once" in found
+
+
+def test_missing_header_and_missing_test(project):
+    path = project.patches / "0001-a.patch"
+    text = path.read_text().replace("Forwarded: not-needed\n", "").replace("::test_real", "::test_gone")
+    path.write_text(text)
+    found = "\n".join(lint.problems(project))
+    assert "missing header(s) Forwarded" in found
+    assert "Tests names tests/registered/test_thing.py::TestThing::test_gone, which does not exist" in found
+
+
+@pytest.mark.parametrize("body", ["pass", "...", '"""Only a docstring."""', '"""Doc."""\npass'])
+def test_empty_test_bodies_are_flagged(project, body):
+    body = body.replace("\n", "\n        ")
+    source = GOOD_TEST + f"\nclass TestOverride(TestThing):\n    def test_inherited(self):\n        {body}\n"
+    (project.root / "tests/registered/test_thing.py").write_text(source)
+    found = "\n".join(lint.problems(project))
+    assert "test_inherited has an empty body" in found
+    assert "test_real" not in found
+
+
+def test_unregistered_test_file(project):
+    (project.root / "tests/registered/test_loose.py").write_text("def test_x():\n    assert True\n")
+    assert any("test_loose.py: registered test file without a register_*_ci" in p for p in lint.problems(project))
