@@ -38,17 +38,33 @@ def outcomes(venv: Path, site: Path, node_ids: list[str], cwd: Path, timeout: in
 
 
 def _parse(report: Path) -> dict:
+    """{"module.Class::test": (outcome, first line of the message)}."""
     results = {}
     for case in ET.parse(report).iter("testcase"):
-        file = case.get("file") or case.get("classname", "").replace(".", "/") + ".py"
-        name = f"{file}::{case.get('classname', '').split('.')[-1]}::{case.get('name')}"
         outcome, message = "passed", ""
         for tag in ("failure", "error", "skipped"):
             node = case.find(tag)
             if node is not None:
                 outcome = {"failure": "failed"}.get(tag, tag)
-                message = (node.get("message") or node.text or "").strip().splitlines()[0:1]
-                message = message[0] if message else ""
+                text = (node.get("message") or node.text or "").strip()
+                message = text.splitlines()[0] if text else ""
                 break
-        results[name] = (outcome, message)
+        results[f"{case.get('classname')}::{case.get('name')}"] = (outcome, message)
     return results
+
+
+def select(results: dict, node_id: str) -> dict:
+    """The results that belong to a pytest node id (file, file::Class, file::Class::test)."""
+    file, *names = node_id.split("::")
+    dotted = file[:-3].replace("/", ".") if file.endswith(".py") else file
+    if len(names) >= 1:
+        dotted += "." + names[0]
+    method = names[1] if len(names) > 1 else None
+    chosen = {}
+    for key, value in results.items():
+        classname, name = key.split("::", 1)
+        if classname != dotted and not classname.startswith(dotted + "."):
+            continue
+        if method is None or name == method or name.startswith(method + "["):
+            chosen[key] = value
+    return chosen
