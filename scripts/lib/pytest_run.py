@@ -14,7 +14,6 @@ def command(venv: Path, targets: list[str], extra: list[str] = ()) -> list[str]:
 def environ(site: Path) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(site)
-    env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     return env
 
 
