@@ -8,9 +8,10 @@ resolver's; the wheel itself is fetched (and its sha256 checked) on first use.
 
 import argparse
 import re
+import zipfile
 
 from scripts import lock
-from scripts.lib import config, pins
+from scripts.lib import config, pins, scratch
 from scripts.lib.errors import SeriesError, run_main
 
 
@@ -23,7 +24,43 @@ def requirements_for(paths: config.Paths, version: str) -> str:
     text, count = re.subn(rf"(?m)^sglang=={re.escape(base)}\s*$", f"sglang=={version}", source.read_text())
     if count != 1:
         raise SeriesError(f"{source} has no single `sglang=={base}` line; fix it, then run `make pin` again")
-    return text.replace(f"sglang {base}", f"sglang {version}", 1)
+    return text.replace(f"sglang=={base}", f"sglang=={version}").replace(f"sglang {base}", f"sglang {version}", 1)
+
+
+_NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*([<>=!~][^;]*)?")
+
+
+def declared_bounds(wheel) -> dict:
+    """{package: specifier} for the unconditional, version-bounded requirements in a wheel's METADATA."""
+    with zipfile.ZipFile(wheel) as zf:
+        (meta,) = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
+        lines = zf.read(meta).decode().splitlines()
+    bounds = {}
+    for line in lines:
+        if line.startswith("Requires-Dist:") and ";" not in line:
+            m = _NAME.match(line.split(":", 1)[1].strip())
+            if m and m.group(2):
+                bounds[m.group(1).lower().replace("_", "-")] = m.group(2).strip()
+    return bounds
+
+
+def drop_redundant(text: str, bounds: dict, version: str) -> tuple[str, list[str]]:
+    """Drop our version constraints (with the comment block above them) on packages that
+    sglang `version` bounds itself: upstream took the fix over, the resolver keeps honouring it."""
+    out, block, dropped = [], [], []
+    for line in text.splitlines(keepends=True):
+        if line.lstrip().startswith("#") or not line.strip():
+            block.append(line)
+            continue
+        m = _NAME.match(line.strip())
+        name = m.group(1).lower().replace("_", "-") if m else ""
+        if m and m.group(2) and name != "sglang" and name in bounds:
+            out.append(f"# {name}: not constrained here, sglang {version} requires {name}{bounds[name]} itself.\n")
+            dropped.append(name)
+        else:
+            out += block + [line]
+        block = []
+    return "".join(out + block), dropped
 
 
 def main(argv=None) -> None:
@@ -43,8 +80,10 @@ def main(argv=None) -> None:
     print(f"{'pinned' if changed else 'already pinned'} sglang {version}: {pin['wheel']} (deps uploaded up to {pin['exclude_newer']})")
     source = paths.env / f"{version}.in"
     if not (args.keep_in and source.exists()) and version != config.base_version(paths):
-        source.write_text(requirements_for(paths, version))
-        print(f"wrote {source}")
+        wheel = scratch.upstream_wheel(paths, config.release(paths, version))  # sha256-checked
+        text, dropped = drop_redundant(requirements_for(paths, version), declared_bounds(wheel), version)
+        source.write_text(text)
+        print(f"wrote {source}" + (f" (dropped constraints sglang {version} declares itself: {', '.join(dropped)})" if dropped else ""))
     lock.main(["--upstream", version])
 
 

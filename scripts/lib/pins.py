@@ -5,12 +5,14 @@ import datetime as dt
 import json
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from .config import Paths, load_releases
 from .errors import SeriesError
 
 PYPI = "https://pypi.org/pypi/sglang"
+SIMPLE = "https://pypi.org/simple/sglang/"
 # Only the CPython 3.11 x86_64 wheel: the base's venvs and tools are 3.11 (no sdist after 0.5.10.post1).
 WHEEL = re.compile(r"^sglang-(?P<v>[^-]+)-cp311-cp311-manylinux_\d+_\d+_x86_64\.whl$")
 # Dependencies uploaded a little after the release still belong to it (a fix-up of
@@ -18,10 +20,10 @@ WHEEL = re.compile(r"^sglang-(?P<v>[^-]+)-cp311-cp311-manylinux_\d+_\d+_x86_64\.
 GRACE_DAYS = 7
 
 
-def _json(url: str) -> dict:
+def _get(url: str) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=60) as resp:
-            return json.load(resp)
+            return resp.read()
     except urllib.error.HTTPError as exc:
         raise SeriesError(f"PyPI answered {exc.code} for {url}; try again later")
     except (urllib.error.URLError, OSError) as exc:
@@ -31,7 +33,17 @@ def _json(url: str) -> dict:
 def project() -> dict:
     # The project-wide document: the per-release one (/pypi/sglang/<v>/json) is not
     # served by every index mirror, this one is, and it has every file's upload time.
-    return _json(f"{PYPI}/json")
+    return json.loads(_get(f"{PYPI}/json"))
+
+
+def simple_links() -> dict:
+    """{file name: absolute url#sha256=...} from the PEP 503 simple index. The JSON's
+    urls can be relative to a mirror; the index's are the canonical download links."""
+    html = _get(SIMPLE).decode()
+    links = {}
+    for href, name in re.findall(r'<a[^>]*href="([^"]+)"[^>]*>([^<]+)</a>', html):
+        links[name.strip()] = urllib.parse.urljoin(SIMPLE, href.replace("&amp;", "&"))
+    return links
 
 
 def newest_version(meta: dict | None = None) -> str:
@@ -49,10 +61,13 @@ def wheel_pin(version: str, meta: dict | None = None) -> dict:
         names = ", ".join(f["filename"] for f in files) or "no files"
         raise SeriesError(f"sglang {version} has no cp311 manylinux x86_64 wheel on PyPI ({names}); pick another release")
     f = max(wheels, key=lambda f: f["filename"])  # newest manylinux tag if there are several
+    url, _, digest = simple_links().get(f["filename"], "").partition("#sha256=")
+    if not url or digest != f["digests"]["sha256"]:
+        raise SeriesError(f"PyPI's simple index and JSON disagree about {f['filename']}; try again later")
     uploaded = dt.datetime.fromisoformat(f["upload_time_iso_8601"].replace("Z", "+00:00")).date()
     return {
         "wheel": f["filename"],
-        "url": f["url"],
+        "url": url,
         "sha256": f["digests"]["sha256"],
         "exclude_newer": (uploaded + dt.timedelta(days=GRACE_DAYS)).isoformat(),
     }
