@@ -81,9 +81,19 @@ def _subject(text: str) -> str | None:
     return None
 
 
+_MESSAGE_END = re.compile(r"(?m)^(?:---$|diff --git )")
+
+
+def split_message(text: str) -> tuple[str, str]:
+    """(mail headers + commit message, the rest). The message ends where `git am` ends it:
+    at the first '---' line or 'diff --git' line (format-patch --no-stat writes no '---')."""
+    m = _MESSAGE_END.search(text)
+    return (text[:m.start()], text[m.start():]) if m else (text, "")
+
+
 def _trailers(text: str) -> dict:
     """The last paragraph of the commit message, parsed as `Key: value` lines."""
-    message = text.split("\n---\n", 1)[0].split("\n\n", 1)[-1]
+    message = split_message(text)[0].split("\n\n", 1)[-1]
     paragraphs = [p for p in message.strip().split("\n\n") if p.strip()]
     headers = {}
     for line in paragraphs[-1].splitlines() if paragraphs else []:
