@@ -4,13 +4,16 @@ PYTHON ?= python3
 UPSTREAM_VERSION ?=
 UP := $(if $(UPSTREAM_VERSION),--upstream $(UPSTREAM_VERSION))
 PYTEST_ARGS ?=
+WRITE ?=
+STRICT ?=
+FORCE ?=
 
-.PHONY: apply test test-vanilla test-manual lint prove discard clean lock lock-tools bench
+.PHONY: apply test test-vanilla test-manual lint lint-ci prove discard clean lock lock-tools bench rebase pin queue export
 
 apply:  ## fetch the pinned sglang, apply patches/series, build the patched wheel, prepare the venv
 	$(PYTHON) -m scripts.apply $(UP)
 
-test: lint  ## lint, then the registered and tooling tests against the patched build
+test: lint lint-ci  ## lint, then the registered and tooling tests against the patched build
 	$(PYTHON) -m scripts.test --flavor patched $(UP) $(PYTEST_ARGS)
 
 test-vanilla:  ## the registered tests against vanilla upstream (the patches' tests fail here)
@@ -21,6 +24,9 @@ test-manual:  ## end-to-end tests that need a model and GPUs (see tests/manual)
 
 lint:  ## series/tests consistency checks
 	$(PYTHON) -m scripts.lint
+
+lint-ci:  ## lint the GitHub Actions workflows in ci/ with zizmor (offline)
+	$(PYTHON) -m scripts.lint_ci
 
 prove:  ## each patch's tests: fail on vanilla, pass patched (a table)
 	$(PYTHON) -m scripts.prove $(UP)
@@ -36,6 +42,18 @@ lock-tools:  ## regenerate env/tools.lock (uv, wheel)
 
 bench:  ## the benchmarks in bench/, vanilla vs patched
 	$(PYTHON) -m scripts.bench $(UP)
+
+pin:  ## pin sglang X (default: the newest on PyPI): wheel sha256, cut-off date, env/X.in + env/X.lock
+	$(PYTHON) -m scripts.pin $(UP)
+
+rebase:  ## report how the series fares on UPSTREAM_VERSION=X (WRITE=1: adopt the proposed series; STRICT=1: fail if a patch no longer applies)
+	$(PYTHON) -m scripts.rebase $(UP) $(if $(WRITE),--write) $(if $(STRICT),--strict)
+
+queue:  ## the series as branch `queue` of the scratch tree, one commit per patch (FORCE=1: rebuild over unexported edits)
+	$(PYTHON) -m scripts.queue $(UP) $(if $(FORCE),--force)
+
+export:  ## write branch `queue` back to patches/ + series (deterministic)
+	$(PYTHON) -m scripts.export $(UP)
 
 clean:  ## remove the scratch trees (build/); the shared cache stays
 	rm -rf build

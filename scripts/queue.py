@@ -1,0 +1,78 @@
+"""make queue: turn patches/series into branch `queue` of the scratch tree, one commit per
+patch with its full message and headers. Edit, reorder, squash or rebase it with plain git
+(`git rebase -i baseline`, `git commit --amend`), then `make export` writes it back.
+
+On a release other than the base (UPSTREAM_VERSION=X) a patch that does not apply stops the
+import with `git am --3way`'s conflict markers in the tree, for a person to resolve."""
+
+import argparse
+
+from scripts.apply import describe_failure
+from scripts.lib import config, envs, git, patch_queue, scratch, series
+from scripts.lib.errors import SeriesError, run_main
+
+
+def unexported(paths: config.Paths, repo) -> patch_queue.Changes:
+    """What `make export` would change in patches/ if run now."""
+    names = series.entries(paths.patches)
+    exported = patch_queue.export(repo, scratch.BASELINE, patch_queue.QUEUE, old_names=subjects(paths, names))
+    return patch_queue.diff_against(paths.patches, exported, names)
+
+
+def subjects(paths: config.Paths, names: list[str]) -> dict:
+    return {series.parse(paths.patches / n).subject: n for n in names if (paths.patches / n).is_file()}
+
+
+def require_idle(repo, hint: str) -> None:
+    if patch_queue.am_in_progress(repo):
+        raise SeriesError(f"{repo} is in the middle of a git am/rebase; finish it (`git am --continue` or `--skip`) "
+                          f"or drop it (`git am --abort`), then run {hint} again")
+    scratch.require_clean(repo)
+
+
+def fetch_base_objects(paths: config.Paths, rel: config.Release, repo) -> None:
+    """Give X's tree the blobs the patches were made against (the base's scratch tree), so
+    `git am --3way` can merge a patch that no longer applies instead of only refusing it."""
+    base = config.base_version(paths)
+    base_repo = scratch.tree(paths, base)
+    if rel.version != base and git.is_repo(base_repo):
+        git.git(repo, "fetch", "-q", "--no-tags", str(base_repo), "+refs/heads/*:refs/base/*", "+refs/tags/baseline:refs/base/baseline")
+
+
+def build_queue(paths: config.Paths, rel: config.Release, force: bool = False) -> int:
+    patches = series.load(paths.patches)
+    up = "" if rel.version == config.base_version(paths) else f" UPSTREAM_VERSION={rel.version}"
+    repo = scratch.ensure_baseline(paths, rel, envs.tools(paths))
+    require_idle(repo, f"`make queue{up}`")
+    if git.ref_exists(repo, patch_queue.QUEUE) and not force:
+        pending = unexported(paths, repo)
+        if pending.any:
+            raise SeriesError(f"branch queue in {repo} differs from patches/ ({pending.summary()}); keep it with "
+                              f"`make export{up}`, or rebuild it from patches/ with `make queue{up} FORCE=1`")
+    fetch_base_objects(paths, rel, repo)
+    git.checkout_fresh(repo, patch_queue.QUEUE, scratch.BASELINE)
+    for patch in patches:
+        proc = patch_queue.am_named(repo, patch.path, patch.name, three_way=True)
+        if proc.returncode != 0:
+            # The am session stays open on purpose: this is the person's workspace.
+            raise SeriesError(f"{describe_failure(patch, proc.stdout + proc.stderr).split(';')[0]} on sglang {rel.version}; "
+                              f"resolve it in {repo} (`git status`, edit, `git add -A`, `git am --continue`), "
+                              f"then `make export{up}`; or `make discard{up}` to drop the queue")
+    return len(patches)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--upstream", help="release to build the queue on (default: the pinned base)")
+    parser.add_argument("--force", action="store_true", help="rebuild the queue even if it holds changes not exported yet")
+    args = parser.parse_args(argv)
+    paths = config.Paths.from_env()
+    rel = config.release(paths, args.upstream)
+    count = build_queue(paths, rel, args.force)
+    repo = scratch.tree(paths, rel.version)
+    print(f"branch queue in {repo}: {count} commits on baseline (sglang {rel.version}); "
+          "edit with git (e.g. `git rebase -i baseline`), then `make export`")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,148 @@
+"""make queue / make export on a synthetic upstream: export is byte-for-byte deterministic,
+an edit on the queue comes back as a minimal diff, and nothing a maintainer did is lost."""
+
+import difflib
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from rebase_fixtures import BASE, Releases  # noqa: E402
+
+
+@pytest.fixture
+def up(tmp_path):
+    return Releases(tmp_path)
+
+
+def ok(proc):
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def one_line_error(proc) -> str:
+    assert proc.returncode != 0, proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+def snapshot(up) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(up.patches.iterdir())}
+
+
+def edit_commit(up, subject: str, old: str, new: str) -> None:
+    """Change one line inside the queue commit `subject`, with plain git (fixup + autosquash)."""
+    tree = up.tree_of(BASE)
+    pool = tree / "python/sglang/pool.py"
+    commit = up.git_in(BASE, "log", "--format=%H", f"--grep=^{subject}$", "queue")
+    pool.write_text(pool.read_text().replace(old, new))
+    up.git_in(BASE, "-c", "user.name=m", "-c", "user.email=m@x", "commit", "-qa", f"--fixup={commit}")
+    up.git_in(BASE, "-c", "user.name=m", "-c", "user.email=m@x", "-c", "sequence.editor=true",
+              "rebase", "-q", "-i", "--autosquash", "baseline")
+
+
+def test_queue_then_export_reproduces_the_series_byte_for_byte(up):
+    up.add_raw_patch("0001-five.patch", exported_form(up))  # patches as format-patch writes them
+    before = snapshot(up)
+    ok(up.run("queue"))
+    assert up.git_in(BASE, "rev-parse", "--abbrev-ref", "HEAD") == "queue"
+    assert len(up.git_in(BASE, "log", "--format=%H", "baseline..queue").split()) == 5
+    out = ok(up.run("export"))
+    assert "nothing to write" in out
+    assert snapshot(up) == before
+
+
+def exported_form(up) -> str:
+    # The fixture's patches come from difflib; one round trip turns them into git's own output.
+    ok(up.run("queue"))
+    ok(up.run("export"))
+    ok(up.run("queue"))
+    return (up.patches / "0001-five.patch").read_text()
+
+
+def test_export_twice_is_byte_identical_and_keeps_headers(up):
+    ok(up.run("queue"))
+    ok(up.run("export"))
+    first = snapshot(up)
+    ok(up.run("queue"))  # rebuild from what was just written
+    ok(up.run("export"))
+    assert snapshot(up) == first
+    text = first["0003-twenty.patch"].decode()
+    for header in ("Origin: vendor", "Forwarded: not-needed", "Last-Update: 2026-11-21",
+                   "Tests: tests/test_synthetic_pool.py::TestTwenty"):
+        assert header in text
+    assert text.startswith("From 0000000000000000000000000000000000000000 ")
+    assert "Date: Sat, 21 Nov 2026 00:00:00 +0000" in text  # from Last-Update, not the clock
+    assert "Series-Name" not in text and "\n-- \n" not in text and "[PATCH" not in text
+
+
+def test_edit_on_queue_comes_back_as_minimal_diff(up):
+    ok(up.run("queue"))
+    ok(up.run("export"))
+    before = snapshot(up)
+    ok(up.run("queue"))
+    edit_commit(up, "pool: set line 20", "LINE_20 = 'twenty'", "LINE_20 = 'twenty!'")
+    out = ok(up.run("export"))
+    assert "Added none / Dropped none / Refreshed 0003-twenty.patch" in out
+    after = snapshot(up)
+    assert {n for n in after if after[n] != before[n]} == {"0003-twenty.patch", "0004-thirty.patch", "0005-thirty-five.patch", "series"} - {"series"}
+    edited = changed_lines(before, after, "0003-twenty.patch")
+    assert [l for l in edited if "index" not in l] == ["-+LINE_20 = 'twenty'", "++LINE_20 = 'twenty!'"]
+    # Later patches to the same file only see their pre-image blob id move (--full-index).
+    for later in ("0004-thirty.patch", "0005-thirty-five.patch"):
+        assert [l[:7] for l in changed_lines(before, after, later)] == ["-index ", "+index "]
+    assert len([l for l in edited if l[1:].startswith("index ")]) == 2
+
+
+def changed_lines(before: dict, after: dict, name: str) -> list[str]:
+    diff = difflib.unified_diff(before[name].decode().splitlines(), after[name].decode().splitlines(), lineterm="", n=0)
+    return [l for l in diff if l[:1] in "+-" and not l.startswith(("+++ ", "--- "))]
+
+
+def test_reorder_drop_and_add_are_reported(up):
+    ok(up.run("queue"))
+    ok(up.run("export"))
+    # drop 0002 and add a new commit, with plain git
+    up.git_in(BASE, "-c", "sequence.editor=sed -i '/set line 10/d'", "rebase", "-q", "-i", "baseline")
+    pool = up.tree_of(BASE) / "python/sglang/pool.py"
+    pool.write_text(pool.read_text().replace("LINE_40 = 40", "LINE_40 = 'forty'"))
+    up.git_in(BASE, "-c", "user.name=m", "-c", "user.email=m@x", "commit", "-qa", "-m", "pool: set line 40",
+              "-m", "Origin: vendor\nLast-Update: 2026-11-22\nTests: tests/test_synthetic_pool.py")
+    out = ok(up.run("export"))
+    # the later patches of the same file get a new pre-image blob id once 0002 is gone
+    assert ("Added 0005-pool-set-line-40.patch / Dropped 0002-ten.patch / "
+            "Refreshed 0003-twenty.patch, 0004-thirty.patch, 0005-thirty-five.patch") in out
+    assert not (up.patches / "0002-ten.patch").exists()
+    names = [l for l in (up.patches / "series").read_text().splitlines() if not l.startswith("#")]
+    assert names == ["0001-five.patch", "0003-twenty.patch", "0004-thirty.patch",
+                     "0005-thirty-five.patch", "0005-pool-set-line-40.patch"]
+    assert "Date: Sun, 22 Nov 2026 00:00:00 +0000" in (up.patches / "0005-pool-set-line-40.patch").read_text()
+
+
+def test_queue_refuses_to_drop_unexported_work(up):
+    ok(up.run("queue"))
+    ok(up.run("export"))
+    ok(up.run("queue"))
+    edit_commit(up, "pool: set line 5", "LINE_5 = 'five'", "LINE_5 = 'FIVE'")
+    head = up.git_in(BASE, "rev-parse", "queue")
+    assert "make export" in one_line_error(up.run("queue"))
+    assert up.git_in(BASE, "rev-parse", "queue") == head
+    (up.tree_of(BASE) / "python/sglang/pool.py").write_text("dirty\n")
+    assert "make export" in one_line_error(up.run("export"))  # commit first: nothing half-exported
+    assert (up.tree_of(BASE) / "python/sglang/pool.py").read_text() == "dirty\n"
+
+
+def test_commits_on_applied_are_exported_and_apply_then_works(up):
+    exported_form(up)  # the series in git's own format first, so only the new commit shows
+    ok(up.run("apply", "--no-env"))
+    pool = up.tree_of(BASE) / "python/sglang/pool.py"
+    pool.write_text(pool.read_text().replace("LINE_40 = 40", "LINE_40 = 'forty'"))
+    up.git_in(BASE, "-c", "user.name=m", "-c", "user.email=m@x", "commit", "-qa", "-m", "pool: set line 40",
+              "-m", "Origin: vendor\nLast-Update: 2026-11-21\nTests: tests/test_synthetic_pool.py")
+    assert "make export" in one_line_error(up.run("apply", "--no-env"))  # apply.py's message...
+    out = ok(up.run("export"))  # ...is true: export keeps the commit
+    assert "Added 0006-pool-set-line-40.patch / Dropped none / Refreshed none" in out
+    out = ok(up.run("apply", "--no-env"))
+    assert "applied 0006-pool-set-line-40.patch" in out

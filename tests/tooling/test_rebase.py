@@ -1,0 +1,111 @@
+"""make rebase on a synthetic upstream: every category comes out of the evidence (apply,
+tests on base / vanilla X / X with the series), the report and the proposed series are
+written to the scratch area, and patches/ changes only when asked."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from rebase_fixtures import BASE, NEW, Releases  # noqa: E402
+
+from scripts import rebase  # noqa: E402
+from scripts.lib import config, verdict  # noqa: E402
+from scripts.lib.errors import SeriesError  # noqa: E402
+
+EXPECTED = {
+    "0001-five.patch": verdict.CLEAN,
+    "0002-ten.patch": verdict.ABSORBED,
+    "0003-twenty.patch": verdict.CONFLICTS,
+    "0004-thirty.patch": verdict.TESTS_FAIL,
+    "0005-thirty-five.patch": verdict.PORTING,
+}
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """One report for the module: the up-front cost is a few seconds."""
+    tmp = tmp_path_factory.mktemp("rebase")
+    up = Releases(tmp)
+    mp = pytest.MonkeyPatch()
+    for key, value in up.env.items():
+        if key.startswith("SGLANG_SERIES_"):
+            mp.setenv(key, value)
+    paths = config.Paths.from_env()
+    # The running interpreter's environment has pytest; the synthetic sglang needs nothing else.
+    data = rebase.rebase(paths, NEW, tests_root=up.tests_root, venv_of=lambda v: Path(sys.prefix), log=lambda *_: None)
+    yield up, paths, data
+    mp.undo()
+
+
+def row(data, name):
+    return next(r for r in data["patches"] if r["patch"] == name)
+
+
+def test_each_patch_is_sorted_by_its_evidence(done):
+    _, _, data = done
+    assert {r["patch"]: r["category"] for r in data["patches"]} == EXPECTED
+
+
+def test_evidence_behind_each_category(done):
+    _, _, data = done
+    clean = row(data, "0001-five.patch")["tests"][0]
+    assert (clean["base"]["status"], clean["vanilla"]["status"], clean["patched"]["status"]) == ("fail", "fail", "pass")
+
+    absorbed = row(data, "0002-ten.patch")
+    assert not absorbed["applies"] and absorbed["reverse_applies"]
+    assert absorbed["tests"][0]["vanilla"]["status"] == "pass"
+
+    conflict = row(data, "0003-twenty.patch")
+    assert not conflict["applies"] and not conflict["reverse_applies"]
+    assert [(h["file"], h["index"], h["of"], h["reason"]) for h in conflict["conflicts"]] == [
+        ("python/sglang/pool.py", 1, 1, "context does not match")]
+    assert conflict["tests"][0]["patched"] is None
+
+    failing = row(data, "0004-thirty.patch")
+    assert failing["applies"] and failing["tests"][0]["patched"]["status"] == "fail"
+    assert "AssertionError" in failing["tests"][0]["patched"]["message"]
+
+    porting = row(data, "0005-thirty-five.patch")
+    assert porting["applies"]
+    assert porting["tests"][0]["base"]["status"] == "fail"  # an assertion on the base...
+    assert porting["tests"][0]["patched"]["status"] == "cannot-run"  # ...a TypeError on X
+    assert "TypeError" in porting["tests"][0]["patched"]["message"]
+
+
+def test_reports_and_proposed_series_are_written_but_patches_untouched(done):
+    up, paths, data = done
+    out = paths.build / NEW / "rebase"
+    assert json.loads((out / "report.json").read_text()) == data
+    md = (out / "report.md").read_text()
+    for name, category in EXPECTED.items():
+        assert f"`{name}` | **{category}**" in md
+    assert "hunk 1 of 1" in md and str(paths.build) not in md
+    proposed = [l.split()[0] for l in (out / "patches" / "series").read_text().splitlines() if l and not l.startswith("#")]
+    assert proposed == [n for n in EXPECTED if n != "0002-ten.patch"]  # absorbed dropped
+    assert (out / "patches" / "0003-twenty.patch").read_bytes() == (up.patches / "0003-twenty.patch").read_bytes()
+    refreshed = (out / "patches" / "0005-thirty-five.patch").read_text()
+    assert "@@ -32,7 +32,7 @@" in refreshed  # re-made on 2.0.0 without 0002's context
+    assert len(list(up.patches.glob("*.patch"))) == 5
+    assert config.base_version(paths) == BASE
+
+
+def test_write_refuses_while_a_kept_patch_does_not_apply(done):
+    _, paths, data = done
+    with pytest.raises(SeriesError, match="0003-twenty.patch do"):
+        rebase.write_to_patches(paths, data)
+
+
+def test_cannot_run_on_vanilla_is_told_apart_from_the_bug_still_being_there():
+    o = verdict.Outcome
+    # does not apply; the base failed by assertion, X cannot even construct the object
+    assert verdict.categorize(False, [o("fail", "AssertionError: 1 != 2")],
+                              [o("cannot-run", "TypeError: f() got an unexpected keyword argument 'size'")], None)[0] == verdict.PORTING
+    # does not apply; the same ImportError on the base and on X: the fix is simply not there
+    same = o("cannot-run", "ImportError: cannot import name 'fixed' from 'sglang.pool' (/a/site/sglang/pool.py)")
+    moved = o("cannot-run", "ImportError: cannot import name 'fixed' from 'sglang.pool' (/b/site/sglang/pool.py)")
+    assert verdict.categorize(False, [same], [moved], None)[0] == verdict.CONFLICTS
+    # tests skipped everywhere are no evidence of absorption
+    assert verdict.categorize(False, [o("skip")], [o("skip")], None)[0] == verdict.CONFLICTS
