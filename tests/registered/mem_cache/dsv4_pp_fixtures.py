@@ -260,10 +260,8 @@ def build_stage_stack(pool, pp_rank: int, pp_size: int = PP_SIZE, state_host_poo
         )
 
 
-def page_token_indices(pages: list[int], device) -> torch.Tensor:
-    return torch.cat(
-        [torch.arange(p * PAGE_SIZE, (p + 1) * PAGE_SIZE) for p in pages]
-    ).to(device=device, dtype=torch.int64)
+def page_token_indices(pages: list[int]) -> torch.Tensor:
+    return torch.cat([torch.arange(p * PAGE_SIZE, (p + 1) * PAGE_SIZE) for p in pages])
 
 
 def expected_compress_layer_ids(start: int, end: int, ratio: int) -> dict[int, int]:
@@ -393,9 +391,10 @@ class RoundTripChecks:
     """Device -> host -> device through the assembled entries, byte for byte."""
 
     device = "cpu"
-    # Device pages copied out, and the host pages they land in.
-    DEVICE_PAGES = [1, 3]
-    HOST_PAGES = [5, 2]
+    # Device pages copied out, and the host pages they land in (sorted, as
+    # the controller sorts host indices for the direct io backend).
+    DEVICE_PAGES = [3, 1]
+    HOST_PAGES = [2, 5]
 
     def test_round_trip_first_stage(self):
         self._round_trip(0)
@@ -417,8 +416,10 @@ class RoundTripChecks:
         except ValueError as e:
             self.fail(f"stage {pp_rank} ({start}..{end}): stack build failed: {e}")
 
-        device_idx = page_token_indices(self.DEVICE_PAGES, self.device)
-        host_idx = page_token_indices(self.HOST_PAGES, "cpu")
+        # With io_backend "direct" the controller hands both index tensors to
+        # the host pools on the CPU (CacheController.move_indices).
+        device_idx = page_token_indices(self.DEVICE_PAGES)
+        host_idx = page_token_indices(self.HOST_PAGES)
         # The same page numbers serve FULL (C4/C128) and SWA (SWA/state) here.
         transfers = [
             PoolTransfer(name=e.name, host_indices=host_idx, device_indices=device_idx)
@@ -430,6 +431,7 @@ class RoundTripChecks:
             group.backup_from_device_all_layer(
                 pool, host_idx, device_idx, "direct", pool_transfers=transfers
             )
+            self._sync()
             self._check_host_copy(group, start, end, before, pages)
             for t, _ in pages.values():
                 t.view(torch.uint8).zero_()
@@ -437,8 +439,7 @@ class RoundTripChecks:
                 group.load_to_device_per_layer(
                     pool, host_idx, device_idx, l, "direct", pool_transfers=transfers
                 )
-        if torch.device(self.device).type == "cuda":
-            torch.cuda.synchronize()
+        self._sync()
 
         for key, (t, page_bytes) in pages.items():
             for p in self.DEVICE_PAGES:
@@ -449,6 +450,10 @@ class RoundTripChecks:
                     ),
                     f"{key} device page {p} differs after the round trip",
                 )
+
+    def _sync(self):
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize()
 
     def _check_host_copy(self, group, start, end, before, pages):
         # Each host slot must hold the pages of the global layer it claims.
