@@ -187,8 +187,10 @@ def write(patches_dir: Path, exported: list[Exported], old_names: list[str], com
     for name in changes.dropped:
         (patches_dir / name).unlink(missing_ok=True)
     series = patches_dir / "series"
-    header = _header(series)
-    lines = [e.name + (f"  # {comments[e.name]}" if comments and e.name in comments else "") for e in exported]
+    header, kept = _header(series), _line_comments(series)
+    if comments is not None:
+        kept = comments
+    lines = [e.name + (f"  # {kept[e.name]}" if e.name in kept else "") for e in exported]
     _atomic_write(series, header + "".join(line + "\n" for line in lines))
     return changes
 
@@ -203,6 +205,16 @@ def _header(series: Path) -> str:
             break
         head.append(line)
     return "".join(head)
+
+
+def _line_comments(series: Path) -> dict:
+    """{name: comment} of `name  # comment` lines: a maintainer's notes survive an export."""
+    found = {}
+    for line in series.read_text().splitlines() if series.exists() else []:
+        name, sep, comment = line.partition("#")
+        if name.strip() and sep:
+            found[name.strip()] = comment.strip()
+    return found
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -1,6 +1,7 @@
 """Run pytest in a test venv against one installed sglang and read per-test outcomes."""
 
 import os
+import re
 import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
@@ -46,10 +47,30 @@ def _parse(report: Path) -> dict:
             if node is not None:
                 outcome = {"failure": "failed"}.get(tag, tag)
                 text = (node.get("message") or node.text or "").strip()
-                message = text.splitlines()[0] if text else ""
+                message = _unwrap(text.splitlines()[0] if text else "", node.text or "")
                 break
         results[f"{case.get('classname')}::{case.get('name')}"] = (outcome, message)
     return results
+
+
+_WRAPPER = "retry() exceed maximum number of retries"
+_CHAIN = re.compile(r"\n(?:During handling of the above exception, another exception occurred:"
+                    r"|The above exception was the direct cause of the following exception:)\n")
+
+
+def _unwrap(message: str, longrepr: str) -> str:
+    """The test's own exception. sglang's CustomTestCase runs every test through retry(),
+    whose last word is always 'Exception: retry() exceed maximum number of retries.'
+    chained to what the test raised; pytest's report holds the whole chain."""
+    if _WRAPPER not in message:
+        return message
+    for segment in reversed(_CHAIN.split(longrepr)):
+        if _WRAPPER in segment:
+            continue
+        raised = [line[1:].strip() for line in segment.splitlines() if line.startswith("E ")]
+        if raised:
+            return raised[0]
+    return message
 
 
 def select(results: dict, node_id: str) -> dict:

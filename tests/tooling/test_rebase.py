@@ -33,6 +33,7 @@ def done(tmp_path_factory):
     for key, value in up.env.items():
         if key.startswith("SGLANG_SERIES_"):
             mp.setenv(key, value)
+    mp.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")  # the synthetic tests need no plugin: faster runs
     paths = config.Paths.from_env()
     # The running interpreter's environment has pytest; the synthetic sglang needs nothing else.
     data = rebase.rebase(paths, NEW, tests_root=up.tests_root, venv_of=lambda v: Path(sys.prefix), log=lambda *_: None)
@@ -109,3 +110,14 @@ def test_cannot_run_on_vanilla_is_told_apart_from_the_bug_still_being_there():
     assert verdict.categorize(False, [same], [moved], None)[0] == verdict.CONFLICTS
     # tests skipped everywhere are no evidence of absorption
     assert verdict.categorize(False, [o("skip")], [o("skip")], None)[0] == verdict.CONFLICTS
+
+
+def test_unpinned_or_missing_release_is_one_line_that_says_what_to_do(tmp_path):
+    up = Releases(tmp_path)
+    for args, hint in ((["--upstream", "9.9.9"], "make pin UPSTREAM_VERSION=9.9.9"),
+                       ([], "make rebase UPSTREAM_VERSION=X"),
+                       (["--upstream", BASE], "already the base")):
+        proc = up.run("rebase", *args)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode != 0 and len(lines) == 1 and hint in lines[0], proc.stderr
+    assert not (up.build / "9.9.9").exists()
