@@ -51,13 +51,14 @@ def build_queue(paths: config.Paths, rel: config.Release, force: bool = False) -
                               f"`make export{up}`, or rebuild it from patches/ with `make queue{up} FORCE=1`")
     fetch_base_objects(paths, rel, repo)
     git.checkout_fresh(repo, patch_queue.QUEUE, scratch.BASELINE)
-    for patch in patches:
-        proc = patch_queue.am_named(repo, patch.path, patch.name, three_way=True)
-        if proc.returncode != 0:
-            # The am session stays open on purpose: this is the person's workspace.
-            raise SeriesError(f"{describe_failure(patch, proc.stdout + proc.stderr).split(';')[0]} on sglang {rel.version}; "
-                              f"resolve it in {repo} (`git status`, edit, `git add -A`, `git am --continue`), "
-                              f"then `make export{up}`; or `make discard{up}` to drop the queue")
+    proc = patch_queue.am_series(repo, [(p.path, p.name) for p in patches], three_way=True)
+    if proc.returncode != 0:
+        # The am session stays open on purpose: this is the person's workspace.
+        name = patch_queue.stopped_at(repo)
+        patch = next((p for p in patches if p.name == name), patches[0])
+        raise SeriesError(f"{describe_failure(patch, proc.stdout + proc.stderr).split(';')[0]} on sglang {rel.version}; "
+                          f"resolve it in {repo} (`git status`, edit, `git add -A`, `git am --continue` applies the rest), "
+                          f"then `make export{up}`; or `make discard{up}` to drop the queue")
     return len(patches)
 
 

@@ -11,6 +11,7 @@ patches/ changes only with --write (WRITE=1), and only when every kept patch app
 """
 
 import argparse
+import re
 import shutil
 import sys
 import time
@@ -75,7 +76,7 @@ def _clean(text: str, paths: config.Paths) -> str:
     """Machine paths out of messages, so the report is the same on every machine."""
     for prefix, label in ((str(paths.build), "build"), (str(paths.cache), "$CACHE"), (str(paths.root), ".")):
         text = text.replace(prefix, label)
-    return text[:300]
+    return re.sub(r"0x[0-9a-f]{6,}", "0x…", text)[:300]  # object addresses differ per run
 
 
 def _side(o: verdict.Outcome | None, paths: config.Paths) -> dict | None:

@@ -49,7 +49,7 @@ _FALLBACK_DATE = "Sat, 1 Jan 2000 00:00:00 +0000"  # git.FIXED_ENV's clock, for 
 
 def _git(repo: Path, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(["git", "-C", str(repo), "-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false", *args],
-                          capture_output=True, text=True, env={**os.environ, **_ISOLATED, **(env or {})})
+                          capture_output=True, text=True, env={**os.environ, **_ISOLATED, **_COMMITTER, **(env or {})})
     if check and proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         raise SeriesError(f"git {args[0]} failed in {repo}: {detail[-1] if detail else proc.returncode}")
@@ -68,16 +68,30 @@ def with_marker(patch_text: str, name: str) -> str:
 
 
 def am_named(repo: Path, patch: Path, name: str, three_way: bool = False) -> subprocess.CompletedProcess:
-    """`git am` one patch as one commit that remembers its file name. No fuzz: git never
-    fuzzes; -3 (only where asked) merges with conflict markers for a person to resolve."""
-    with tempfile.NamedTemporaryFile("w", suffix=".patch", delete=False) as tmp:
-        tmp.write(with_marker(patch.read_text(), name))
-    try:
+    """`git am` one patch as one commit that remembers its file name."""
+    return am_series(repo, [(patch, name)], three_way)
+
+
+def am_series(repo: Path, patches: list, three_way: bool = False) -> subprocess.CompletedProcess:
+    """`git am` [(path, name)] in one session, each as a commit that remembers its file name.
+    No fuzz: git never fuzzes. With three_way (only where a person resolves what is left),
+    a patch that does not apply is merged with conflict markers and the session stops
+    there; `git am --continue` then goes on with the rest of the series."""
+    with tempfile.TemporaryDirectory() as tmp:  # git am copies the mails in before it starts
+        files = []
+        for index, (path, name) in enumerate(patches):
+            files.append(Path(tmp) / f"{index:04d}.patch")
+            files[-1].write_text(with_marker(path.read_text(), name))
         # --keep: take the subject as is, the mirror of format-patch --keep-subject
-        args = ["am", "-q", "--keep", "--keep-cr", "--committer-date-is-author-date"]
-        return _git(repo, *args, *(["--3way"] if three_way else []), tmp.name, env=_COMMITTER, check=False)
-    finally:
-        os.unlink(tmp.name)
+        args = ["am", "-q", "--keep", "--keep-cr", "--committer-date-is-author-date", *(["--3way"] if three_way else [])]
+        return _git(repo, *args, *map(str, files), env=_COMMITTER, check=False)
+
+
+def stopped_at(repo: Path) -> str | None:
+    """The file name of the patch a stopped `git am` session is on."""
+    proc = _git(repo, "am", "--show-current-patch=raw", check=False)
+    m = re.search(rf"(?m)^{MARKER}: (\S+)\s*$", proc.stdout)
+    return m.group(1) if m else None
 
 
 def am_in_progress(repo: Path) -> bool:

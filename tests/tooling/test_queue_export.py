@@ -146,3 +146,26 @@ def test_commits_on_applied_are_exported_and_apply_then_works(up):
     assert "Added 0006-pool-set-line-40.patch / Dropped none / Refreshed none" in out
     out = ok(up.run("apply", "--no-env"))
     assert "applied 0006-pool-set-line-40.patch" in out
+
+
+def test_moving_to_a_new_release_on_the_queue(up):
+    """make queue UPSTREAM_VERSION=X stops at a conflict with 3-way markers; once resolved with
+    plain git, make export writes the series for X and makes X the base."""
+    from rebase_fixtures import NEW
+
+    ok(up.run("queue"))  # the base's tree holds the blobs the patches were made against
+    error = one_line_error(up.run("queue", "--upstream", NEW))
+    assert "0003-twenty.patch" in error and "git am --continue" in error
+    pool = up.tree_of(NEW) / "python/sglang/pool.py"
+    text = pool.read_text()
+    assert "<<<<<<<" in text
+    resolved = text.split("<<<<<<< ")[0] + "LINE_19 = 'nineteen'\nLINE_20 = 'twenty'\n" + text.split(">>>>>>> ")[1].split("\n", 1)[1]
+    pool.write_text(resolved)
+    up.git_in(NEW, "add", "-A")
+    up.git_in(NEW, "-c", "user.name=m", "-c", "user.email=m@x", "am", "--continue")
+    subjects = up.git_in(NEW, "log", "--reverse", "--format=%s", "baseline..queue").splitlines()
+    assert subjects == ["pool: set line 5", "pool: set line 20", "pool: set line 30", "pool: set line 35"]  # 0002 is upstream
+    out = ok(up.run("export", "--upstream", NEW))
+    assert "Dropped 0002-ten.patch" in out and "base = 2.0.0" in out
+    assert "LINE_19 = 'nineteen'" in (up.patches / "0003-twenty.patch").read_text()
+    assert "applied 0005-thirty-five.patch" in ok(up.run("apply", "--no-env"))  # the new base takes the series
