@@ -126,7 +126,7 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
         category, evidence = verdict.categorize(t.applies, base_o, van_o, pat_o)
         keep.append(category != verdict.ABSORBED)
         rows.append({
-            "patch": t.patch.name, "subject": t.patch.subject, "category": category, "evidence": evidence,
+            "patch": t.patch.name, "subject": t.patch.subject, "category": category, "evidence": _clean(evidence, paths),
             "applies": t.applies, "reverse_applies": t.reverse_applies,
             "conflicts": [vars(h) for h in t.conflicts],
             "tests": [{"id": i, "base": _side(b, paths), "vanilla": _side(v, paths),
