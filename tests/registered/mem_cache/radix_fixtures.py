@@ -284,6 +284,64 @@ class RadixHarness:
         assert not bad, f"backed-up nodes under un-backed-up parents: {bad}"
 
 
+@dataclasses.dataclass
+class ServeStats:
+    requests: int = 0
+    rejected: int = 0
+    lost_tokens: int = 0
+    device_hit_tokens: int = 0
+    host_hit_tokens: int = 0
+
+
+def serve_request(
+    h: RadixHarness, tokens: list, swa_evicted_seqlen: int, stats: ServeStats
+) -> bool:
+    """One finished request: match, lock, allocate (evicting under pressure),
+    insert, unlock. Returns False when the pools cannot hold it."""
+    assert len(tokens) % h.page_size == 0
+    assert swa_evicted_seqlen % h.page_size == 0
+    # Keep a new leaf: at least one page inside the window.
+    swa_evicted_seqlen = min(swa_evicted_seqlen, len(tokens) - h.page_size)
+    stats.requests += 1
+    m = h.match(tokens)
+    prefix = m.device_indices.to(torch.int64)
+    stats.device_hit_tokens += len(prefix)
+    stats.host_hit_tokens += m.host_hit_length
+    lock = h.cache.inc_lock_ref(m.last_device_node)
+
+    need = len(tokens) - len(prefix)
+    kv_new = h.alloc_kv(need)
+    if kv_new is None:
+        a = h.allocator
+        _, lost = h.evict_counting_lost(
+            EvictParams(
+                num_tokens=max(0, need - a.full_available_size()),
+                swa_num_tokens=max(0, need - a.swa_available_size()),
+            )
+        )
+        stats.lost_tokens += lost
+        kv_new = h.alloc_kv(need)
+    mamba_value = None
+    if kv_new is not None and h.has_mamba:
+        mamba_value = h.alloc_mamba()
+        if mamba_value is None:
+            _, lost = h.evict_counting_lost(EvictParams(mamba_num=1))
+            stats.lost_tokens += lost
+            mamba_value = h.alloc_mamba()
+        if mamba_value is None:
+            h.allocator.free(kv_new)
+            kv_new = None
+    if kv_new is None:
+        h.cache.dec_lock_ref(m.last_device_node, lock.to_dec_params())
+        stats.rejected += 1
+        return False
+
+    kv = torch.cat([prefix, kv_new])
+    h.insert_finished(tokens, kv, len(prefix), swa_evicted_seqlen, mamba_value)
+    h.cache.dec_lock_ref(m.last_device_node, lock.to_dec_params())
+    return True
+
+
 def _mamba_req_pool(size: int, mamba_size: int, max_context_len: int):
     from sglang.srt.configs.mamba_utils import Mamba2CacheParams, Mamba2StateShape
     from sglang.srt.mem_cache.memory_pool import HybridReqToTokenPool
