@@ -41,18 +41,35 @@ def check_series(paths: config.Paths) -> list[str]:
 
 
 def test_exists(root: Path, node_id: str) -> bool:
-    """A pytest node id (file, file::Class or file::Class::method) that is really there."""
+    """A pytest node id (file, file::Class or file::Class::method) that is really there;
+    a method may come from a base class defined in the file or imported from a sibling module."""
     file, *names = node_id.split("::")
     path = root / file
     if not path.is_file() or not file.startswith("tests/"):
         return False
-    scope = ast.parse(path.read_text()).body
-    for name in names:
-        found = next((n for n in scope if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name), None)
-        if found is None:
-            return False
-        scope = found.body
-    return True
+    if not names:
+        return True
+    cls = _find_class(path, names[0])
+    return cls is not None and (len(names) == 1 or _has_method(path, cls, names[1]))
+
+
+def _find_class(path: Path, name: str) -> ast.ClassDef | None:
+    return next((n for n in ast.parse(path.read_text()).body if isinstance(n, ast.ClassDef) and n.name == name), None)
+
+
+def _has_method(path: Path, cls: ast.ClassDef, method: str, depth: int = 0) -> bool:
+    if any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == method for n in cls.body):
+        return True
+    if depth > 8:
+        return False
+    imports = {a.asname or a.name: n.module for n in ast.parse(path.read_text()).body
+               if isinstance(n, ast.ImportFrom) and n.module for a in n.names}
+    for base in (b.id for b in cls.bases if isinstance(b, ast.Name)):
+        where = path.with_name(imports[base].split(".")[-1] + ".py") if base in imports else path
+        found = _find_class(where, base) if where.is_file() else None
+        if found is not None and _has_method(where, found, method, depth + 1):
+            return True
+    return False
 
 
 def empty_tests(tests_dir: Path) -> list[str]:

@@ -70,3 +70,14 @@ def test_empty_test_bodies_are_flagged(project, body):
 def test_unregistered_test_file(project):
     (project.root / "tests/registered/test_loose.py").write_text("def test_x():\n    assert True\n")
     assert any("test_loose.py: registered test file without a register_*_ci" in p for p in lint.problems(project))
+
+
+def test_inherited_test_from_sibling_module_counts_as_existing(project):
+    tests = project.root / "tests/registered"
+    (tests / "checks.py").write_text("class Checks:\n    def test_shared(self):\n        assert 2 > 1\n")
+    (tests / "test_thing.py").write_text(GOOD_TEST + "\nfrom checks import Checks\n\nclass TestMixed(Checks):\n    device = 'cpu'\n")
+    path = project.patches / "0001-a.patch"
+    path.write_text(path.read_text().replace("TestThing::test_real", "TestMixed::test_shared"))
+    assert lint.problems(project) == []
+    path.write_text(path.read_text().replace("TestMixed::test_shared", "TestMixed::test_missing"))
+    assert any("TestMixed::test_missing, which does not exist" in p for p in lint.problems(project))
