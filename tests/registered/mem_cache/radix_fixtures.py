@@ -12,7 +12,7 @@ leaked host slot shows up as a size mismatch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 from sglang.test.test_utils import maybe_stub_sgl_kernel
 
@@ -162,7 +162,7 @@ class RadixHarness:
     page_size: int
     window: int
     has_mamba: bool
-    controller: Optional[FakeHiCacheController] = None
+    controller: Optional[Any] = None  # FakeHiCacheController or a real one
     host: Optional[HostPools] = None
 
     # -- device allocation ---------------------------------------------------
@@ -291,6 +291,8 @@ class ServeStats:
     lost_tokens: int = 0
     device_hit_tokens: int = 0
     host_hit_tokens: int = 0
+    # Prefix tokens found on device or host (reusable without recompute).
+    reusable_tokens: int = 0
 
 
 def serve_request(
@@ -307,6 +309,10 @@ def serve_request(
     prefix = m.device_indices.to(torch.int64)
     stats.device_hit_tokens += len(prefix)
     stats.host_hit_tokens += m.host_hit_length
+    node = m.best_match_node
+    while node is not h.cache.root_node:
+        stats.reusable_tokens += len(node.key)
+        node = node.parent
     lock = h.cache.inc_lock_ref(m.last_device_node)
 
     need = len(tokens) - len(prefix)
@@ -431,48 +437,58 @@ def build_tree(
     )
 
 
-def attach_fake_hicache(
+def attach_hicache(
     h: RadixHarness,
+    make_controller,
     *,
     write_policy: str = "write_through",
     host_full_size: int = 4096,
     host_swa_size: int = 4096,
     host_mamba_size: int = 512,
-) -> FakeHiCacheController:
-    """Wire host pools + fake controller the way the hybrid pool assembler does."""
+    host_pool_cls=LogicalHostPool,
+):
+    """Wire host pools + a controller the way the hybrid pool assembler does.
+
+    ``make_controller(host_pool_group, write_policy)`` builds the controller.
+    """
     cache = h.cache
-    kv_host = LogicalHostPool(host_full_size, h.page_size)
-    swa_host = LogicalHostPool(host_swa_size, h.page_size)
+    kvcache = h.allocator.get_kvcache()
+    kv_host = host_pool_cls(host_full_size, h.page_size)
+    swa_host = host_pool_cls(host_swa_size, h.page_size)
     entries = [
         PoolEntry(
             name=PoolName.KV,
             host_pool=kv_host,
-            device_pool=None,
+            device_pool=kvcache.full_kv_pool,
             layer_mapper=lambda i: i,
             is_primary_index_anchor=True,
         ),
         PoolEntry(
             name=PoolName.SWA,
             host_pool=swa_host,
-            device_pool=None,
+            device_pool=kvcache.swa_kv_pool,
             layer_mapper=lambda i: i,
             host_evict_fn=lambda n: cache.evict_host(n, SWA),
+            device_evict_fn=lambda n: cache.evict(EvictParams(swa_num_tokens=n)),
+            device_alloc_fn=h.allocator.swa_attn_allocator.alloc,
+            device_free_fn=h.allocator.swa_attn_allocator.free,
         ),
     ]
     mamba_host = None
     if h.has_mamba:
-        mamba_host = LogicalHostPool(host_mamba_size, 1)
+        mamba_host = host_pool_cls(host_mamba_size, 1)
         entries.append(
             PoolEntry(
                 name=PoolName.MAMBA,
                 host_pool=mamba_host,
-                device_pool=None,
+                device_pool=h.req_to_token_pool.mamba_pool,
                 layer_mapper=lambda i: i,
                 host_evict_fn=lambda n: cache.evict_host(n, MAMBA),
+                device_evict_fn=lambda n: cache.evict(EvictParams(mamba_num=n)),
             )
         )
     group = HostPoolGroup(entries)
-    controller = FakeHiCacheController(group, write_policy)
+    controller = make_controller(group, write_policy)
 
     cache.cache_controller = controller
     cache.host_pool_group = group
@@ -489,3 +505,8 @@ def attach_fake_hicache(
     h.controller = controller
     h.host = HostPools(kv=kv_host, swa=swa_host, mamba=mamba_host)
     return controller
+
+
+def attach_fake_hicache(h: RadixHarness, **kwargs) -> FakeHiCacheController:
+    """attach_hicache with the in-process FakeHiCacheController."""
+    return attach_hicache(h, FakeHiCacheController, **kwargs)

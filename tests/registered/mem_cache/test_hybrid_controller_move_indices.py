@@ -1,0 +1,276 @@
+"""Regression guard for upstream #23427 (issue #23429), fixed in 0.5.12.
+
+HybridCacheController.start_writing / start_loading move transfer indices to
+the copy engine's device (io_backend "kernel": host indices go to the GPU).
+The PoolTransfer objects they are handed may be the ones the radix tree
+reads host values back from, so the move must happen on copies. When it was
+done in place, a node's host_value became a device tensor and host eviction
+crashed in the host pool's free().
+
+The real controller is built without its CUDA-only __init__; the device move
+is simulated on CPU by pointing the controller at the "meta" device, so a
+moved index tensor is a different tensor on a different device, exactly what
+the free() of a host pool cannot take.
+"""
+
+import os
+import sys
+import unittest
+from unittest import mock
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import radix_fixtures as rf  # noqa: E402
+import torch  # noqa: E402
+
+from sglang.srt.managers import cache_controller as base_cc  # noqa: E402
+from sglang.srt.mem_cache.base_prefix_cache import EvictParams  # noqa: E402
+from sglang.srt.mem_cache.hicache_storage import PoolName, PoolTransfer  # noqa: E402
+from sglang.srt.mem_cache.hybrid_cache import (  # noqa: E402
+    hybrid_cache_controller as hcc,
+)
+from sglang.srt.mem_cache.memory_pool_host import LogicalHostPool  # noqa: E402
+from sglang.test.ci.ci_register import register_cpu_ci  # noqa: E402
+from sglang.test.test_utils import CustomTestCase  # noqa: E402
+
+register_cpu_ci(est_time=30, suite="stage-a-test-cpu")
+
+MOVED_TO = torch.device("meta")
+
+
+class _Event:
+    """CPU stand-in for a device event: copies here complete immediately."""
+
+    def record(self, stream=None):
+        pass
+
+    def wait(self, stream=None):
+        pass
+
+    def query(self):
+        return True
+
+    def synchronize(self):
+        pass
+
+
+class _Stream:
+    def wait_event(self, event):
+        pass
+
+
+class _CpuDeviceModule:
+    """The slice of torch.cuda that the controllers touch."""
+
+    Event = _Event
+    Stream = _Stream
+
+    @staticmethod
+    def stream(stream):
+        return mock.MagicMock()
+
+    @staticmethod
+    def current_stream():
+        return _Stream()
+
+
+class RecordingHostPool(LogicalHostPool):
+    """Real index pool that also records what the controller copies and frees."""
+
+    def __init__(self, size, page_size):
+        super().__init__(size, page_size)
+        self.backups = []
+        self.loads = []
+        self.freed = []
+
+    def backup_from_device_all_layer(
+        self, device_pool, host_indices, device_indices, io_backend
+    ):
+        self.backups.append((host_indices, device_indices))
+
+    def load_to_device_per_layer(
+        self, device_pool, host_indices, device_indices, layer_id, io_backend
+    ):
+        self.loads.append((host_indices, device_indices, layer_id))
+
+    def free(self, indices):
+        # The real free() moves to CPU first: a device tensor fails here,
+        # as MambaPoolHost.free() failed in #23429.
+        n = super().free(indices)
+        self.freed.append(indices)
+        return n
+
+
+def _bare_controller(host_pool_group, write_policy, allocator, layer_num=2):
+    """A real HybridCacheController with only the attributes the copy paths use."""
+    ctrl = object.__new__(hcc.HybridCacheController)
+    ctrl.mem_pool_host = host_pool_group
+    ctrl.mem_pool_device = None
+    ctrl.mem_pool_device_allocator = allocator
+    ctrl.write_policy = write_policy
+    ctrl.io_backend = "kernel"
+    ctrl.device = MOVED_TO
+    ctrl.write_queue = []
+    ctrl.load_queue = []
+    ctrl.ack_write_queue = []
+    ctrl.ack_load_queue = []
+    ctrl.write_stream = _Stream()
+    ctrl.load_stream = _Stream()
+    ctrl.layer_num = layer_num
+    ctrl.layer_done_counter = base_cc.LayerDoneCounter(layer_num)
+    return ctrl
+
+
+def _snapshot(transfers):
+    return [(t, t.host_indices, t.device_indices) for t in transfers]
+
+
+class TestHybridControllerMoveIndices(CustomTestCase):
+    def setUp(self):
+        # Both controller modules bind the device module at import time.
+        for module in (hcc, base_cc):
+            patcher = mock.patch.object(module, "device_module", _CpuDeviceModule)
+            patcher.start()
+            self.addCleanup(patcher.stop)
+
+    def _assert_untouched(self, snapshot):
+        for transfer, host, device in snapshot:
+            self.assertIs(transfer.host_indices, host, f"{transfer.name} host moved")
+            self.assertIs(
+                transfer.device_indices, device, f"{transfer.name} device moved"
+            )
+            if transfer.host_indices is not None:
+                self.assertEqual(transfer.host_indices.device.type, "cpu")
+
+    def _hybrid_tree(self):
+        h = rf.build_tree(page_size=1, window=2, with_mamba=True)
+        rf.attach_hicache(
+            h,
+            lambda group, policy: _bare_controller(group, policy, h.allocator),
+            host_pool_cls=RecordingHostPool,
+        )
+        h.cache.load_back_threshold = 1
+        return h
+
+    def test_start_writing_and_loading_use_moved_copies(self):
+        h = self._hybrid_tree()
+        ctrl = h.controller
+        host = h.host
+        swa_dev = torch.tensor([5, 6, 7], dtype=torch.int64)
+        mamba_dev = torch.tensor([3], dtype=torch.int64)
+        swa_xfer = PoolTransfer(
+            name=PoolName.SWA,
+            host_indices=host.swa.alloc(3),
+            device_indices=swa_dev,
+        )
+        mamba_xfer = PoolTransfer(
+            name=PoolName.MAMBA,
+            host_indices=host.mamba.alloc(1),
+            device_indices=mamba_dev,
+        )
+        kv_host = host.kv.alloc(3)
+        kv_dev = torch.tensor([10, 11, 12], dtype=torch.int64)
+        snapshot = _snapshot([swa_xfer, mamba_xfer])
+
+        ctrl.write_queue.append(
+            hcc.CacheOperation(
+                kv_host, kv_dev, 7, pool_transfers=[swa_xfer, mamba_xfer]
+            )
+        )
+        ctrl.start_writing()
+        self._assert_untouched(snapshot)
+        self.assertEqual(ctrl.write_queue, [])
+        self.assertEqual(ctrl.ack_write_queue[-1].node_ids, [7])
+        # The copies got moved indices with the same values.
+        for pool, xfer in ((host.swa, swa_xfer), (host.mamba, mamba_xfer)):
+            (moved_host, moved_dev) = pool.backups[-1]
+            self.assertEqual(moved_host.device, MOVED_TO)
+            self.assertEqual(moved_host.shape, xfer.host_indices.shape)
+            self.assertIs(moved_dev, xfer.device_indices)
+        self.assertEqual(host.kv.backups[-1][0].device, MOVED_TO)
+
+        ctrl.load_queue.append(
+            hcc.CacheOperation(
+                kv_host, kv_dev, 8, pool_transfers=[swa_xfer, mamba_xfer]
+            )
+        )
+        producer = ctrl.start_loading()
+        self.assertGreaterEqual(producer, 0)
+        self._assert_untouched(snapshot)
+        self.assertEqual(ctrl.load_queue, [])
+        self.assertEqual(ctrl.ack_load_queue[-1].node_ids, [8])
+        self.assertEqual(len(host.swa.loads), ctrl.layer_num)
+        self.assertTrue(all(l[0].device == MOVED_TO for l in host.mamba.loads))
+
+    def test_tree_host_eviction_frees_original_host_indices(self):
+        """Write-through, demote, load back, demote, host-evict: the crash path."""
+        h = self._hybrid_tree()
+        cache, ctrl, host = h.cache, h.controller, h.host
+
+        # Spy on the transfers the tree hands to the controller.
+        handed = []
+        for name in ("write", "load"):
+            real = getattr(ctrl, name)
+
+            def spy(*args, _real=real, **kwargs):
+                result = _real(*args, **kwargs)
+                handed.append(list(kwargs.get("extra_pools") or []))
+                return result
+
+            setattr(ctrl, name, spy)
+
+        tokens = list(range(100, 106))
+        kv = h.alloc_kv(len(tokens))
+        mamba_value = h.alloc_mamba()
+        h.insert_finished(tokens, kv, 0, 0, mamba_value)
+        (leaf,) = cache.root_node.children.values()
+
+        # Write-through ran start_writing on moved copies.
+        self.assertTrue(leaf.backuped)
+        (write_xfers,) = handed
+        self.assertEqual({x.name for x in write_xfers}, {PoolName.SWA, PoolName.MAMBA})
+        self.assertEqual(host.swa.backups[-1][0].device, MOVED_TO)
+        self.assertEqual(host.mamba.backups[-1][0].device, MOVED_TO)
+        # What the tree committed as host values is what the host pools gave out.
+        originals = {}
+        for ct in (rf.FULL, rf.SWA, rf.MAMBA):
+            hv = leaf.component_data[ct].host_value
+            self.assertEqual(hv.device.type, "cpu", f"{ct} host_value left the host")
+            originals[ct] = hv.clone()
+        for x in write_xfers:
+            ct = rf.SWA if x.name == PoolName.SWA else rf.MAMBA
+            self.assertEqual(x.host_indices.device.type, "cpu")
+            self.assertTrue(torch.equal(x.host_indices, originals[ct]))
+
+        cache.writing_check()
+        self.assertEqual(h.locked_nodes(), [])
+        cache.evict(EvictParams(num_tokens=len(tokens)))
+        self.assertTrue(leaf.evicted and leaf.backuped)
+
+        # Load back: the tree's transfers reference its own host values.
+        self.assertTrue(cache.load_back(leaf))
+        load_xfers = handed[-1]
+        snapshot = _snapshot(load_xfers)
+        self.assertGreater(cache.ready_to_load_host_cache(), -1)
+        self._assert_untouched(snapshot)
+        self.assertTrue(all(l[0].device == MOVED_TO for l in host.swa.loads))
+        cache.loading_check()
+        self.assertEqual(h.locked_nodes(), [])
+        h.assert_healthy()
+
+        # Demote again and evict from host: frees exactly the original slots.
+        cache.evict(EvictParams(num_tokens=len(tokens)))
+        self.assertTrue(leaf.evicted)
+        cache.evict_host(len(tokens))
+        self.assertNotIn(leaf, h.nodes())
+        pools = ((rf.FULL, host.kv), (rf.SWA, host.swa), (rf.MAMBA, host.mamba))
+        for ct, pool in pools:
+            (freed,) = pool.freed
+            self.assertEqual(freed.device.type, "cpu")
+            self.assertTrue(torch.equal(freed, originals[ct]), f"{ct}: other slots")
+            self.assertEqual(pool.available_size(), pool.size)
+        h.assert_healthy()
+
+
+if __name__ == "__main__":
+    unittest.main()
