@@ -79,6 +79,13 @@ def _clean(text: str, paths: config.Paths) -> str:
     return re.sub(r"0x[0-9a-f]{6,}", "0x…", text)[:300]  # object addresses differ per run
 
 
+def _checkout(root: Path) -> dict:
+    """Which commit of this repo the patches and tests came from (to re-run the same evidence)."""
+    if not git.is_repo(root):
+        return {"commit": None, "dirty": None}
+    return {"commit": git.rev(root, "HEAD"), "dirty": bool(git.dirty(root))}
+
+
 def _side(o: verdict.Outcome | None, paths: config.Paths) -> dict | None:
     return None if o is None else {"status": o.status, "message": _clean(o.message, paths)}
 
@@ -154,6 +161,7 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
         "wheel": {"file": rel.wheel, "sha256": rel.sha256, "url": rel.url},
         "environment": {"lock": f"env/{version}.lock", "base_lock": f"env/{base}.lock"},
         "command": f"make rebase {up}",
+        "tests_from": _checkout(paths.root),
         "categories": verdict.CATEGORIES,
         "patches": rows,
         "summary": {c: [r["patch"] for r in rows if r["category"] == c] for c in verdict.CATEGORIES},
