@@ -171,6 +171,10 @@ def main():
         f"{res['vanilla']['failed_writes']}, patched "
         f"{res['patched']['failed_writes']}"
     )
+    print(
+        f"replay time (after import): vanilla {res['vanilla']['seconds']} s, "
+        f"patched {res['patched']['seconds']} s"
+    )
     if res["patched"]["lost"] != 0:
         sys.exit("patched side lost KV on eviction")
 
