@@ -9,7 +9,6 @@ exports to its own file; the export strips that line again.
 import datetime
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -84,7 +83,7 @@ def am_series(repo: Path, patches: list, three_way: bool = False) -> subprocess.
             files[-1].write_text(with_marker(path.read_text(), name))
         # --keep: take the subject as is, the mirror of format-patch --keep-subject
         args = ["am", "-q", "--keep", "--keep-cr", "--committer-date-is-author-date", *(["--3way"] if three_way else [])]
-        return _git(repo, *args, *map(str, files), env=_COMMITTER, check=False)
+        return _git(repo, *args, *map(str, files), check=False)
 
 
 def stopped_at(repo: Path) -> str | None:
@@ -236,7 +235,3 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.write_text(text)
     tmp.replace(path)
 
-
-def copy_series(src: Path, dest: Path) -> None:
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(src, dest)

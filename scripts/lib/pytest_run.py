@@ -23,13 +23,13 @@ def run(venv: Path, site: Path, targets: list[str], cwd: Path, extra: list[str] 
     return subprocess.run(command(venv, targets, extra), cwd=cwd, env=environ(site)).returncode
 
 
-def outcomes(venv: Path, site: Path, node_ids: list[str], cwd: Path, timeout: int = 1800) -> dict:
+def outcomes(venv: Path, site: Path, node_ids: list[str], cwd: Path, timeout: int = 1800, extra: list[str] = ()) -> dict:
     """{node id or file: outcome} with outcome one of passed/failed/error/skipped,
     plus the message of the first problem, read from pytest's JUnit XML."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "junit.xml"
         proc = subprocess.run(
-            command(venv, node_ids, ["-q", f"--junitxml={report}", "-o", "junit_family=xunit2"]),
+            command(venv, node_ids, ["-q", f"--junitxml={report}", "-o", "junit_family=xunit2", *extra]),
             cwd=cwd, env=environ(site), capture_output=True, text=True, timeout=timeout,
         )
         if not report.exists():
@@ -61,7 +61,11 @@ _CHAIN = re.compile(r"\n(?:During handling of the above exception, another excep
 def _unwrap(message: str, longrepr: str) -> str:
     """The test's own exception. sglang's CustomTestCase runs every test through retry(),
     whose last word is always 'Exception: retry() exceed maximum number of retries.'
-    chained to what the test raised; pytest's report holds the whole chain."""
+    chained to what the test raised; pytest's report holds the whole chain. A collection
+    failure says only that; the import error that caused it is the report's last E line."""
+    if message == "collection failure":
+        raised = [line[1:].strip() for line in longrepr.splitlines() if line.startswith("E ")]
+        return f"collection failure: {raised[-1]}" if raised else message
     if _WRAPPER not in message:
         return message
     for segment in reversed(_CHAIN.split(longrepr)):

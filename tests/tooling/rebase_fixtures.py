@@ -22,7 +22,8 @@ BASE, NEW = "1.0.0", "2.0.0"
 POOL = "sglang/pool.py"
 
 
-def pool_lines(overrides: dict | None = None, tail: str = "def make_pool(size):\n    return [LINE_35] * size\n") -> list[str]:
+def pool_lines(overrides: dict | None = None,
+               tail: str = "def make_pool(size):\n    return [LINE_35] * size\n\n\nBASE_ONLY = True\n") -> list[str]:
     lines = [f"LINE_{i} = {i}\n" for i in range(1, 41)]
     for number, text in (overrides or {}).items():
         lines[number - 1] = text + "\n"
@@ -42,6 +43,19 @@ CHANGES = {  # patch name: (line, new text, test class)
     "0004-thirty.patch": (30, "LINE_30 = 'thirty'", "TestThirty"),
     "0005-thirty-five.patch": (35, "LINE_35 = 'thirty-five'", "TestThirtyFive"),
 }
+# 0005 also names a test file that cannot even be imported on 2.0.0 (BASE_ONLY is gone):
+# a collection error there must not keep the other files' tests from running.
+BROKEN_FILE = "tests/test_synthetic_base_only.py"
+BROKEN_TESTS = '''import unittest
+
+from sglang.pool import BASE_ONLY, LINE_35
+
+
+class TestBaseOnly(unittest.TestCase):
+    def test_value(self):
+        self.assertTrue(BASE_ONLY)
+        self.assertEqual(LINE_35, "thirty-five")
+'''
 TEST_FILE = "tests/test_synthetic_pool.py"
 TESTS = '''import unittest
 
@@ -94,8 +108,10 @@ class Releases(Upstream):
         self.tests_root = tmp / "tests-root"
         (self.tests_root / "tests").mkdir(parents=True)
         (self.tests_root / TEST_FILE).write_text(TESTS)
+        (self.tests_root / BROKEN_FILE).write_text(BROKEN_TESTS)
         for name, (line, text, test) in CHANGES.items():
-            self.add_raw_patch(name, patch_text(line, text, f"pool: set line {line}", f"{TEST_FILE}::{test}"))
+            tests = f"{TEST_FILE}::{test}" + (f" {BROKEN_FILE}::TestBaseOnly" if name.startswith("0005") else "")
+            self.add_raw_patch(name, patch_text(line, text, f"pool: set line {line}", tests))
         self.write_series(list(CHANGES))
 
     def pin_files(self, version: str, files: dict) -> None:

@@ -74,6 +74,9 @@ def test_evidence_behind_each_category(done):
     assert porting["tests"][0]["base"]["status"] == "fail"  # an assertion on the base...
     assert porting["tests"][0]["patched"]["status"] == "cannot-run"  # ...a TypeError on X
     assert "TypeError" in porting["tests"][0]["patched"]["message"]
+    broken = porting["tests"][1]
+    assert (broken["base"]["status"], broken["vanilla"]["status"]) == ("fail", "cannot-run")
+    assert "collection failure: ImportError: cannot import name 'BASE_ONLY'" in broken["vanilla"]["message"]
 
 
 def test_reports_and_proposed_series_are_written_but_patches_untouched(done):
