@@ -11,13 +11,13 @@ from scripts.lib import config, git, patch_queue, pins, scratch, series
 from scripts.lib.errors import SeriesError, run_main
 
 
-def source_branch(repo) -> str:
+def source_branch(repo, up: str = "") -> str:
     current = git.current_branch(repo)
     if current in (patch_queue.QUEUE, scratch.APPLIED):
         return current
     if git.ref_exists(repo, patch_queue.QUEUE):
         return patch_queue.QUEUE
-    raise SeriesError(f"{repo} has no queue branch; create it with `make queue`")
+    raise SeriesError(f"{repo} has no queue branch; create it with `make queue{up}`")
 
 
 def export_series(paths: config.Paths, rel: config.Release) -> patch_queue.Changes:
@@ -26,7 +26,7 @@ def export_series(paths: config.Paths, rel: config.Release) -> patch_queue.Chang
     if not git.is_repo(repo):
         raise SeriesError(f"no scratch tree for sglang {rel.version}; create the queue with `make queue{up}`")
     require_idle(repo, f"`make export{up}`")
-    branch = source_branch(repo)
+    branch = source_branch(repo, up)
     state = scratch.read_state(paths, rel.version)
     known = {p["commit"]: p["patch"] for p in state["patches"]} if state else {}
     old = series.entries(paths.patches)
