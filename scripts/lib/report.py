@@ -81,5 +81,5 @@ def _summ(p: dict, side: str) -> str:
     statuses = [t[side]["status"] for t in p["tests"] if t[side] is not None]
     if not statuses:
         return "—"
-    counts = {s: statuses.count(s) for s in ("pass", "fail", "cannot-run", "skip") if s in statuses}
+    counts = {s: statuses.count(s) for s in ("pass", "fail", "error", "cannot-run", "skip") if s in statuses}
     return ", ".join(f"{n} {s}" for s, n in counts.items())

@@ -3,10 +3,14 @@
 
 A test's outcome on one side is one of
   pass        it ran and passed
-  fail        it ran and an assertion failed
-  cannot-run  it could not get to its assertions: collection/import error, or an
+  fail        its own check fired (AssertionError)
+  error       it stopped on another exception: the bug itself (a crash the test
+              provokes) or a setup that no longer works; which one, the base tells
+  cannot-run  it could not get to its checks: collection/import error, or an
               ImportError / AttributeError / TypeError / NameError (an API that moved)
   skip        skipped here (e.g. needs CUDA): no evidence either way
+An `error` or `cannot-run` on X that is not the one the base had means the test no
+longer runs on X; the same one as on the base is the bug still being there.
 """
 
 import re
@@ -25,9 +29,10 @@ CATEGORIES = {
     ABSORBED: "absorbed upstream (its tests pass on vanilla X): drop it",
     CONFLICTS: "conflicts (hunks below): refresh it",
     TESTS_FAIL: "applies, but its tests fail with the series on X",
-    PORTING: "tests no longer run on X (API changed): port the patch and its tests",
+    PORTING: "tests no longer run on X (API changed: they stop before their checks, unlike on the base): port the patch and its tests",
 }
 
+_ASSERTION = re.compile(r"^(E\s+)?(AssertionError\b|assert )")
 _API_MOVED = re.compile(r"^(E\s+)?(ImportError|ModuleNotFoundError|AttributeError|TypeError|NameError)\b")
 _PATHS = re.compile(r"\(?(/[^\s:'\")]+)+\)?")
 
@@ -37,9 +42,14 @@ class Outcome:
     status: str  # pass / fail / cannot-run / skip
     message: str = ""
 
-    def signature(self) -> str:
-        """Status and error without file paths: comparable across sites and releases."""
-        return f"{self.status}:{_PATHS.sub('<path>', self.message).strip()}"
+    def kind(self) -> str:
+        """What happened, comparable across sites and releases: for a failed check only that
+        it failed; for an error its exception type; for cannot-run the message without paths."""
+        if self.status in ("pass", "fail", "skip"):
+            return self.status
+        if self.status == "error":
+            return "error:" + self.message.split(":", 1)[0].strip()
+        return f"cannot-run:{_PATHS.sub('<path>', self.message).strip()}"
 
 
 def outcomes_for(results: dict, node_id: str) -> Outcome:
@@ -51,7 +61,7 @@ def outcomes_for(results: dict, node_id: str) -> Outcome:
         errors = [m for key, (o, m) in results.items() if o == "error" and _same_file(key, node_id)]
         return Outcome("cannot-run", errors[0] if errors else "not collected (the test id is not found)")
     per_case = [_status(outcome, message) for outcome, message in chosen.values()]
-    for status in ("cannot-run", "fail", "pass", "skip"):
+    for status in ("cannot-run", "error", "fail", "pass", "skip"):
         found = [o for o in per_case if o.status == status]
         if found:
             return found[0]
@@ -65,7 +75,7 @@ def _status(outcome: str, message: str) -> Outcome:
         return Outcome("skip", message)
     if outcome == "error" or _API_MOVED.match(message):
         return Outcome("cannot-run", message)
-    return Outcome("fail", message)
+    return Outcome("fail" if _ASSERTION.match(message) else "error", message)
 
 
 def _same_file(key: str, node_id: str) -> bool:
@@ -82,7 +92,7 @@ def _first_line(text: str) -> str:
 def summary(outcomes: list[Outcome]) -> str:
     """'pass' when every test that ran passed, else the worst status seen."""
     statuses = {o.status for o in outcomes}
-    for status in ("cannot-run", "fail"):
+    for status in ("cannot-run", "error", "fail"):
         if status in statuses:
             return status
     return "pass" if "pass" in statuses else "skip"
@@ -91,23 +101,25 @@ def summary(outcomes: list[Outcome]) -> str:
 def categorize(applies: bool, base: list[Outcome], vanilla: list[Outcome], patched: list[Outcome] | None) -> tuple[str, str]:
     """(category, one sentence of evidence). Precedence: absorbed (upstream fixed it: drop,
     whatever its text does) > tests that cannot run > conflicts > tests that fail > clean."""
-    on_vanilla = summary(vanilla)
-    if on_vanilla == "pass":
+    if summary(vanilla) == "pass":
         return ABSORBED, "every test that ran passes on vanilla X"
     if applies:
-        on_patched = summary(patched or [])
-        if on_patched == "cannot-run":
-            o = next(o for o in patched if o.status == "cannot-run")
-            return PORTING, f"applies, but with the series on X a test cannot run: {o.message}"
-        if on_patched == "fail":
-            o = next(o for o in patched if o.status == "fail")
-            return TESTS_FAIL, f"applies; with the series on X a test still fails: {o.message}"
-        if on_patched == "skip":
+        for b, o in zip(base, patched or []):
+            if o.status == "cannot-run" or (o.status == "error" and o.kind() != b.kind()):
+                return PORTING, f"applies, but with the series on X a test cannot run ({o.message}); on the base it was {_said(b)}"
+        failing = [o for o in patched or [] if o.status in ("fail", "error")]
+        if failing:
+            return TESTS_FAIL, f"applies; with the series on X a test still fails: {failing[0].message}"
+        if summary(patched or []) == "skip":
             return CLEAN, "applies; its tests are skipped here (no evidence on this machine: run them where they can run)"
         return CLEAN, "applies; its tests fail on vanilla X and pass with the series"
-    # Not applied: only vanilla evidence. A failure that looks like the base's is the bug
-    # still there; a cannot-run the base did not have is an API that moved.
-    moved = [(b, v) for b, v in zip(base, vanilla) if v.status == "cannot-run" and v.signature() != b.signature()]
-    if moved:
-        return PORTING, f"does not apply, and a test cannot run on vanilla X (on the base it was {moved[0][0].status}): {moved[0][1].message}"
+    # Not applied: only vanilla evidence. A failure like the base's is the bug still there;
+    # an error or cannot-run the base did not have is a test that no longer runs on X.
+    for b, v in zip(base, vanilla):
+        if v.status in ("cannot-run", "error") and v.kind() != b.kind():
+            return PORTING, f"does not apply, and a test cannot run on vanilla X ({v.message}); on the base it was {_said(b)}"
     return CONFLICTS, "does not apply; its tests fail on vanilla X as they do on the base (the bug is still there)"
+
+
+def _said(o: Outcome) -> str:
+    return o.status + (f" ({o.message})" if o.message and o.status != "pass" else "")

@@ -111,6 +111,13 @@ def test_cannot_run_on_vanilla_is_told_apart_from_the_bug_still_being_there():
     same = o("cannot-run", "ImportError: cannot import name 'fixed' from 'sglang.pool' (/a/site/sglang/pool.py)")
     moved = o("cannot-run", "ImportError: cannot import name 'fixed' from 'sglang.pool' (/b/site/sglang/pool.py)")
     assert verdict.categorize(False, [same], [moved], None)[0] == verdict.CONFLICTS
+    # not an assertion, not an API error, but not what the base did either: setup no longer works on X
+    assert verdict.categorize(False, [o("fail", "AssertionError: page 128 written twice")],
+                              [o("error", "ValueError: Global server args is not set yet!")], None)[0] == verdict.PORTING
+    # the same crash on the base and on X is the bug itself; with the series it is still there
+    crash = o("error", "RuntimeError: shape mismatch")
+    assert verdict.categorize(False, [crash], [crash], None)[0] == verdict.CONFLICTS
+    assert verdict.categorize(True, [crash], [crash], [crash])[0] == verdict.TESTS_FAIL
     # tests skipped everywhere are no evidence of absorption
     assert verdict.categorize(False, [o("skip")], [o("skip")], None)[0] == verdict.CONFLICTS
 
