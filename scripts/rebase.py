@@ -87,7 +87,7 @@ def _clean(text: str, paths: config.Paths) -> str:
     """Machine paths out of messages, so the report is the same on every machine."""
     for prefix, label in ((str(paths.build), "build"), (str(paths.cache), "$CACHE"), (str(paths.root), ".")):
         text = text.replace(prefix, label)
-    return re.sub(r"0x[0-9a-f]{6,}", "0x…", text)[:300]  # object addresses differ per run
+    return re.sub(r"0x[0-9a-f]{6,}", "0x…", text)  # object addresses differ per run
 
 
 def _checkout(root: Path) -> dict:
@@ -98,7 +98,7 @@ def _checkout(root: Path) -> dict:
 
 
 def _side(o: verdict.Outcome | None, paths: config.Paths) -> dict | None:
-    return None if o is None else {"status": o.status, "message": _clean(o.message, paths)}
+    return None if o is None else {"status": o.status, "message": _clean(o.message, paths)[:300]}
 
 
 def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, venv_of=None, log=print) -> dict:
