@@ -2,6 +2,7 @@
 
 - every series entry exists, none twice, and no patch file sits outside the series;
 - every patch has the DEP-3 style headers, and the tests it names exist;
+- every revert in tests/reverts names guard tests that exist;
 - every test file under tests/registered registers itself (register_*_ci);
 - no test function has an empty body (`pass`, `...` or a docstring only), the trap
   that silently disabled inherited checks in upstream's #25477.
@@ -92,9 +93,23 @@ def unregistered(registered_dir: Path) -> list[str]:
     return problems
 
 
+def check_reverts(paths: config.Paths) -> list[str]:
+    """tests/reverts: each revert exists and names guard tests that exist."""
+    reverts = paths.root / "tests" / "reverts"
+    if not (reverts / "series").exists():
+        return []
+    try:
+        loaded = series.load(reverts)
+    except SeriesError as exc:
+        return [f"tests/reverts: {exc}"]
+    problems = [f"tests/reverts/{r.name}: no Tests header" for r in loaded if not r.tests]
+    return problems + [f"tests/reverts/{r.name}: Tests names {t}, which does not exist"
+                       for r in loaded for t in r.tests if not test_exists(paths.root, t)]
+
+
 def problems(paths: config.Paths) -> list[str]:
     tests = paths.root / "tests"
-    return check_series(paths) + empty_tests(tests) + unregistered(tests / "registered")
+    return check_series(paths) + check_reverts(paths) + empty_tests(tests) + unregistered(tests / "registered")
 
 
 def main() -> None:

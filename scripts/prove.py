@@ -1,14 +1,27 @@
-"""make prove: run each patch's tests (its `Tests:` header) on vanilla upstream and on the
-patched build, and show both sides. A patch is proven when its tests fail on vanilla and
-pass with the series; tests skipped here (no GPU) are shown as such, never as passing."""
+"""make prove: show both sides of every claim the series makes.
+
+- each patch's tests (its `Tests:` header) fail on vanilla upstream and pass on the
+  patched build;
+- each guard of a fix the base already has (tests/reverts/: a patch that puts the
+  old bug back, with the guard tests in its `Tests:` header) passes on vanilla and
+  fails on vanilla + that revert.
+
+Tests skipped here (no GPU) are shown as such, never as passing.
+"""
 
 import argparse
 import json
+import os
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 from scripts import build
-from scripts.lib import config, envs, pytest_run, scratch, series
+from scripts.lib import config, envs, pytest_run, series
 from scripts.lib.errors import SeriesError, run_main
+
+REVERTS = "tests/reverts"
 
 
 def summarize(chosen: dict) -> str:
@@ -19,45 +32,76 @@ def summarize(chosen: dict) -> str:
             return kind
     if not kinds:
         return "missing"
-    return "passed" if kinds == {"passed"} or kinds == {"passed", "skipped"} else "skipped"
+    return "passed" if "passed" in kinds else "skipped"
 
 
-def verdict(sides: list[tuple[str, str]]) -> str:
-    """sides: (vanilla, patched) per test id."""
-    if any(p in ("failed", "error", "missing") for _, p in sides):
-        return "BROKEN: fails with the series"
-    if any(v in ("failed", "error") and p == "passed" for v, p in sides):
+def verdict(sides: list[tuple[str, str]], good: int) -> str:
+    """sides: (before, after) per test; `good` is the side that must pass (0 or 1)."""
+    bad = 1 - good
+    if any(side[good] != "passed" for side in sides if side[good] != "skipped"):
+        return "BROKEN: fails where it must pass"
+    if any(side[bad] in ("failed", "error") and side[good] == "passed" for side in sides):
         return "proven"
-    return "not proven here (tests pass on vanilla or are skipped)"
+    return "not proven here (passes on both sides or skipped)"
+
+
+def revert_site(paths: config.Paths, version: str, vanilla: Path, patch: series.Patch) -> Path:
+    """vanilla's installed sglang with the revert applied (patch paths python/sglang/... -> sglang/...)."""
+    site = build.site(paths, version, f"revert-{patch.path.stem}")
+    shutil.rmtree(site, ignore_errors=True)
+    shutil.copytree(vanilla, site, symlinks=True)
+    # The site lies inside this repo's work tree: stop git from finding that repo, or it
+    # would resolve the patch's paths against the repo root and skip them silently.
+    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(site.parent)}
+    proc = subprocess.run(["git", "apply", "-p2", str(patch.path)], cwd=site, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SeriesError(f"{REVERTS}/{patch.name} does not apply on vanilla {version}: {proc.stderr.strip().splitlines()[0]}")
+    return site
+
+
+def table(title: str, columns: tuple[str, str], rows: list[dict]) -> None:
+    print(f"\n{title}\n\n| patch | test | {columns[0]} | {columns[1]} | verdict |\n|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['patch']} | {row['test']} | {row['before']} | {row['after']} | {row['verdict']} |")
+
+
+def judge(patches: list[series.Patch], before: dict, after: dict, good: int) -> list[dict]:
+    rows = []
+    for patch in patches:
+        sides = [(summarize(pytest_run.select(before, t)), summarize(pytest_run.select(after, t))) for t in patch.tests]
+        result = verdict(sides, good)
+        rows += [{"patch": patch.name, "test": t, "before": b, "after": a, "verdict": result} for t, (b, a) in zip(patch.tests, sides)]
+    return rows
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--upstream")
-    parser.add_argument("--json", help="also write the table as JSON to this file")
+    parser.add_argument("--json", help="also write the rows as JSON to this file")
     args = parser.parse_args(argv)
     paths = config.Paths.from_env()
     rel = config.release(paths, args.upstream)
     patches = series.load(paths.patches)
+    reverts = series.load(paths.root / REVERTS)
     sites = build.install_sites(paths, rel)
     if "patched" not in sites:
         raise SeriesError("nothing applied yet; run `make apply`")
     venv = envs.venv(paths, rel.version)
-    ids = sorted({t for p in patches for t in p.tests})
-    runs = {flavor: pytest_run.outcomes(venv, sites[flavor], ids, paths.root) for flavor in ("vanilla", "patched")}
-    rows, ok = [], True
-    print(f"| patch | test | vanilla {rel.version} | patched | verdict |\n|---|---|---|---|---|")
-    for patch in patches:
-        sides = [(summarize(pytest_run.select(runs["vanilla"], t)), summarize(pytest_run.select(runs["patched"], t))) for t in patch.tests]
-        result = verdict(sides)
-        ok &= result == "proven"
-        for test, (van, pat) in zip(patch.tests, sides):
-            print(f"| {patch.name} | {test} | {van} | {pat} | {result} |")
-            rows.append({"patch": patch.name, "test": test, "vanilla": van, "patched": pat, "verdict": result})
+
+    def run(site: Path, items: list[series.Patch]) -> dict:
+        return pytest_run.outcomes(venv, site, sorted({t for p in items for t in p.tests}), paths.root)
+
+    vanilla = run(sites["vanilla"], patches + reverts)
+    rows = judge(patches, vanilla, run(sites["patched"], patches), good=1)
+    table(f"Patches: vanilla {rel.version} vs patched", (f"vanilla {rel.version}", "patched"), rows)
+    guard_rows = []
+    for revert in reverts:
+        reverted = run(revert_site(paths, rel.version, sites["vanilla"], revert), [revert])
+        guard_rows += judge([revert], vanilla, reverted, good=0)
+    table(f"Guards of fixes already in {rel.version}: vanilla vs vanilla + revert", (f"vanilla {rel.version}", "with the revert"), guard_rows)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
-    sys.exit(0 if ok else 1)
+        Path(args.json).write_text(json.dumps({"patches": rows, "guards": guard_rows}, indent=2) + "\n")
+    sys.exit(0 if all(r["verdict"] == "proven" for r in rows + guard_rows) else 1)
 
 
 if __name__ == "__main__":
