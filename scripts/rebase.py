@@ -48,21 +48,33 @@ def trial_site(paths: config.Paths, rel: config.Release, tools: envs.Tools, venv
 
 
 def run_tests(venv: Path, site: Path, ids: list[str], cwd: Path) -> dict:
-    """{test id: verdict.Outcome}. All ids in one pytest run (one import of torch and sglang);
-    but pytest refuses a whole command line when one named file cannot be imported, so the
-    ids left without a result are run again file by file."""
+    """{test id: verdict.Outcome}. All ids in one pytest run (one import of torch and sglang).
+    pytest refuses the whole command line when a named file cannot be imported, after
+    recording that file's collection error; the other ids then run again together, and
+    file by file only if that still leaves some without a result."""
     if not ids:
         return {}
-    results = pytest_run.outcomes(venv, site, ids, cwd, extra=["--continue-on-collection-errors"])
-    found = {t: verdict.outcomes_for(results, t) for t in ids}
+
+    def run(batch: list[str]) -> dict:
+        results = pytest_run.outcomes(venv, site, batch, cwd, extra=["--continue-on-collection-errors"])
+        found.update({t: verdict.outcomes_for(results, t) for t in batch})
+        return results
+
+    found: dict = {}
+    results = run(ids)
     stuck = [t for t in ids if not pytest_run.select(results, t)]
-    files = sorted({t.split("::")[0] for t in stuck})
-    if stuck and len({t.split("::")[0] for t in ids}) > 1:
-        for file in files:
-            file_ids = [t for t in stuck if t.split("::")[0] == file]
-            again = pytest_run.outcomes(venv, site, file_ids, cwd)
-            found.update({t: verdict.outcomes_for(again, t) for t in file_ids})
+    if not stuck or len({_file(t) for t in ids}) == 1:
+        return found
+    rest = [t for t in stuck if not verdict.collection_error(results, t)]
+    if rest:
+        again = run(rest)
+        for file in sorted({_file(t) for t in rest if not pytest_run.select(again, t)}):
+            run([t for t in rest if _file(t) == file])
     return found
+
+
+def _file(node_id: str) -> str:
+    return node_id.split("::")[0]
 
 
 def proposed_series(repo: Path, trials: list[trial.Trial], keep: list[bool]) -> list[patch_queue.Exported]:

@@ -58,8 +58,7 @@ def outcomes_for(results: dict, node_id: str) -> Outcome:
         return Outcome("cannot-run", _first_line(results["__run__"][1]) or "pytest did not run")
     chosen = pytest_run.select(results, node_id)
     if not chosen:
-        errors = [m for key, (o, m) in results.items() if o == "error" and _same_file(key, node_id)]
-        return Outcome("cannot-run", errors[0] if errors else "not collected (the test id is not found)")
+        return Outcome("cannot-run", collection_error(results, node_id) or "not collected (the test id is not found)")
     per_case = [_status(outcome, message) for outcome, message in chosen.values()]
     for status in ("cannot-run", "error", "fail", "pass", "skip"):
         found = [o for o in per_case if o.status == status]
@@ -78,10 +77,14 @@ def _status(outcome: str, message: str) -> Outcome:
     return Outcome("fail" if _ASSERTION.match(message) else "error", message)
 
 
-def _same_file(key: str, node_id: str) -> bool:
-    """A collection error is reported against the module (tests.x.test_y), not a test."""
+def collection_error(results: dict, node_id: str) -> str | None:
+    """The collection error of the test's file, if it had one: pytest reports it against
+    the module (`::tests.x.test_y`), not against a test."""
     module = node_id.split("::")[0][:-3].replace("/", ".")
-    return module in key
+    for key, (outcome, message) in results.items():
+        if outcome == "error" and key.split("::", 1)[-1] == module:
+            return message
+    return None
 
 
 def _first_line(text: str) -> str:
