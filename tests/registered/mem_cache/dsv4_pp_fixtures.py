@@ -282,8 +282,8 @@ def expected_compress_layer_ids(start: int, end: int, ratio: int) -> dict[int, i
     return {l: i for i, l in enumerate(local)}
 
 
-class LayerCountChecks:
-    """The #25477 part: transfer-layer count and KV/SWA/C4/C128 mappings."""
+class EachStage:
+    """First, a middle and the last stage of the split, each its own test."""
 
     device = "cpu"
 
@@ -295,6 +295,11 @@ class LayerCountChecks:
 
     def test_last_stage(self):
         self._check_stage(PP_SIZE - 1)
+
+
+class LayerCountChecks(EachStage):
+    """The #25477 part: transfer-layer count and KV/SWA/C4/C128 mappings."""
+
 
     def _check_stage(self, pp_rank):
         start, end = stage_range(pp_rank)
@@ -343,19 +348,9 @@ class LayerCountChecks:
                 )
 
 
-class StatePoolChecks:
+class StatePoolChecks(EachStage):
     """Host state pools wrap the state pool of the global layer they claim."""
 
-    device = "cpu"
-
-    def test_first_stage(self):
-        self._check_stage(0)
-
-    def test_middle_stage(self):
-        self._check_stage(PP_SIZE // 2)
-
-    def test_last_stage(self):
-        self._check_stage(PP_SIZE - 1)
 
     def _check_stage(self, pp_rank):
         start, end = stage_range(pp_rank)
