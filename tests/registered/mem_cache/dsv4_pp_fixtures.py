@@ -300,7 +300,6 @@ class EachStage:
 class LayerCountChecks(EachStage):
     """The #25477 part: transfer-layer count and KV/SWA/C4/C128 mappings."""
 
-
     def _check_stage(self, pp_rank):
         start, end = stage_range(pp_rank)
         n = end - start
@@ -350,7 +349,6 @@ class LayerCountChecks(EachStage):
 
 class StatePoolChecks(EachStage):
     """Host state pools wrap the state pool of the global layer they claim."""
-
 
     def _check_stage(self, pp_rank):
         start, end = stage_range(pp_rank)
