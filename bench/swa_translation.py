@@ -21,8 +21,9 @@ sides pay the same write and differ only in how locations are obtained.
 import argparse
 import json
 import os
-import subprocess
 import sys
+
+import sides
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -127,21 +128,9 @@ def run_side(args):
     )
 
 
-def _run_subprocess(args, side):
-    tree = os.path.abspath(getattr(args, side))
-    if not os.path.isdir(os.path.join(tree, "sglang")):
-        sys.exit(f"{side}: no sglang package under {tree}")
-    env = dict(os.environ, PYTHONPATH=tree)
-    cmd = [sys.executable, os.path.abspath(__file__), "--side", side]
-    for name in ("device", "layers", "tokens", "batches", "warmup", "rounds"):
-        cmd += [f"--{name}", str(getattr(args, name))]
-    proc = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, cwd=REPO, check=False
-    )
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1])
+def _run_side(args, side):
+    options = {name: getattr(args, name) for name in ("device", "layers", "tokens", "batches", "warmup", "rounds")}
+    return sides.run(__file__, getattr(args, side), side, options)
 
 
 def main():
@@ -169,7 +158,7 @@ def main():
     runs = {"vanilla": [], "patched": []}
     for _ in range(args.passes):
         for side in ("vanilla", "patched"):
-            runs[side].append(_run_subprocess(args, side))
+            runs[side].append(_run_side(args, side))
     # Fastest run per side: the least disturbed by other load on the machine.
     v = min(runs["vanilla"], key=lambda r: r["ms_per_batch"])
     p = min(runs["patched"], key=lambda r: r["ms_per_batch"])

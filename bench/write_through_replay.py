@@ -20,9 +20,10 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import time
+
+import sides
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -104,27 +105,6 @@ def run_side(args):
     )
 
 
-def _start(args, side):
-    tree = os.path.abspath(getattr(args, side))
-    if not os.path.isdir(os.path.join(tree, "sglang")):
-        sys.exit(f"{side}: no sglang package under {tree}")
-    env = dict(os.environ, PYTHONPATH=tree)
-    cmd = [sys.executable, os.path.abspath(__file__), "--side", side]
-    for name in SIZES:
-        cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    return subprocess.Popen(
-        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-
-
-def _result(side, proc):
-    out, err = proc.communicate()
-    lines = [l for l in out.decode().splitlines() if l.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        sys.exit(f"{side} failed:\n{err.decode()[-3000:]}")
-    return json.loads(lines[-1])
-
-
 SIZES = {
     "seed": 20261121,
     "conversations": 48,
@@ -150,8 +130,8 @@ def main():
         run_side(args)
         return
 
-    procs = {side: _start(args, side) for side in ("vanilla", "patched")}
-    res = {side: _result(side, proc) for side, proc in procs.items()}
+    procs = {side: sides.start(__file__, getattr(args, side), side, {n: getattr(args, n) for n in SIZES}) for side in ("vanilla", "patched")}
+    res = {side: sides.result(side, proc) for side, proc in procs.items()}
     print(
         f"write-through replay: {args.conversations} conversations x {args.turns} "
         f"turns, seed {args.seed}, page {args.page_size}, SWA window "

@@ -3,7 +3,6 @@ patched wheel and prepare the test environment."""
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
 from scripts import build

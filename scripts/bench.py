@@ -3,7 +3,6 @@ the two installed builds (each benchmark runs each side in its own process)."""
 
 import argparse
 import subprocess
-import sys
 
 from scripts import build
 from scripts.lib import config, envs
