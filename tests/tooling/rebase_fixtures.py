@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from synthetic import Upstream, _wheel_cli  # noqa: E402
+from synthetic import Upstream  # noqa: E402
 
 BASE, NEW = "1.0.0", "2.0.0"
 POOL = "sglang/pool.py"
@@ -113,21 +113,6 @@ class Releases(Upstream):
             tests = f"{TEST_FILE}::{test}" + (f" {BROKEN_FILE}::TestBaseOnly" if name.startswith("0005") else "")
             self.add_raw_patch(name, patch_text(line, text, f"pool: set line {line}", tests))
         self.write_series(list(CHANGES))
-
-    def pin_files(self, version: str, files: dict) -> None:
-        root = self.tmp / f"src-{version}" / f"sglang-{version}"
-        for rel, text in files.items():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_text(text)
-        info = root / f"sglang-{version}.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: sglang\nVersion: {version}\n")
-        (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        out = self.tmp / f"dist-{version}"
-        out.mkdir()
-        subprocess.run([str(_wheel_cli()), "pack", "-d", str(out), str(root)], check=True, capture_output=True)
-        wheel = next(out.glob("*.whl"))
-        self.pin(version, wheel.as_uri(), hashlib.sha256(wheel.read_bytes()).hexdigest())
 
     def tree_of(self, version: str) -> Path:
         return self.build / version / "tree"

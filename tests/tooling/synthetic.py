@@ -4,6 +4,7 @@ the tooling can be tested in seconds, without the real 8 GB environment."""
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,8 +37,7 @@ class Upstream:
         self.patches.mkdir()
         # The pinned tools (uv, wheel) are shared with the real cache: no download.
         (self.cache / "tools").symlink_to(real_cache() / "tools")
-        self.wheel = self._make_wheel()
-        self.pin(VERSION, self.wheel.as_uri(), _sha256(self.wheel))
+        self.wheel = self.pin_files(VERSION, ORIGINAL)
         self.write_series([])
 
     @property
@@ -84,20 +84,25 @@ class Upstream:
     def git(self, *args: str) -> str:
         return subprocess.run(["git", "-C", str(self.tree), *args], capture_output=True, text=True, check=True).stdout.strip()
 
-    def _make_wheel(self) -> Path:
-        root = self.tmp / "wheel-src" / f"sglang-{VERSION}"
-        for rel, text in ORIGINAL.items():
+    def pin_files(self, version: str, files: dict) -> Path:
+        """Build a wheel of `files` for `version` and pin it (again); returns the wheel."""
+        for old in (self.tmp / f"src-{version}", self.tmp / f"dist-{version}"):
+            shutil.rmtree(old, ignore_errors=True)
+        root = self.tmp / f"src-{version}" / f"sglang-{version}"
+        for rel, text in files.items():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_text(text)
-        info = root / f"sglang-{VERSION}.dist-info"
+        info = root / f"sglang-{version}.dist-info"
         info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: sglang\nVersion: {VERSION}\n")
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: sglang\nVersion: {version}\n")
         (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        out = self.tmp / "upstream"
+        out = self.tmp / f"dist-{version}"
         out.mkdir()
         proc = subprocess.run([str(_wheel_cli()), "pack", "-d", str(out), str(root)], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
-        return next(out.glob("*.whl"))
+        wheel = next(out.glob("*.whl"))
+        self.pin(version, wheel.as_uri(), _sha256(wheel))
+        return wheel
 
 
 def _wheel_cli() -> Path:
