@@ -25,7 +25,7 @@ def main() -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
-        raise SeriesError(f"zizmor found problems in ci/ (listed above); fix the workflows and run `make lint-ci` again")
+        raise SeriesError("zizmor found problems in ci/ (listed above); fix the workflows and run `make lint-ci` again")
     print(f"lint-ci: {len(workflows)} workflows in ci/ pass zizmor (offline, pedantic)")
 
 
