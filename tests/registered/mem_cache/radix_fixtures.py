@@ -12,6 +12,7 @@ leaked host slot shows up as a size mismatch.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Optional
 
 from sglang.test.test_utils import maybe_stub_sgl_kernel
@@ -28,16 +29,29 @@ from sglang.srt.mem_cache.base_prefix_cache import (  # noqa: E402
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams  # noqa: E402
 from sglang.srt.mem_cache.hicache_storage import PoolName  # noqa: E402
 from sglang.srt.mem_cache.memory_pool import ReqToTokenPool  # noqa: E402
-from sglang.srt.mem_cache.memory_pool_host import (  # noqa: E402
-    HostPoolGroup,
-    LogicalHostPool,
-    PoolEntry,
-)
+from sglang.srt.mem_cache.memory_pool_host import LogicalHostPool  # noqa: E402
 from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
-from sglang.srt.mem_cache.swa_memory_pool import (  # noqa: E402
-    SWAKVPool,
-    SWATokenToKVPoolAllocator,
-)
+from sglang.srt.mem_cache.swa_memory_pool import SWAKVPool  # noqa: E402
+
+# Later releases move these; the fallbacks let the same tests judge them.
+try:
+    from sglang.srt.mem_cache.memory_pool_host import (  # noqa: E402
+        HostPoolGroup,
+        PoolEntry,
+    )
+except ImportError:  # 0.5.23+
+    from sglang.srt.mem_cache.pool_host.group import (  # noqa: E402
+        HostPoolGroup,
+        PoolEntry,
+    )
+try:
+    from sglang.srt.mem_cache.swa_memory_pool import (  # noqa: E402
+        SWATokenToKVPoolAllocator,
+    )
+except ImportError:  # 0.5.13+
+    from sglang.srt.mem_cache.allocator.swa import (  # noqa: E402
+        SWATokenToKVPoolAllocator,
+    )
 from sglang.srt.mem_cache.unified_cache_components import ComponentType  # noqa: E402
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache  # noqa: E402
 
@@ -183,8 +197,14 @@ class RadixHarness:
         a.set_full_to_swa_mapping(full, swa)
         return full.to(torch.int64)
 
+    @property
+    def mamba_slots(self):
+        """Mamba slot allocator (0.5.13+ splits it off the state pool)."""
+        pool = self.req_to_token_pool
+        return getattr(pool, "mamba_allocator", pool.mamba_pool)
+
     def alloc_mamba(self) -> Optional[torch.Tensor]:
-        return self.req_to_token_pool.mamba_pool.alloc(1)
+        return self.mamba_slots.alloc(1)
 
     # -- request-level operations -------------------------------------------
 
@@ -213,7 +233,7 @@ class RadixHarness:
             )
         )
         if mamba_value is not None and result.mamba_exist:
-            self.req_to_token_pool.mamba_pool.free(mamba_value)
+            self.mamba_slots.free(mamba_value)
         return result
 
     def match(self, tokens: list):
@@ -348,6 +368,13 @@ def serve_request(
     return True
 
 
+def _accepted_kwargs(fn, **kwargs) -> dict:
+    """Drop keyword arguments that fn's signature does not name (releases
+    remove parameters; a catch-all **kwargs does not count as naming them)."""
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
 def _mamba_req_pool(size: int, mamba_size: int, max_context_len: int):
     from sglang.srt.configs.mamba_utils import Mamba2CacheParams, Mamba2StateShape
     from sglang.srt.mem_cache.memory_pool import HybridReqToTokenPool
@@ -386,16 +413,19 @@ def build_tree(
 ) -> RadixHarness:
     """FULL+SWA (or FULL+SWA+MAMBA) UnifiedRadixCache on real CPU pools."""
     kvcache = SWAKVPool(
-        size=full_size,
-        size_swa=swa_size,
-        page_size=page_size,
-        dtype=torch.bfloat16,
-        head_num=1,
-        head_dim=4,
-        swa_attention_layer_ids=[0],
-        full_attention_layer_ids=[1],
-        enable_kvcache_transpose=False,
-        device="cpu",
+        **_accepted_kwargs(
+            SWAKVPool.__init__,
+            size=full_size,
+            size_swa=swa_size,
+            page_size=page_size,
+            dtype=torch.bfloat16,
+            head_num=1,
+            head_dim=4,
+            swa_attention_layer_ids=[0],
+            full_attention_layer_ids=[1],
+            enable_kvcache_transpose=False,
+            device="cpu",
+        )
     )
     allocator = SWATokenToKVPoolAllocator(
         size=full_size,
