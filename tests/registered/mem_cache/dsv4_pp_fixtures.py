@@ -9,6 +9,7 @@ without a GPU.
 """
 
 import contextlib
+import dataclasses
 import inspect
 import types
 from unittest import mock
@@ -63,16 +64,34 @@ class AccessRecordingList(list):
         return sorted(i for i in self.touched if list.__getitem__(self, i) is None)
 
 
+def _default_server_args(**overrides) -> types.SimpleNamespace:
+    """ServerArgs field defaults (no __post_init__, which wants a model)."""
+    from sglang.srt.server_args import ServerArgs
+
+    values = {
+        f.name: f.default
+        for f in dataclasses.fields(ServerArgs)
+        if f.default is not dataclasses.MISSING
+    }
+    values.update(overrides)
+    return types.SimpleNamespace(**values)
+
+
 @contextlib.contextmanager
 def _non_speculative_global_args():
-    # get_ring_size() reads the global server args; only this field is used.
+    # The pool reads the global server args (speculative_algorithm for the
+    # ring size; later releases more fields, hence every default).
     from sglang.srt import server_args
 
-    with mock.patch.object(
-        server_args,
-        "_global_server_args",
-        types.SimpleNamespace(speculative_algorithm=None),
-    ):
+    args = _default_server_args(speculative_algorithm=None)
+    if hasattr(server_args, "_global_server_args"):
+        target, attr = server_args, "_global_server_args"
+    else:
+        # 0.5.15+: the runtime context owns the slot.
+        from sglang.srt.runtime_context import get_context
+
+        target, attr = get_context(), "_server_args"
+    with mock.patch.object(target, attr, args):
         yield
 
 
@@ -80,10 +99,14 @@ def build_stage_pool(pp_rank: int, device: str, pp_size: int = PP_SIZE):
     """Real DSV4 pool of one stage, with the layer/state lists access-recorded."""
     start, end = stage_range(pp_rank, pp_size)
     swa_pages = SWA_TOKENS // PAGE_SIZE
-    # Releases after 0.5.12 dropped state_dtype; pass it only where taken.
-    extra = {}
-    if "state_dtype" in inspect.signature(DeepSeekV4TokenToKVPool).parameters:
-        extra["state_dtype"] = torch.float32
+    # 0.5.12 takes one state_dtype, 0.5.15+ one per compress ratio; pass the
+    # same float32 states under whichever names the release takes.
+    taken = inspect.signature(DeepSeekV4TokenToKVPool).parameters
+    extra = {
+        name: torch.float32
+        for name in ("state_dtype", "c4_state_dtype", "c128_state_dtype")
+        if name in taken
+    }
     with _non_speculative_global_args():
         pool = DeepSeekV4TokenToKVPool(
             **extra,
@@ -206,8 +229,12 @@ def host_transfer_patches(device: str):
     if torch.device(device).type == "cpu":
         # Without a GPU sgl_kernel is stubbed and its copy kernel does nothing;
         # use the same row copy in torch so the round trip moves real bytes.
+        # create=True: later releases import the kernel only on CUDA.
         with mock.patch.object(
-            memory_pool_host, "transfer_kv_direct", torch_transfer_kv_direct
+            memory_pool_host,
+            "transfer_kv_direct",
+            torch_transfer_kv_direct,
+            create=True,
         ):
             yield
     else:
