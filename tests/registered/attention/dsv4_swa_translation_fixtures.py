@@ -8,10 +8,7 @@ attributes its metadata and store methods read.
 """
 
 import contextlib
-import dataclasses
-import inspect
 import types
-from unittest import mock
 
 from sglang.test.test_utils import maybe_stub_sgl_kernel
 
@@ -81,36 +78,6 @@ def paged_mapping(full_pages, swa_page_of, page_size, device):
     return mapping.to(device)
 
 
-def default_server_args(**overrides) -> types.SimpleNamespace:
-    """ServerArgs field defaults (no __post_init__, which wants a model)."""
-    from sglang.srt.server_args import ServerArgs
-
-    values = {
-        f.name: f.default
-        for f in dataclasses.fields(ServerArgs)
-        if f.default is not dataclasses.MISSING
-    }
-    values.update(overrides)
-    return types.SimpleNamespace(**values)
-
-
-@contextlib.contextmanager
-def default_global_server_args():
-    """Publish default server args where the release keeps them: from 0.5.13
-    the pool constructor reads them (the FP4 indexer flag)."""
-    from sglang.srt import server_args
-
-    if hasattr(server_args, "_global_server_args"):
-        target, attr = server_args, "_global_server_args"
-    else:
-        # 0.5.15+: the runtime context owns the slot.
-        from sglang.srt.runtime_context import get_context
-
-        target, attr = get_context(), "_server_args"
-    with mock.patch.object(target, attr, default_server_args()):
-        yield
-
-
 def make_pool(
     *, page_size, layer_num, start_layer=0, swa_pages=4, device="cpu"
 ):
@@ -118,35 +85,27 @@ def make_pool(
     layer_num) (a PP stage when start_layer > 0), inner SWA pool swapped."""
     end_layer = start_layer + layer_num
     swa_size = swa_pages * page_size
-    # 0.5.12 takes one state_dtype, 0.5.15+ one per compress ratio.
-    taken = inspect.signature(dsv4_pool.DeepSeekV4TokenToKVPool).parameters
-    state_dtypes = {
-        name: torch.float32
-        for name in ("state_dtype", "c4_state_dtype", "c128_state_dtype")
-        if name in taken
-    }
-    with default_global_server_args():
-        pool = dsv4_pool.DeepSeekV4TokenToKVPool(
-            **state_dtypes,
-            max_num_reqs=4,
-            swa_size=swa_size,
-            c4_size=0,
-            c128_size=0,
-            c4_state_pool_size=0,
-            c128_state_pool_size=0,
-            page_size=page_size,
-            swa_page_size=page_size,
-            dtype=torch.uint8,
-            qk_nope_head_dim=448,
-            qk_rope_head_dim=64,
-            indexer_head_dim=128,
-            layer_num=layer_num,
-            device=device,
-            enable_memory_saver=False,
-            compression_ratios=[0] * end_layer,
-            start_layer=start_layer,
-            end_layer=end_layer,
-        )
+    pool = dsv4_pool.DeepSeekV4TokenToKVPool(
+        max_num_reqs=4,
+        swa_size=swa_size,
+        c4_size=0,
+        c128_size=0,
+        c4_state_pool_size=0,
+        c128_state_pool_size=0,
+        page_size=page_size,
+        swa_page_size=page_size,
+        dtype=torch.uint8,
+        state_dtype=torch.float32,
+        qk_nope_head_dim=448,
+        qk_rope_head_dim=64,
+        indexer_head_dim=128,
+        layer_num=layer_num,
+        device=device,
+        enable_memory_saver=False,
+        compression_ratios=[0] * end_layer,
+        start_layer=start_layer,
+        end_layer=end_layer,
+    )
     pool.swa_kv_pool = RowSWAPool(
         layer_num, swa_size + page_size + 1, page_size, device
     )
@@ -265,11 +224,7 @@ def store_via_model(layer_id, fb, kv):
         freqs_cis=None,
     )
     positions = torch.zeros(kv.shape[0], dtype=torch.int64, device=kv.device)
-    # From 0.5.13 the layer is handed the attention backend explicitly.
-    extra = {}
-    if "attn_backend" in inspect.signature(MQALayer._compute_kv_to_cache).parameters:
-        extra["attn_backend"] = fb.attn_backend
-    MQALayer._compute_kv_to_cache(layer, kv, positions, fb, qkv_a=kv, **extra)
+    MQALayer._compute_kv_to_cache(layer, kv, positions, fb, qkv_a=kv)
 
 
 def store_layers(backend, fb, layer_ids, kv):
