@@ -86,9 +86,6 @@ def am_abort(repo: Path) -> None:
     git(repo, "am", "--abort", check=False)
 
 
-def apply_check(repo: Path, patch: Path) -> subprocess.CompletedProcess:
-    return git(repo, "apply", "--check", "--verbose", str(patch), check=False)
-
 
 def reverse_applies(repo: Path, patch: Path) -> bool:
     """True when the patch's change is already in the tree (quilt's 'can be reverse-applied')."""

@@ -73,10 +73,6 @@ def pack(wheel_cli: Path, root: Path, dest: Path, local_version: str) -> Path:
     return built
 
 
-def dist_info(root: Path) -> Path:
-    (info,) = root.glob("*.dist-info")
-    return info
-
 
 def _run(cmd: list[str], env: dict | None = None) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
