@@ -18,8 +18,17 @@ def compile_lock(paths: config.Paths, source, target, extra: list[str], command:
            "--python-version", "3.11", "--custom-compile-command", command, *extra]
     proc = subprocess.run(cmd, env=envs.uv_env(paths), capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SeriesError(f"uv pip compile {source.name} failed: {proc.stderr.strip().splitlines()[-1]}")
+        raise SeriesError(f"uv pip compile {source.name} failed: {_reason(proc.stderr)}; fix {source}, then run `{command}`")
     print(f"wrote {target}")
+
+
+def _reason(stderr: str) -> str:
+    """uv's own verdict: its `error:`/`×` line (the last line is often a caret underline)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("error:", "×")):
+            return line.lstrip("× ")
+    return next((line for line in reversed(lines) if line.strip("^~ ")), "no message")
 
 
 def main(argv=None) -> None:

@@ -24,7 +24,8 @@ def requirements_for(paths: config.Paths, version: str) -> str:
     text, count = re.subn(rf"(?m)^sglang=={re.escape(base)}\s*$", f"sglang=={version}", source.read_text())
     if count != 1:
         raise SeriesError(f"{source} has no single `sglang=={base}` line; fix it, then run `make pin` again")
-    return text.replace(f"sglang=={base}", f"sglang=={version}").replace(f"sglang {base}", f"sglang {version}", 1)
+    # the header comment names the release too; the pin line is already replaced above
+    return re.sub(rf"sglang {re.escape(base)}(?![\w.])", f"sglang {version}", text, count=1)
 
 
 _NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*([<>=!~][^;]*)?")
