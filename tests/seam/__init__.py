@@ -1,0 +1,84 @@
+"""The one place where the tests meet a release's internals.
+
+Checks (tests/registered) say what behaviour is right; the modules of this package
+say how to get the objects they check on the installed sglang: where a class lives,
+which constructor arguments it takes, which global state it reads. When a release
+moves one of those, an adapter here changes and no check does.
+
+When the installed release lacks what a test needs, the adapter raises CannotRun:
+pytest reports the test as skipped with a reason that starts with CANNOT_RUN, which
+tests/conftest.py shows as its own outcome (``cannot-run``) and the tooling
+(make matrix, make rebase) reads as "this test cannot judge this release", never as
+a pass and never as a failing check.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import unittest
+from functools import lru_cache
+
+# scripts/lib/pytest_run.py reads this prefix from pytest's reports.
+CANNOT_RUN = "cannot run on sglang"
+
+
+@lru_cache(maxsize=None)
+def release() -> str:
+    """The installed sglang's version, local label included (0.5.12+dsv4fix.4)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sglang")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def release_tuple() -> tuple[int, ...]:
+    """(0, 5, 13, 1) for 0.5.13.post1: for choosing an adapter family, never for a check."""
+    public = release().split("+")[0].replace(".post", ".")
+    return tuple(int(part) for part in public.split(".") if part.isdigit())
+
+
+class CannotRun(unittest.SkipTest):
+    """The installed release lacks something a test needs to reach its checks."""
+
+    def __init__(self, why: str):
+        super().__init__(f"{CANNOT_RUN} {release()}: {why}")
+
+
+def require(condition: bool, why: str) -> None:
+    if not condition:
+        raise CannotRun(why)
+
+
+def locate(what: str, *candidates: str):
+    """The first of "module:attribute" candidates that this release has; CannotRun
+    (naming every place looked at) when none does. Releases move classes between
+    modules; the candidates list the known homes, oldest first."""
+    tried = []
+    for candidate in candidates:
+        module, _, attr = candidate.partition(":")
+        try:
+            found = importlib.import_module(module)
+        except ImportError as exc:
+            tried.append(f"{module} ({exc.__class__.__name__})")
+            continue
+        if attr and not hasattr(found, attr):
+            tried.append(candidate)
+            continue
+        return getattr(found, attr) if attr else found
+    raise CannotRun(f"{what} not found (looked at {', '.join(tried)})")
+
+
+def accepted(fn, **kwargs) -> dict:
+    """The keyword arguments that fn's signature names: releases add and drop optional
+    constructor arguments, and a check passes the same intent to each."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def takes(fn, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
