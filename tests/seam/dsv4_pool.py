@@ -1,0 +1,402 @@
+"""DeepSeek-V4 memory pools and their HiCache stack, built on the installed release.
+
+What moved between releases and is absorbed here (checks never see it):
+
+- 0.5.13+: ``DeepSeekV4TokenToKVPool.__init__`` reads ``get_global_server_args()``
+  (``enable_deepseek_v4_fp4_indexer``; every release reads ``speculative_algorithm``
+  for the state ring size). 0.5.15 keeps the slot in the runtime context
+  (``sglang.srt.runtime_context.get_context()._server_args``) instead of
+  ``sglang.srt.server_args._global_server_args``.
+- 0.5.15: ``state_dtype`` became ``c4_state_dtype`` / ``c128_state_dtype``.
+- 0.5.13+: ``build_deepseek_v4_hicache_stack`` takes ``pp_group`` instead of
+  ``pp_rank`` / ``pp_size``; 0.5.13+ no longer registers the C128 state pool.
+- 0.5.14+: the host-memory reserve and the pinned allocators moved to
+  ``mem_cache/pool_host/``; ``memory_pool_host`` imports them, and the DSV4 host
+  pools (defined in ``memory_pool_host`` on every release) read them there.
+- 0.5.13+: ``memory_pool_host`` imports sgl_kernel's ``transfer_kv_direct`` only on
+  CUDA/HIP.
+
+Stable names for other test modules (keep them): ``server_args_defaults``,
+``global_server_args``, ``build_dsv4_pool``, ``build_dsv4_hicache_stack``,
+``HiCacheStack``, ``dsv4_host_transfers``, ``stack_entry``.
+
+Call ``sglang.test.test_utils.maybe_stub_sgl_kernel()`` before importing this
+module on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import types
+from typing import Optional, Sequence
+from unittest import mock
+
+import torch
+
+from seam import CannotRun, accepted, locate, require, takes
+
+__all__ = [
+    "HiCacheStack",
+    "build_dsv4_hicache_stack",
+    "build_dsv4_pool",
+    "dsv4_host_transfers",
+    "global_server_args",
+    "server_args_defaults",
+    "stack_entry",
+]
+
+
+# ---------------------------------------------------------------------------
+# Server args
+# ---------------------------------------------------------------------------
+
+
+def server_args_defaults(**overrides) -> types.SimpleNamespace:
+    """Every ``ServerArgs`` field at its declared default, with ``overrides`` on top.
+
+    A plain namespace, not a ``ServerArgs``: ``ServerArgs.__post_init__`` wants a
+    model. ``speculative_algorithm`` defaults to None (no draft model), so the DSV4
+    pool sizes its state rings for plain decoding."""
+    server_args = locate("ServerArgs", "sglang.srt.server_args:ServerArgs")
+    values = {
+        f.name: f.default
+        for f in dataclasses.fields(server_args)
+        if f.default is not dataclasses.MISSING
+    }
+    values.update(
+        {
+            f.name: f.default_factory()
+            for f in dataclasses.fields(server_args)
+            if f.default_factory is not dataclasses.MISSING
+        }
+    )
+    values.setdefault("speculative_algorithm", None)
+    values.update(overrides)
+    return types.SimpleNamespace(**values)
+
+
+def _server_args_slot():
+    """(object, attribute) that ``get_global_server_args()`` reads."""
+    from sglang.srt import server_args
+
+    if hasattr(server_args, "_global_server_args"):
+        return server_args, "_global_server_args"
+    # 0.5.15+: the legacy accessor reads the process runtime context.
+    get_context = locate(
+        "the runtime context", "sglang.srt.runtime_context:get_context"
+    )
+    context = get_context()
+    require(
+        hasattr(context, "_server_args"),
+        "neither server_args._global_server_args nor a runtime-context "
+        "_server_args slot holds the global server args",
+    )
+    return context, "_server_args"
+
+
+@contextlib.contextmanager
+def global_server_args(args=None, **overrides):
+    """Make ``get_global_server_args()`` return ``args`` (default:
+    ``server_args_defaults(**overrides)``) inside the block; the previous value
+    (set or not) comes back afterwards. Yields the args, so a test can read or
+    change a field."""
+    if args is None:
+        args = server_args_defaults(**overrides)
+    elif overrides:
+        raise TypeError("pass either args or field overrides, not both")
+    target, attr = _server_args_slot()
+    with mock.patch.object(target, attr, args):
+        yield args
+
+
+# ---------------------------------------------------------------------------
+# The DSV4 token-to-KV pool
+# ---------------------------------------------------------------------------
+
+
+def _pool_module():
+    return locate(
+        "the DSV4 memory pool", "sglang.srt.mem_cache.deepseek_v4_memory_pool"
+    )
+
+
+def compress_state_ring_size(ratio: int, is_speculative: bool = False) -> int:
+    """Tokens in one C4 (ratio 4) or C128 (ratio 128) compress-state ring."""
+    return _pool_module().get_compress_state_ring_size(ratio, is_speculative)
+
+
+def pp_stage_layers(num_layers: int, pp_rank: int, pp_size: int) -> tuple[int, int]:
+    """[start, end) of stage ``pp_rank`` of ``pp_size``, as the model splits them."""
+    get_pp_indices = locate(
+        "get_pp_indices", "sglang.srt.distributed.utils:get_pp_indices"
+    )
+    return tuple(get_pp_indices(num_layers, pp_rank, pp_size))
+
+
+def build_dsv4_pool(
+    *,
+    compression_ratios: Sequence[int],
+    device: str = "cpu",
+    start_layer: Optional[int] = None,
+    end_layer: Optional[int] = None,
+    page_size: int = 256,
+    swa_page_size: Optional[int] = None,
+    swa_tokens: int = 4 * 256,
+    full_tokens: int = 4 * 256,
+    max_num_reqs: int = 4,
+    dtype: torch.dtype = torch.float8_e4m3fn,
+    state_dtype: torch.dtype = torch.float32,
+    qk_nope_head_dim: int = 448,
+    qk_rope_head_dim: int = 64,
+    indexer_head_dim: int = 128,
+    server_args: Optional[dict] = None,
+):
+    """A real ``DeepSeekV4TokenToKVPool`` on ``device`` (default "cpu").
+
+    ``compression_ratios`` has one entry per model layer (0: uncompressed, 4: C4,
+    128: C128); ``[start_layer, end_layer)`` is the pipeline stage the pool serves
+    (default: every layer), so ``layer_num`` is ``end_layer - start_layer``. The
+    C4/C128 KV pools hold ``full_tokens`` // ratio entries; the state pools one ring
+    per SWA page, as the pool configurator sizes them. ``state_dtype`` is used for
+    both C4 and C128 states on releases that take one per ratio.
+
+    Construction runs inside ``global_server_args(**(server_args or {}))``; code
+    that calls into the pool later and reads server args again (an attention
+    forward) wraps itself in ``global_server_args`` too."""
+    pool_cls = locate(
+        "DeepSeekV4TokenToKVPool",
+        "sglang.srt.mem_cache.deepseek_v4_memory_pool:DeepSeekV4TokenToKVPool",
+    )
+    ratios = list(compression_ratios)
+    start = 0 if start_layer is None else start_layer
+    end = len(ratios) if end_layer is None else end_layer
+    swa_page_size = page_size if swa_page_size is None else swa_page_size
+    swa_pages = swa_tokens // swa_page_size
+    init = pool_cls.__init__
+
+    # 0.5.12-0.5.14 take one state dtype; 0.5.15 one per compress ratio.
+    if takes(init, "state_dtype"):
+        dtypes = dict(state_dtype=state_dtype)
+    elif takes(init, "c4_state_dtype") and takes(init, "c128_state_dtype"):
+        dtypes = dict(c4_state_dtype=state_dtype, c128_state_dtype=state_dtype)
+    else:
+        raise CannotRun(
+            "DeepSeekV4TokenToKVPool takes neither state_dtype nor "
+            "c4_state_dtype/c128_state_dtype"
+        )
+
+    kwargs = dict(
+        max_num_reqs=max_num_reqs,
+        swa_size=swa_tokens,
+        c4_size=full_tokens // 4,
+        c128_size=full_tokens // 128,
+        c4_state_pool_size=swa_pages * compress_state_ring_size(4),
+        c128_state_pool_size=swa_pages * compress_state_ring_size(128),
+        page_size=page_size,
+        swa_page_size=swa_page_size,
+        dtype=dtype,
+        qk_nope_head_dim=qk_nope_head_dim,
+        qk_rope_head_dim=qk_rope_head_dim,
+        indexer_head_dim=indexer_head_dim,
+        layer_num=end - start,
+        device=device,
+        enable_memory_saver=False,
+        compression_ratios=ratios,
+        start_layer=start,
+        end_layer=end,
+        **dtypes,
+    )
+    missing = [k for k in ("start_layer", "end_layer") if not takes(init, k)]
+    require(not missing, f"DeepSeekV4TokenToKVPool takes no {', '.join(missing)}")
+    with global_server_args(**(server_args or {})):
+        return pool_cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------
+# The DSV4 HiCache stack
+# ---------------------------------------------------------------------------
+
+
+class ControllerRecorder:
+    """Stands in for ``HybridCacheController`` (CUDA streams, a process group);
+    keeps the arguments the stack was going to build it with."""
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+        self.kwargs = kwargs
+
+
+@dataclasses.dataclass
+class HiCacheStack:
+    """What ``build_deepseek_v4_hicache_stack`` returned for one stage's pool.
+
+    ``group``: the real host pool group; ``controller``: the recorded controller
+    arguments; ``transfer_layer_num``: the layer count the controller was given."""
+
+    group: object
+    controller: ControllerRecorder
+
+    @property
+    def transfer_layer_num(self) -> int:
+        return self.controller.kwargs["transfer_layer_num"]
+
+
+def _memory_pool_host():
+    return locate("memory_pool_host", "sglang.srt.mem_cache.memory_pool_host")
+
+
+def _alloc_unpinned(dims, dtype, device, pin_memory, allocator):
+    return allocator.allocate(dims, dtype=dtype, device=device)
+
+
+@contextlib.contextmanager
+def _host_pool_patches(device: str):
+    host = _memory_pool_host()
+    with contextlib.ExitStack() as stack:
+        # A few MB of host pools here; do not depend on the 10 GB of free host
+        # RAM that the real reserve asks for.
+        require(
+            hasattr(host, "HICACHE_HOST_MEMORY_RESERVE_BYTES"),
+            "memory_pool_host has no HICACHE_HOST_MEMORY_RESERVE_BYTES",
+        )
+        stack.enter_context(
+            mock.patch.object(host, "HICACHE_HOST_MEMORY_RESERVE_BYTES", 0)
+        )
+        if torch.device(device).type == "cpu":
+            # Host pools pin (cudaHostRegister) their buffers, which needs a CUDA
+            # driver: allocate plainly for CPU device pools.
+            require(
+                hasattr(host, "ALLOC_MEMORY_FUNCS"),
+                "memory_pool_host has no ALLOC_MEMORY_FUNCS",
+            )
+            stack.enter_context(
+                mock.patch.dict(
+                    host.ALLOC_MEMORY_FUNCS, {torch.device("cpu"): _alloc_unpinned}
+                )
+            )
+        yield
+
+
+def _hicache_server_args():
+    return types.SimpleNamespace(
+        hicache_size=0,
+        hicache_ratio=2.0,
+        hicache_mem_layout="layer_first",
+        hicache_storage_backend=None,
+        hicache_write_policy="write_through",
+        hicache_io_backend="direct",
+    )
+
+
+def _cache_init_params(full_tokens: int):
+    swa_attn_allocator = types.SimpleNamespace(
+        alloc=lambda need_size: None, free=lambda indices: None
+    )
+    # size_full sizes the FULL-side (C4/C128) host pools.
+    allocator = types.SimpleNamespace(
+        size_full=full_tokens, swa_attn_allocator=swa_attn_allocator
+    )
+    return types.SimpleNamespace(token_to_kv_pool_allocator=allocator)
+
+
+def build_dsv4_hicache_stack(
+    pool,
+    *,
+    full_tokens: int,
+    pp_rank: int = 0,
+    pp_size: int = 1,
+    page_size: Optional[int] = None,
+    state_host_pool_cls=None,
+) -> HiCacheStack:
+    """Run the release's real ``build_deepseek_v4_hicache_stack`` on ``pool`` as
+    stage ``pp_rank`` of ``pp_size``, with ``full_tokens`` device FULL tokens (the
+    ``full_tokens`` the pool was built with; write-through, "direct" io, layer-first host
+    layout, no storage backend, host pools sized by ``hicache_ratio`` 2).
+
+    The controller is recorded, not built. ``state_host_pool_cls`` replaces
+    ``DeepSeekV4StateHostPool`` (for a check of the KV side alone). On a CPU pool
+    the host pools are not pinned."""
+    assembler = locate(
+        "the hybrid pool assembler",
+        "sglang.srt.mem_cache.hybrid_cache.hybrid_pool_assembler",
+    )
+    build = getattr(assembler, "build_deepseek_v4_hicache_stack", None)
+    require(build is not None, "no build_deepseek_v4_hicache_stack")
+    if takes(build, "pp_rank"):
+        # 0.5.12
+        pp = dict(pp_rank=pp_rank, pp_size=pp_size)
+    elif takes(build, "pp_group"):
+        # 0.5.13+: the stack reads rank_in_group / world_size off the group and
+        # hands it to the controller (recorded here).
+        pp = dict(
+            pp_group=types.SimpleNamespace(rank_in_group=pp_rank, world_size=pp_size)
+        )
+    else:
+        raise CannotRun("build_deepseek_v4_hicache_stack takes no PP stage")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            mock.patch.object(assembler, "HybridCacheController", ControllerRecorder)
+        )
+        if state_host_pool_cls is not None:
+            stack.enter_context(
+                mock.patch.object(
+                    assembler, "DeepSeekV4StateHostPool", state_host_pool_cls
+                )
+            )
+        stack.enter_context(_host_pool_patches(pool.device))
+        group, controller = build(
+            **accepted(
+                build,
+                params=_cache_init_params(full_tokens),
+                server_args=_hicache_server_args(),
+                kvcache=pool,
+                page_size=pool.page_size if page_size is None else page_size,
+                tp_group=None,
+                load_cache_event=None,
+                storage_backend=None,
+            ),
+            **pp,
+        )
+    return HiCacheStack(group=group, controller=controller)
+
+
+def stack_entry(group, name: str):
+    """The group's entry for pool ``name`` (a ``PoolName`` member name such as
+    "DEEPSEEK_V4_C4_STATE"), or None when this release does not register it."""
+    pool_name = locate("PoolName", "sglang.srt.mem_cache.hicache_storage:PoolName")
+    member = getattr(pool_name, name, None)
+    if member is None:
+        return None
+    return group.entry_map.get(member)
+
+
+def pool_transfer(name, host_indices, device_indices):
+    """One ``PoolTransfer`` for entry ``name`` (the entry's own name object)."""
+    cls = locate("PoolTransfer", "sglang.srt.mem_cache.hicache_storage:PoolTransfer")
+    return cls(name=name, host_indices=host_indices, device_indices=device_indices)
+
+
+def _torch_transfer_kv_direct(src_layers, dst_layers, src_indices, dst_indices, page_size):
+    """Row copy with the semantics of sgl_kernel's transfer_kv_direct at
+    page_size 1, the way the DSV4 host pools call it."""
+    assert page_size == 1
+    assert len(src_layers) == len(dst_layers)
+    for src, dst in zip(src_layers, dst_layers):
+        dst[dst_indices.to(dst.device)] = src[src_indices.to(src.device)].to(dst.device)
+
+
+@contextlib.contextmanager
+def dsv4_host_transfers(device: str):
+    """Inside the block the DSV4 host pools' "direct" copies move real bytes.
+
+    On CPU sgl_kernel is stubbed (its copy does nothing) and from 0.5.13 not even
+    imported by memory_pool_host: use the same row copy in torch. On CUDA the
+    real kernel runs."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    with mock.patch.object(
+        _memory_pool_host(), "transfer_kv_direct", _torch_transfer_kv_direct, create=True
+    ):
+        yield
