@@ -3,7 +3,14 @@
 PYTHON ?= python3
 UPSTREAM_VERSION ?=
 UP := $(if $(UPSTREAM_VERSION),--upstream $(UPSTREAM_VERSION))
+# pytest options and test ids, passed verbatim after `--` (shell quoting is kept):
+#   make test PYTEST_ARGS="-x -k 'write_through and not Randomized'"
 PYTEST_ARGS ?=
+# REQUIRE_CUDA=1 (GPU runners): a test skipped for lack of CUDA fails the run
+REQUIRE_CUDA ?=
+PYTEST = $(if $(REQUIRE_CUDA),--require-cuda) -- $(PYTEST_ARGS)
+# SGLANG_SERIES_DRY_RUN=1: every verb stops once its arguments are parsed (tests/tooling)
+DRY = $(if $(SGLANG_SERIES_DRY_RUN),@echo dry run:)
 WRITE ?=
 STRICT ?=
 FORCE ?=
@@ -14,13 +21,13 @@ apply:  ## fetch the pinned sglang, apply patches/series, build the patched whee
 	$(PYTHON) -m scripts.apply $(UP)
 
 test: lint lint-ci  ## lint, then the registered and tooling tests against the patched build
-	$(PYTHON) -m scripts.test --flavor patched $(UP) $(PYTEST_ARGS)
+	$(PYTHON) -m scripts.test --flavor patched $(UP) $(PYTEST)
 
 test-vanilla:  ## the registered tests against vanilla upstream (the patches' tests fail here)
-	$(PYTHON) -m scripts.test --flavor vanilla $(UP) $(PYTEST_ARGS)
+	$(PYTHON) -m scripts.test --flavor vanilla $(UP) $(PYTEST)
 
 test-manual:  ## end-to-end tests that need a model and GPUs (see tests/manual)
-	$(PYTHON) -m scripts.test --flavor patched --tier manual $(UP) $(PYTEST_ARGS)
+	$(PYTHON) -m scripts.test --flavor patched --tier manual $(UP) $(PYTEST)
 
 lint:  ## series/tests consistency checks
 	$(PYTHON) -m scripts.lint
@@ -56,4 +63,4 @@ export:  ## write branch `queue` back to patches/ + series (deterministic)
 	$(PYTHON) -m scripts.export $(UP)
 
 clean:  ## remove the scratch trees (build/); the shared cache stays
-	rm -rf build
+	$(DRY) rm -rf build

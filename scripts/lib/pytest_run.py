@@ -8,8 +8,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 
-def command(venv: Path, targets: list[str], extra: list[str] = ()) -> list[str]:
-    return [str(venv / "bin/python"), "-m", "pytest", "-p", "no:cacheprovider", "-ra", *extra, *targets]
+def command(venv: Path, targets: list[str], extra: list[str] = (), cache_dir: Path | None = None) -> list[str]:
+    # pytest's cache (for --lf/--ff) only where the caller gives it a place outside the sources
+    cache = ["-o", f"cache_dir={cache_dir}"] if cache_dir else ["-p", "no:cacheprovider"]
+    return [str(venv / "bin/python"), "-m", "pytest", *cache, "-ra", *extra, *targets]
 
 
 def environ(site: Path) -> dict:
@@ -18,9 +20,23 @@ def environ(site: Path) -> dict:
     return env
 
 
-def run(venv: Path, site: Path, targets: list[str], cwd: Path, extra: list[str] = ()) -> int:
-    """Run in the foreground, output to the terminal; returns pytest's exit code."""
-    return subprocess.run(command(venv, targets, extra), cwd=cwd, env=environ(site)).returncode
+def run(venv: Path, site: Path, targets: list[str], cwd: Path, extra: list[str] = (),
+        cache_dir: Path | None = None, junit: Path | None = None) -> int:
+    """Run in the foreground, output to the terminal; returns pytest's exit code.
+    With `junit`, pytest also writes its per-test report there (read it with `read_report`)."""
+    report = [f"--junitxml={junit}", "-o", "junit_family=xunit2"] if junit else []
+    return subprocess.run(command(venv, targets, [*report, *extra], cache_dir), cwd=cwd, env=environ(site)).returncode
+
+
+def read_report(junit: Path) -> dict:
+    """{"module.Class::test": (outcome, message)} from a report written by `run`; {} if none."""
+    return _parse(junit) if junit.exists() else {}
+
+
+def skipped_for(results: dict, reason: re.Pattern) -> dict:
+    """{test: skip message} of the tests skipped with a message matching `reason`."""
+    return {test: message for test, (outcome, message) in results.items()
+            if outcome == "skipped" and reason.search(message)}
 
 
 def outcomes(venv: Path, site: Path, node_ids: list[str], cwd: Path, timeout: int = 1800, extra: list[str] = ()) -> dict:

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The steps of every CI lane, in one place: ci/cpu.yml, ci/gpu.yml and this repository's
+# own .ci/run all run this script, so a step that fails on a runner fails .ci/run first.
+#
+#   cpu     make apply; make test (CUDA tests skip, with their reason); make prove
+#   gpu     the same with REQUIRE_CUDA=1: a test skipped for lack of CUDA fails the lane
+#   manual  make apply; make test-manual (tests/manual: a DSV4 model on GPUs), REQUIRE_CUDA=1
+#
+# Every command exits non-zero on failure (pytest collecting no tests included), and
+# `set -e` stops the lane at the first one that does.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+lane="${1:-}"
+case "$lane" in
+  cpu | gpu | manual) ;;
+  *) echo "usage: ci/lanes/run.sh cpu|gpu|manual" >&2; exit 2 ;;
+esac
+
+make apply
+case "$lane" in
+  cpu)    make test PYTEST_ARGS=-rs ;;
+  gpu)    make test PYTEST_ARGS=-rs REQUIRE_CUDA=1 ;;
+  manual) make test-manual PYTEST_ARGS=-rs REQUIRE_CUDA=1 ;;
+esac
+if [ "$lane" != manual ]; then
+  make prove
+fi

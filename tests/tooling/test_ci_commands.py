@@ -1,0 +1,166 @@
+"""Every `make` command line that the workflows in ci/, the CI lane script and the README
+give runs through make and the verbs' argument parsing (SGLANG_SERIES_DRY_RUN stops each
+verb right after it), so a renamed target, variable or option fails here, not on a runner."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from scripts import test as test_verb  # noqa: E402
+from scripts.lib import pytest_run  # noqa: E402
+from scripts.lib.errors import SeriesError  # noqa: E402
+
+LANE = "ci/lanes/run.sh"
+_SHELL_MAKE = re.compile(r"(?:^|[\s;&|(])(make\s[^;&|)\n]*)")
+
+
+def dry_env() -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTEST_ARGS", "REQUIRE_CUDA", "UPSTREAM_VERSION")}
+    return {**env, "SGLANG_SERIES_DRY_RUN": "1"}
+
+
+def shell_make_lines(script: str) -> list[str]:
+    """The `make ...` commands in a shell script (comments skipped)."""
+    found = []
+    for line in script.splitlines():
+        if not line.lstrip().startswith("#"):
+            found += [m.strip() for m in _SHELL_MAKE.findall(line)]
+    return found
+
+
+def workflow_runs() -> dict:
+    """{"cpu.yml/test": [run scripts in order]} for every job of every workflow."""
+    runs = {}
+    for workflow in sorted((REPO / "ci").glob("*.yml")):
+        for job_id, job in yaml.safe_load(workflow.read_text())["jobs"].items():
+            runs[f"{workflow.name}/{job_id}"] = [step["run"] for step in job["steps"] if "run" in step]
+    return runs
+
+
+def readme_make_lines() -> list[str]:
+    """The README's examples: `make ...` in backticks and the make lines of its sh blocks."""
+    text = (REPO / "README.md").read_text()
+    lines = re.findall(r"`(make [^`]+)`", text)
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        lines += [line.split("#", 1)[0].strip() for line in block.splitlines() if line.startswith("make ")]
+    # `X` and `<newest>` stand for a version; `...` for the rest of a command line
+    return [re.sub(r"<\w+>", "X", line).strip() for line in lines if "..." not in line]
+
+
+def all_make_lines() -> list[str]:
+    lines = [line for runs in workflow_runs().values() for run in runs for line in shell_make_lines(run)]
+    lines += shell_make_lines((REPO / LANE).read_text())
+    return sorted(set(lines + readme_make_lines()))
+
+
+def test_the_sources_hold_the_make_lines_they_are_expected_to():
+    lines = all_make_lines()
+    for expected in ("make apply", "make test PYTEST_ARGS=-rs", "make test PYTEST_ARGS=-rs REQUIRE_CUDA=1",
+                     "make prove", "make test-manual PYTEST_ARGS=-rs REQUIRE_CUDA=1"):
+        assert expected in lines
+    assert any(line.startswith("make rebase ") and "STRICT=1" in line for line in lines)
+
+
+@pytest.mark.parametrize("line", all_make_lines())
+def test_make_line_parses(line):
+    proc = subprocess.run(["bash", "-c", line], cwd=REPO, env=dry_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    verbs = re.findall(r"-m scripts\.(\w+)", proc.stdout)
+    stopped = re.findall(r"^dry run: (\w+)", proc.stdout, re.M)
+    assert verbs == stopped and stopped or "dry run: rm -rf build" in proc.stdout, proc.stdout
+
+
+def test_pytest_args_reach_pytest_verbatim():
+    args = "-rs -x --lf -k 'write_through and not Randomized' tests/tooling/test_lint.py::TestX::test_y"
+    for target in ("test", "test-vanilla", "test-manual"):
+        proc = subprocess.run(["make", target, f"PYTEST_ARGS={args}"], cwd=REPO, env=dry_env(),
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert ("'pytest_args': ['-rs', '-x', '--lf', '-k', 'write_through and not Randomized', "
+                "'tests/tooling/test_lint.py::TestX::test_y']") in proc.stdout
+
+
+def test_ci_run_and_the_cpu_workflow_run_one_lane_script():
+    runs = workflow_runs()
+    assert runs["cpu.yml/test"] == [f"{LANE} cpu"]
+    assert runs["gpu.yml/test"] == [f"{LANE} gpu"]
+    assert runs["gpu.yml/manual-e2e"] == [f"{LANE} manual"]
+    ci_run = (REPO / ".ci/run").read_text()
+    assert re.search(rf"^exec .*{re.escape(LANE)}\" cpu$", ci_run, re.M), ci_run
+
+
+@pytest.mark.parametrize("lane, expected", [
+    ("cpu", ["apply", "lint", "lint_ci", "test", "prove"]),
+    ("gpu", ["apply", "lint", "lint_ci", "test", "prove"]),
+    ("manual", ["apply", "test"]),
+])
+def test_lane_runs_its_steps(lane, expected):
+    proc = subprocess.run([str(REPO / LANE), lane], env=dry_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert re.findall(r"^dry run: (\w+)", proc.stdout, re.M) == expected
+    assert ("'require_cuda': True" in proc.stdout) == (lane != "cpu")
+
+
+def test_ci_run_is_the_cpu_lane_and_fails_when_a_step_fails():
+    ok = subprocess.run([str(REPO / ".ci/run")], env=dry_env(), capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert re.findall(r"^dry run: (\w+)", ok.stdout, re.M) == ["apply", "lint", "lint_ci", "test", "prove"]
+    # an option the verb does not know stops the lane at that step, with make's non-zero exit
+    broken = subprocess.run([str(REPO / ".ci/run")], env={**dry_env(), "MAKEFLAGS": "-- UP=--no-such-option"},
+                            capture_output=True, text=True, timeout=120)
+    assert broken.returncode != 0 and "unrecognized arguments: --no-such-option" in broken.stderr
+    assert "dry run: apply" not in broken.stdout
+
+
+def test_lane_needs_a_known_lane():
+    proc = subprocess.run([str(REPO / LANE), "tpu"], env=dry_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "usage:" in proc.stderr
+
+
+# pytest itself: the tier's folders are its testpaths, so options keep them and test ids replace them
+
+@pytest.fixture
+def suite(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a/test_alpha.py").write_text("def test_one():\n    assert True\n")
+    (tmp_path / "b/test_beta.py").write_text(
+        "import pytest\n\n"
+        "def test_two():\n    assert True\n\n"
+        "def test_gpu():\n    pytest.skip('needs a CUDA device: the pools run on the GPU')\n\n"
+        "def test_model():\n    pytest.skip('set SGLANG_SERIES_DSV4_MODEL to a model')\n")
+    return tmp_path
+
+
+def run_suite(root: Path, pytest_args: list[str]) -> tuple[int, dict]:
+    junit = root / "junit.xml"
+    options = test_verb.pytest_options(root, ["a", "b"], pytest_args)
+    code = pytest_run.run(Path(sys.prefix), root, [], root, ["-q", *options], junit=junit)
+    return code, {key.split("::")[-1]: outcome for key, (outcome, _) in pytest_run.read_report(junit).items()}
+
+
+def test_options_keep_the_default_folders(suite):
+    code, results = run_suite(suite, ["-rs", "-k", "one or two"])
+    assert code == 0 and results == {"test_one": "passed", "test_two": "passed"}
+
+
+def test_a_test_id_replaces_the_default_folders(suite):
+    code, results = run_suite(suite, ["b/test_beta.py::test_two"])
+    assert code == 0 and results == {"test_two": "passed"}
+
+
+def test_a_cuda_skip_fails_only_where_cuda_is_required(suite):
+    code, _ = run_suite(suite, [])
+    results = pytest_run.read_report(suite / "junit.xml")
+    assert code == 0  # the CPU lane keeps skips as skips
+    with pytest.raises(SeriesError, match=r"^1 test\(s\) skipped for lack of CUDA .*needs a CUDA device"):
+        test_verb.require_cuda_ran(results)
+    test_verb.require_cuda_ran({k: v for k, v in results.items() if not k.endswith("test_gpu")})
