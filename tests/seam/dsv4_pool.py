@@ -18,7 +18,8 @@ What moved between releases and is absorbed here (checks never see it):
 
 Stable names for other test modules (keep them): ``server_args_defaults``,
 ``global_server_args``, ``build_dsv4_pool``, ``build_dsv4_hicache_stack``,
-``HiCacheStack``, ``dsv4_host_transfers``, ``stack_entry``.
+``HiCacheStack``, ``dsv4_host_transfers``, ``stack_entry``, ``pp_stage_layers``,
+``compress_state_ring_size``; the pool/entry accessors below them.
 
 Call ``sglang.test.test_utils.maybe_stub_sgl_kernel()`` before importing this
 module on a machine without a GPU.
@@ -400,3 +401,100 @@ def dsv4_host_transfers(device: str):
         _memory_pool_host(), "transfer_kv_direct", _torch_transfer_kv_direct, create=True
     ):
         yield
+
+
+# ---------------------------------------------------------------------------
+# The pool's per-layer lists and device tensors, and the stack's entries
+# ---------------------------------------------------------------------------
+
+# Per-global-layer lists of the pool (None outside the stage): the layer map and
+# the compress-state pools of the C4 (and C128) attention and the C4 indexer.
+LAYER_LISTS = ("layer_mapping", "compress_state_pools", "indexer_compress_state_pools")
+# State kind -> the pool's list that holds it (C4 and C128 attention states share
+# one list; the layer's compress ratio tells them apart).
+STATE_LISTS = {
+    "c4": "compress_state_pools",
+    "c4_indexer": "indexer_compress_state_pools",
+    "c128": "compress_state_pools",
+}
+
+
+def wrap_layer_lists(pool, wrap) -> dict:
+    """Replace each of the pool's per-global-layer lists (LAYER_LISTS) with
+    ``wrap(list)``; returns {name: wrapped}. For recording which layers are read."""
+    wrapped = {}
+    for name in LAYER_LISTS:
+        require(hasattr(pool, name), f"DeepSeekV4TokenToKVPool has no {name}")
+        wrapped[name] = wrap(getattr(pool, name))
+        setattr(pool, name, wrapped[name])
+    return wrapped
+
+
+def state_pool_list(pool, kind: str):
+    """The pool's list (by global layer id) holding ``kind`` ("c4", "c4_indexer",
+    "c128") compress-state pools, as the pool holds it now (wrapped or not)."""
+    return getattr(pool, STATE_LISTS[kind])
+
+
+def state_pool_pages(state_pool) -> tuple[torch.Tensor, int]:
+    """A device compress-state pool's tensor and the bytes of one page (one ring
+    per SWA page)."""
+    t = state_pool.kv_score_buffer.kv_score
+    return t, state_pool.ring_size * t[0].nbytes
+
+
+def kv_device_buffers(pool) -> dict:
+    """The stage's paged device KV buffers, per kind: "swa" (one per stage layer),
+    "c4", "c4_indexer", "c128" (one per stage layer of that ratio)."""
+    return {
+        "swa": list(pool.swa_kv_pool.kv_buffer),
+        "c4": list(pool.c4_kv_pool.kv_buffer),
+        "c4_indexer": list(pool.c4_indexer_kv_pool.index_k_with_scale_buffer),
+        "c128": list(pool.c128_kv_pool.kv_buffer),
+    }
+
+
+def host_layer_num(entry) -> int:
+    return entry.host_pool.layer_num
+
+
+def host_device_tensor(entry, slot: int) -> torch.Tensor:
+    """The device tensor that host slot ``slot`` of a paged (KV) entry copies."""
+    return entry.host_pool.device_buffers[slot]
+
+
+def host_state_pool(entry, slot: int):
+    """The device compress-state pool that host slot ``slot`` of a state entry
+    wraps, and the device page view the slot's copies use."""
+    host = entry.host_pool
+    return host.state_pools[slot], host.device_page_views[slot]
+
+
+def host_page_bytes(entry, slot: int, page: int) -> torch.Tensor:
+    """Host page ``page`` of slot ``slot`` (layer-first host layout), as bytes."""
+    return entry.host_pool.kv_buffer[slot][page].view(torch.uint8).reshape(-1)
+
+
+def stack_transfers(group, host_indices, device_indices) -> list:
+    """One transfer per non-anchor entry of the group, same indices for all (the
+    anchor KV entry travels through the group's own indices)."""
+    anchor = stack_entry(group, "KV")
+    return [
+        pool_transfer(e.name, host_indices, device_indices)
+        for e in group.entries
+        if e is not anchor
+    ]
+
+
+def backup_all_layers(group, pool, host_indices, device_indices, transfers) -> None:
+    """Device -> host for every layer, "direct" io (inside dsv4_host_transfers)."""
+    group.backup_from_device_all_layer(
+        pool, host_indices, device_indices, "direct", pool_transfers=transfers
+    )
+
+
+def load_layer(group, pool, host_indices, device_indices, layer, transfers) -> None:
+    """Host -> device for stage-local transfer layer ``layer``, "direct" io."""
+    group.load_to_device_per_layer(
+        pool, host_indices, device_indices, layer, "direct", pool_transfers=transfers
+    )
