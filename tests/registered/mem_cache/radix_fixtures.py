@@ -6,54 +6,36 @@ Builds a real ``UnifiedRadixCache`` over real device pools on "cpu"
 attaches a small stand-in for the HiCache controller: the real one needs CUDA
 streams and pinned memory. Host slots come from the real ``HostPoolGroup`` /
 ``LogicalHostPool`` index pools, so host accounting is the real one and a
-leaked host slot shows up as a size mismatch.
+leaked host slot shows up as a size mismatch. Everything that differs between
+releases (module homes, constructor arguments, how the cache is wired to its
+host pools) is asked of the seam, tests/seam/radix.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
+import os
+import sys
 from typing import Any, Optional
 
-from sglang.test.test_utils import maybe_stub_sgl_kernel
-
-maybe_stub_sgl_kernel()
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import torch  # noqa: E402
 
-from sglang.srt.mem_cache.base_prefix_cache import (  # noqa: E402
+from seam import radix as seam  # noqa: E402
+from seam.radix import (  # noqa: E402
+    ComponentType,
     EvictParams,
+    HostPoolGroup,
     InsertParams,
+    LogicalHostPool,
     MatchPrefixParams,
+    PoolName,
+    RadixKey,
+    ReqToTokenPool,
+    SWATokenToKVPoolAllocator,
+    UnifiedRadixCache,
 )
-from sglang.srt.mem_cache.cache_init_params import CacheInitParams  # noqa: E402
-from sglang.srt.mem_cache.hicache_storage import PoolName  # noqa: E402
-from sglang.srt.mem_cache.memory_pool import ReqToTokenPool  # noqa: E402
-from sglang.srt.mem_cache.memory_pool_host import LogicalHostPool  # noqa: E402
-from sglang.srt.mem_cache.radix_cache import RadixKey  # noqa: E402
-from sglang.srt.mem_cache.swa_memory_pool import SWAKVPool  # noqa: E402
-
-# Later releases move these; the fallbacks let the same tests judge them.
-try:
-    from sglang.srt.mem_cache.memory_pool_host import (  # noqa: E402
-        HostPoolGroup,
-        PoolEntry,
-    )
-except ImportError:  # 0.5.23+
-    from sglang.srt.mem_cache.pool_host.group import (  # noqa: E402
-        HostPoolGroup,
-        PoolEntry,
-    )
-try:
-    from sglang.srt.mem_cache.swa_memory_pool import (  # noqa: E402
-        SWATokenToKVPoolAllocator,
-    )
-except ImportError:  # 0.5.13+
-    from sglang.srt.mem_cache.allocator.swa import (  # noqa: E402
-        SWATokenToKVPoolAllocator,
-    )
-from sglang.srt.mem_cache.unified_cache_components import ComponentType  # noqa: E402
-from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache  # noqa: E402
 
 FULL = ComponentType.FULL
 SWA = ComponentType.SWA
@@ -199,9 +181,7 @@ class RadixHarness:
 
     @property
     def mamba_slots(self):
-        """Mamba slot allocator (0.5.13+ splits it off the state pool)."""
-        pool = self.req_to_token_pool
-        return getattr(pool, "mamba_allocator", pool.mamba_pool)
+        return seam.mamba_slots(self.req_to_token_pool)
 
     def alloc_mamba(self) -> Optional[torch.Tensor]:
         return self.mamba_slots.alloc(1)
@@ -368,39 +348,6 @@ def serve_request(
     return True
 
 
-def _accepted_kwargs(fn, **kwargs) -> dict:
-    """Drop keyword arguments that fn's signature does not name (releases
-    remove parameters; a catch-all **kwargs does not count as naming them)."""
-    params = inspect.signature(fn).parameters
-    return {k: v for k, v in kwargs.items() if k in params}
-
-
-def _mamba_req_pool(size: int, mamba_size: int, max_context_len: int):
-    from sglang.srt.configs.mamba_utils import Mamba2CacheParams, Mamba2StateShape
-    from sglang.srt.mem_cache.memory_pool import HybridReqToTokenPool
-
-    shape = Mamba2StateShape.create(
-        tp_world_size=1,
-        intermediate_size=8,
-        n_groups=1,
-        num_heads=1,
-        head_dim=8,
-        state_size=4,
-        conv_kernel=2,
-    )
-    return HybridReqToTokenPool(
-        size=size,
-        mamba_size=mamba_size,
-        mamba_spec_state_size=mamba_size,
-        max_context_len=max_context_len,
-        device="cpu",
-        enable_memory_saver=False,
-        cache_params=Mamba2CacheParams(shape=shape, layers=[2]),
-        mamba_layer_ids=[2],
-        enable_mamba_extra_buffer=False,
-    )
-
-
 def build_tree(
     *,
     page_size: int = 1,
@@ -412,53 +359,22 @@ def build_tree(
     max_context_len: int = 2048,
 ) -> RadixHarness:
     """FULL+SWA (or FULL+SWA+MAMBA) UnifiedRadixCache on real CPU pools."""
-    kvcache = SWAKVPool(
-        **_accepted_kwargs(
-            SWAKVPool.__init__,
-            size=full_size,
-            size_swa=swa_size,
-            page_size=page_size,
-            dtype=torch.bfloat16,
-            head_num=1,
-            head_dim=4,
-            swa_attention_layer_ids=[0],
-            full_attention_layer_ids=[1],
-            enable_kvcache_transpose=False,
-            device="cpu",
-        )
+    allocator = seam.swa_allocator(page_size=page_size, full_size=full_size, swa_size=swa_size)
+    req_pool = seam.req_to_token_pool(
+        size=8, max_context_len=max_context_len, mamba_size=mamba_size if with_mamba else None
     )
-    allocator = SWATokenToKVPoolAllocator(
-        size=full_size,
-        size_swa=swa_size,
+    components = (FULL, SWA, MAMBA) if with_mamba else (FULL, SWA)
+    cache = seam.unified_cache(
+        req_pool=req_pool,
+        allocator=allocator,
         page_size=page_size,
-        dtype=torch.bfloat16,
-        device="cpu",
-        kvcache=kvcache,
-        need_sort=False,
-    )
-    if with_mamba:
-        req_pool = _mamba_req_pool(8, mamba_size, max_context_len)
-        components = (FULL, SWA, MAMBA)
-    else:
-        req_pool = ReqToTokenPool(
-            size=8,
-            max_context_len=max_context_len,
-            device="cpu",
-            enable_memory_saver=False,
-        )
-        components = (FULL, SWA)
-    params = CacheInitParams(
-        disable=False,
-        req_to_token_pool=req_pool,
-        token_to_kv_pool_allocator=allocator,
-        page_size=page_size,
-        sliding_window_size=window,
-        tree_components=components,
+        window=window,
+        components=components,
         # Page sizes above 1 need the extra buffer with a mamba component.
-        enable_mamba_extra_buffer=with_mamba and page_size > 1,
+        mamba_extra_buffer=with_mamba and page_size > 1,
     )
     return RadixHarness(
-        cache=UnifiedRadixCache(params),
+        cache=cache,
         allocator=allocator,
         req_to_token_pool=req_pool,
         page_size=page_size,
@@ -486,14 +402,14 @@ def attach_hicache(
     kv_host = host_pool_cls(host_full_size, h.page_size)
     swa_host = host_pool_cls(host_swa_size, h.page_size)
     entries = [
-        PoolEntry(
+        seam.pool_entry(
             name=PoolName.KV,
             host_pool=kv_host,
             device_pool=kvcache.full_kv_pool,
             layer_mapper=lambda i: i,
             is_primary_index_anchor=True,
         ),
-        PoolEntry(
+        seam.pool_entry(
             name=PoolName.SWA,
             host_pool=swa_host,
             device_pool=kvcache.swa_kv_pool,
@@ -508,29 +424,24 @@ def attach_hicache(
     if h.has_mamba:
         mamba_host = host_pool_cls(host_mamba_size, 1)
         entries.append(
-            PoolEntry(
+            seam.pool_entry(
                 name=PoolName.MAMBA,
                 host_pool=mamba_host,
-                device_pool=h.req_to_token_pool.mamba_pool,
+                device_pool=seam.mamba_device_pool(h.req_to_token_pool),
                 layer_mapper=lambda i: i,
                 host_evict_fn=lambda n: cache.evict_host(n, MAMBA),
                 device_evict_fn=lambda n: cache.evict(EvictParams(mamba_num=n)),
+                device_alloc_fn=h.mamba_slots.alloc,
+                device_free_fn=h.mamba_slots.free,
             )
         )
     group = HostPoolGroup(entries)
     controller = make_controller(group, write_policy)
 
-    cache.cache_controller = controller
-    cache.host_pool_group = group
-    cache.full_kv_pool_host = kv_host
-    cache.components[FULL]._full_kv_pool_host = kv_host
-    cache.swa_kv_pool_host = swa_host
-    cache.components[SWA]._swa_kv_pool_host = swa_host
-    if mamba_host is not None:
-        cache.mamba_pool_host = mamba_host
-        cache.components[MAMBA]._mamba_pool_host = mamba_host
-    cache.write_through_threshold = 1 if write_policy == "write_through" else 2
-    cache.load_back_threshold = 256
+    seam.wire_host_pools(
+        cache, controller, group,
+        kv_host=kv_host, swa_host=swa_host, mamba_host=mamba_host, write_policy=write_policy,
+    )
 
     h.controller = controller
     h.host = HostPools(kv=kv_host, swa=swa_host, mamba=mamba_host)
