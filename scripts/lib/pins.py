@@ -85,7 +85,7 @@ def record(paths: Paths, version: str, pin: dict) -> bool:
     if data["releases"].get(version) == pin:
         return False
     data["releases"][version] = pin
-    data["releases"] = dict(sorted(data["releases"].items(), key=lambda kv: _version_key(kv[0])))
+    data["releases"] = dict(sorted(data["releases"].items(), key=lambda kv: version_key(kv[0])))
     _write(paths, data)
     return True
 
@@ -98,5 +98,12 @@ def set_base(paths: Paths, version: str) -> None:
     _write(paths, data)
 
 
-def _version_key(version: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else -1 for p in re.split(r"[.+]", version))
+def version_key(version: str) -> tuple:
+    """Sort key for release strings: 0.5.13 < 0.5.13.post1 < 0.5.14."""
+    public, _, post = version.partition(".post")
+    return tuple(int(p) for p in public.split(".")) + (int(post or 0),)
+
+
+def pinned_versions(paths: Paths) -> list[str]:
+    """Every pinned release, oldest first."""
+    return sorted(load_releases(paths)["releases"], key=version_key)
