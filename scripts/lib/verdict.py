@@ -9,6 +9,8 @@ A test's outcome on one side is one of
   cannot-run  it could not get to its checks: collection/import error, or an
               ImportError / AttributeError / TypeError / NameError (an API that moved)
   skip        skipped here (e.g. needs CUDA): no evidence either way
+A test that asks the seam (tests/seam) for something the release lacks is skipped
+with a reason starting with CANNOT_RUN: that is cannot-run, not skip.
 An `error` or `cannot-run` on X that is not the one the base had means the test no
 longer runs on X; the same one as on the base is the bug still being there.
 """
@@ -32,6 +34,7 @@ CATEGORIES = {
     PORTING: "tests no longer run on X (API changed: they stop before their checks, unlike on the base): port the patch and its tests",
 }
 
+CANNOT_RUN = "cannot run on sglang"  # tests/seam/__init__.py gives this reason
 _ASSERTION = re.compile(r"^(E\s+)?(AssertionError\b|assert )")
 _API_MOVED = re.compile(r"^(E\s+)?(ImportError|ModuleNotFoundError|AttributeError|TypeError|NameError)\b")
 _PATHS = re.compile(r"\(?(/[^\s:'\")]+)+\)?")
@@ -71,7 +74,7 @@ def _status(outcome: str, message: str) -> Outcome:
     if outcome == "passed":
         return Outcome("pass")
     if outcome == "skipped":
-        return Outcome("skip", message)
+        return Outcome("cannot-run" if message.startswith(CANNOT_RUN) else "skip", message)
     if outcome == "error" or _API_MOVED.match(message):
         return Outcome("cannot-run", message)
     return Outcome("fail" if _ASSERTION.match(message) else "error", message)
@@ -126,3 +129,29 @@ def categorize(applies: bool, base: list[Outcome], vanilla: list[Outcome], patch
 
 def _said(o: Outcome) -> str:
     return o.status + (f" ({o.message})" if o.message and o.status != "pass" else "")
+
+
+PRESENT, FIXED, CANNOT = "present", "fixed", "cannot-run"
+
+
+def fix_state(outcomes: list[Outcome]) -> tuple[str, str]:
+    """A fix's state on one release from its tests' outcomes there, with the reason.
+    A check that fails is the bug (present), even when another test cannot run; a
+    fix is fixed only when every test that ran passed and none was left unable to run."""
+    failed = [o for o in outcomes if o.status in ("fail", "error")]
+    cannot = [o for o in outcomes if o.status == "cannot-run"]
+    passed = [o for o in outcomes if o.status == "pass"]
+    if failed:
+        extra = f"; {len(cannot)} cannot run" if cannot else ""
+        return PRESENT, f"{len(failed)} of {len(outcomes)} test ids fail ({_clip(failed[0].message)}){extra}"
+    if cannot:
+        return CANNOT, _clip(cannot[0].message)
+    if passed:
+        skipped = len(outcomes) - len(passed)
+        return FIXED, f"{len(passed)} of {len(outcomes)} test ids pass" + (f", {skipped} skipped" if skipped else "")
+    return CANNOT, "every test skipped here: " + _clip(outcomes[0].message if outcomes else "no tests")
+
+
+def _clip(text: str, width: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."

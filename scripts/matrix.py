@@ -1,0 +1,110 @@
+"""make matrix: which of the series' fixes each pinned upstream release has.
+
+Runs every fix's tests (tests/fixes.toml) against each pinned vanilla release, the
+tests of one release in one pytest process in that release's locked venv, and reads
+each fix's state from them:
+
+  present     its tests reach their checks and fail there, as on the base
+  fixed       its tests pass
+  cannot-run  its tests cannot reach their checks on that release (the reason says why)
+
+Writes build/matrix/matrix.json ([{"fix", "release", "state", "why"}]) and
+build/matrix/matrix.md; --publish also writes docs/matrix.md and the README's copy.
+"""
+
+import argparse
+import json
+import re
+import sys
+import time
+
+from scripts import build
+from scripts.lib import config, envs, fixes, pins, pytest_run, scratch, verdict
+from scripts.lib.errors import SeriesError, run_main
+
+DOC = "docs/matrix.md"
+README_MARKS = ("<!-- matrix:begin -->", "<!-- matrix:end -->")
+
+
+def release_results(paths: config.Paths, version: str, tests: list[str], extra: list[str]) -> dict:
+    rel = config.release(paths, version)
+    venv = envs.venv(paths, version)
+    site = envs.install_site(paths, venv, scratch.upstream_wheel(paths, rel), build.site(paths, version, "vanilla"))
+    return pytest_run.outcomes(venv, site, tests, paths.root, extra=["--allow-cannot-run", *extra])
+
+
+def render(fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds: float) -> str:
+    lines = [
+        "| fix | " + " | ".join(versions) + " |",
+        "|---|" + "---|" * len(versions),
+    ]
+    for fix in fix_list:
+        row = [cells[(fix.pr, v)]["state"] for v in versions]
+        lines.append(f"| {fix.pr} {fix.title} | " + " | ".join(row) + " |")
+    notes = [
+        f"- {fix.pr} on {v}: {cells[(fix.pr, v)]['why']}"
+        for fix in fix_list for v in versions if cells[(fix.pr, v)]["state"] == "cannot-run"
+    ]
+    text = "\n".join(lines) + "\n"
+    if notes:
+        text += "\nCannot run:\n\n" + "\n".join(notes) + "\n"
+    return text + f"\n`make matrix` over {len(versions)} releases took {seconds:.0f} s.\n"
+
+
+def publish(paths: config.Paths, table: str) -> None:
+    doc = paths.root / DOC
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(
+        "# Which fix each upstream release has\n\n"
+        "Made by `make matrix PUBLISH=1`: every fix's tests (tests/fixes.toml) run on each\n"
+        "pinned vanilla release. present = the bug is there; fixed = the fix is there.\n\n" + table
+    )
+    readme = paths.root / "README.md"
+    text = readme.read_text()
+    begin, end = README_MARKS
+    if begin not in text or end not in text:
+        raise SeriesError(f"README.md lacks the {begin} ... {end} block; add it where the table belongs")
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    readme.write_text(pattern.sub(lambda _: f"{begin}\n{table}{end}", text))
+    print(f"wrote {DOC} and the README's table")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--releases", help="comma-separated pinned releases (default: all)")
+    parser.add_argument("--publish", action="store_true", help=f"also write {DOC} and the README's table")
+    parser.add_argument("pytest_args", nargs="*", help="extra pytest options (after --)")
+    args = parser.parse_args(argv)
+    config.require_python()
+    paths = config.Paths.from_env()
+    pinned = pins.pinned_versions(paths)
+    versions = args.releases.split(",") if args.releases else pinned
+    for v in versions:
+        config.release(paths, v)  # unknown -> one line naming the pins
+    fix_list = fixes.load(paths.root)
+    tests = sorted({t for f in fix_list for t in f.tests})
+    if not tests:
+        raise SeriesError(f"{fixes.REGISTRY} names no tests")
+    started, cells, records = time.monotonic(), {}, []
+    for i, version in enumerate(versions, 1):
+        t0 = time.monotonic()
+        print(f"[{i}/{len(versions)}] sglang {version}: {len(tests)} test ids ...", flush=True)
+        results = release_results(paths, version, tests, args.pytest_args)
+        for fix in fix_list:
+            state, why = verdict.fix_state([verdict.outcomes_for(results, t) for t in fix.tests])
+            cells[(fix.pr, version)] = {"state": state, "why": why}
+            records.append({"fix": fix.pr, "release": version, "state": state, "why": why})
+        states = ", ".join(f"{f.pr} {cells[(f.pr, version)]['state']}" for f in fix_list)
+        print(f"    {states} ({time.monotonic() - t0:.0f} s)", flush=True)
+    table = render(fix_list, versions, cells, time.monotonic() - started)
+    out = paths.build / "matrix"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "matrix.json").write_text(json.dumps(records, indent=2) + "\n")
+    (out / "matrix.md").write_text(table)
+    print("\n" + table + f"\nwrote {out / 'matrix.json'}")
+    if args.publish:
+        publish(paths, table)
+
+
+if __name__ == "__main__":
+    run_main(main)
