@@ -14,8 +14,10 @@ DRY = $(if $(SGLANG_SERIES_DRY_RUN),@echo dry run:)
 WRITE ?=
 STRICT ?=
 FORCE ?=
+RELEASES ?=
+PUBLISH ?=
 
-.PHONY: apply test test-vanilla test-manual lint lint-ci prove discard clean lock lock-tools bench rebase pin queue export
+.PHONY: apply test test-vanilla test-manual lint lint-ci prove discard clean lock lock-tools bench rebase pin queue export matrix
 
 apply:  ## fetch the pinned sglang, apply patches/series, build the patched wheel, prepare the venv
 	$(PYTHON) -m scripts.apply $(UP)
@@ -61,6 +63,9 @@ queue:  ## the series as branch `queue` of the scratch tree, one commit per patc
 
 export:  ## write branch `queue` back to patches/ + series (deterministic)
 	$(PYTHON) -m scripts.export $(UP)
+
+matrix:  ## every fix's tests on each pinned vanilla release: present / fixed / cannot-run (RELEASES=a,b; PUBLISH=1 writes docs/matrix.md and the README table)
+	$(PYTHON) -m scripts.matrix $(if $(RELEASES),--releases $(RELEASES)) $(if $(PUBLISH),--publish) -- $(PYTEST_ARGS)
 
 clean:  ## remove the scratch trees (build/); the shared cache stays
 	$(DRY) rm -rf build
