@@ -498,3 +498,13 @@ def load_layer(group, pool, host_indices, device_indices, layer, transfers) -> N
     group.load_to_device_per_layer(
         pool, host_indices, device_indices, layer, "direct", pool_transfers=transfers
     )
+
+
+def spread_swa_pool_over(pool, num_layers: int) -> None:
+    """Give the pool's SWA pool one buffer per model layer (``num_layers``), as a
+    pool allocated with the global layer count would hold (upstream before
+    #29106); the extra buffers are fresh, of the same shape."""
+    bufs = list(pool.swa_kv_pool.kv_buffer)
+    require(len(bufs) <= num_layers, "the SWA pool already holds more buffers")
+    bufs += [torch.empty_like(bufs[0]) for _ in range(num_layers - len(bufs))]
+    pool.swa_kv_pool.kv_buffer = bufs

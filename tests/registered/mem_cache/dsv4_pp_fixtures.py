@@ -241,6 +241,15 @@ class LayerCountChecks(EachStage):
 class StatePoolChecks(EachStage):
     """Host state pools wrap the state pool of the global layer they claim."""
 
+    def test_refuses_swa_pool_of_every_layer(self):
+        # A SWA pool with a buffer per model layer (not PP-stage-local) would
+        # have its first n buffers backed up as the stage's layers: the stack
+        # must refuse it. The first stage, so no other fault stops the build.
+        pool = build_stage_pool(0, self.device)
+        seam.spread_swa_pool_over(pool, len(COMPRESS_RATIOS))
+        with self.assertRaisesRegex(ValueError, "SWA"):
+            build_stage_stack(pool, 0)
+
     def _check_stage(self, pp_rank):
         start, end = stage_range(pp_rank)
         n = end - start
