@@ -14,6 +14,8 @@ DRY = $(if $(SGLANG_SERIES_DRY_RUN),@echo dry run:)
 WRITE ?=
 STRICT ?=
 FORCE ?=
+CONTINUE ?=
+COPY_TO ?=
 RELEASES ?=
 PUBLISH ?=
 
@@ -55,11 +57,11 @@ bench:  ## the benchmarks in bench/, vanilla vs patched
 pin:  ## pin sglang X (default: the newest on PyPI): wheel sha256, cut-off date, env/X.in + env/X.lock
 	$(PYTHON) -m scripts.pin $(UP)
 
-rebase:  ## report how the series fares on UPSTREAM_VERSION=X (WRITE=1: adopt the proposed series; STRICT=1: fail if a patch no longer applies)
-	$(PYTHON) -m scripts.rebase $(UP) $(if $(WRITE),--write) $(if $(STRICT),--strict)
+rebase:  ## report how the series fares on UPSTREAM_VERSION=X (WRITE=1: adopt the proposed series; STRICT=1: fail if a kept patch no longer applies or a guard fails; COPY_TO=docs/rebase: keep the report there)
+	$(PYTHON) -m scripts.rebase $(UP) $(if $(WRITE),--write) $(if $(STRICT),--strict) $(if $(COPY_TO),--copy-to $(COPY_TO))
 
-queue:  ## the series as branch `queue` of the scratch tree, one commit per patch (FORCE=1: rebuild over unexported edits)
-	$(PYTHON) -m scripts.queue $(UP) $(if $(FORCE),--force)
+queue:  ## the series as branch `queue` of the scratch tree, one commit per patch (FORCE=1: rebuild over unexported edits; CONTINUE=1: go on after a resolved conflict)
+	$(PYTHON) -m scripts.queue $(UP) $(if $(FORCE),--force) $(if $(CONTINUE),--continue)
 
 export:  ## write branch `queue` back to patches/ + series (deterministic)
 	$(PYTHON) -m scripts.export $(UP)

@@ -3,6 +3,8 @@
 - every series entry exists, none twice, and no patch file sits outside the series;
 - every patch has the DEP-3 style headers, and the tests it names exist;
 - every revert in tests/reverts names guard tests that exist;
+- tests/fixes.toml names tests that exist, and every patch's `Tests:` is exactly one
+  fix's tests there (so a fix keeps its evidence when its patch is dropped);
 - every test file under tests/registered registers itself (register_*_ci);
 - no test function has an empty body (`pass`, `...` or a docstring only), the trap
   that silently disabled inherited checks in upstream's #25477.
@@ -13,7 +15,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from scripts.lib import config, series
+from scripts.lib import config, fixes, series
 from scripts.lib.errors import SeriesError, run_main
 
 
@@ -107,9 +109,27 @@ def check_reverts(paths: config.Paths) -> list[str]:
                        for r in loaded for t in r.tests if not test_exists(paths.root, t)]
 
 
+def check_fixes(paths: config.Paths) -> list[str]:
+    try:
+        registry = fixes.load(paths.root)
+    except SeriesError as exc:
+        return [str(exc)]
+    where = fixes.REGISTRY
+    problems = [f"{where}: {f.pr} names no tests" for f in registry if not f.tests]
+    problems += [f"{where}: {f.pr} names {t}, which does not exist" for f in registry for t in f.tests if not test_exists(paths.root, t)]
+    problems += [f"{where}: {pr} appears more than once" for pr, c in Counter(f.pr for f in registry).items() if c > 1]
+    for name in series.entries(paths.patches):
+        if (paths.patches / name).is_file():
+            patch = series.parse(paths.patches / name)
+            if patch.tests and fixes.carried_by(registry, patch.tests) is None:
+                problems.append(f"{name}: its Tests are not exactly the tests of one fix in {where}; add or update the fix there")
+    return problems
+
+
 def problems(paths: config.Paths) -> list[str]:
     tests = paths.root / "tests"
-    return check_series(paths) + check_reverts(paths) + empty_tests(tests) + unregistered(tests / "registered")
+    return (check_series(paths) + check_reverts(paths) + check_fixes(paths)
+            + empty_tests(tests) + unregistered(tests / "registered"))
 
 
 def main() -> None:

@@ -15,10 +15,11 @@ import re
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from scripts import build
-from scripts.lib import config, envs, git, patch_queue, pins, pytest_run, report, scratch, series, trial, verdict, wheels
+from scripts.lib import config, envs, fixes, git, moving, patch_queue, pins, pytest_run, report, scratch, series, trial, verdict, wheels
 from scripts.lib.errors import SeriesError, run_main
 
 PROPOSED = "rebase-proposed"
@@ -56,7 +57,7 @@ def run_tests(venv: Path, site: Path, ids: list[str], cwd: Path) -> dict:
         return {}
 
     def run(batch: list[str]) -> dict:
-        results = pytest_run.outcomes(venv, site, batch, cwd, extra=["--continue-on-collection-errors"])
+        results = pytest_run.outcomes(venv, site, batch, cwd, extra=["--continue-on-collection-errors", "--allow-cannot-run"])
         found.update({t: verdict.outcomes_for(results, t) for t in batch})
         return results
 
@@ -113,6 +114,19 @@ def _side(o: verdict.Outcome | None, paths: config.Paths) -> dict | None:
     return None if o is None else {"status": o.status, "message": _clean(o.message, paths)[:300]}
 
 
+def guard_row(fix: fixes.Fix, runs: dict, paths: config.Paths) -> dict:
+    """A fix the series does not carry (already in the base): its state on every side."""
+    row = {"fix": fix.pr, "title": fix.title, "tests": list(fix.tests)}
+    for side in ("base", "vanilla", "patched"):
+        if side in runs:
+            state, why = verdict.fix_state([runs[side][t] for t in fix.tests])
+            row[side] = {"state": state, "why": _clean(why, paths)}
+        else:
+            row[side] = None
+    row["holds"] = all(row[s] is None or row[s]["state"] == verdict.FIXED for s in ("vanilla", "patched"))
+    return row
+
+
 def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, venv_of=None, log=print) -> dict:
     """The whole report as a dict (also written to build/X/rebase/). `venv_of(version)` and
     `tests_root` are the seams the tooling tests use; by default the locked venvs and this repo."""
@@ -132,7 +146,9 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
     log(f"tried {len(patches)} patches on sglang {version}: {sum(t.applies for t in trials)} apply "
         f"({time.monotonic() - started:.1f}s)")
 
-    ids = sorted({t for p in patches for t in p.tests})
+    registry = fixes.load(tests_root, required=False)
+    guards = [f for f in registry if not any(set(f.tests) == set(p.tests) for p in patches)]
+    ids = sorted({t for p in patches for t in p.tests} | {t for g in guards for t in g.tests})
     x_venv = venv_of(version)
     sites = {
         "base": (venv_of(base), envs.install_site(paths, venv_of(base), scratch.upstream_wheel(paths, base_rel), build.site(paths, base, "vanilla"))),
@@ -141,11 +157,16 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
     applied = [t for t in trials if t.applies]
     if applied:
         sites["patched"] = (x_venv, trial_site(paths, rel, tools, x_venv, repo, len(applied)))
-    runs = {}
-    for side, (venv, site) in sites.items():
+    def run_side(side: str) -> dict:
         t0 = time.monotonic()
-        runs[side] = run_tests(venv, site, ids, tests_root)
+        venv, site = sites[side]
+        found = run_tests(venv, site, ids, tests_root)
         log(f"ran {len(ids)} test ids on {side} ({time.monotonic() - t0:.1f}s)")
+        return found
+
+    # The sides are independent pytest processes, mostly importing torch and sglang: run them together.
+    with ThreadPoolExecutor(max_workers=len(sites)) as pool:
+        runs = dict(zip(sites, pool.map(run_side, sites)))
 
     rows, keep = [], []
     for t in trials:
@@ -159,11 +180,14 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
             "patch": t.patch.name, "subject": t.patch.subject, "category": category, "evidence": _clean(evidence, paths),
             "applies": t.applies, "reverse_applies": t.reverse_applies,
             "conflicts": [vars(h) for h in t.conflicts],
+            "drop_reason": (moving.drop_reason(version, fixes.carried_by(registry, tests), t.patch)
+                            if category == verdict.ABSORBED else None),
             "tests": [{"id": i, "base": _side(b, paths), "vanilla": _side(v, paths),
                        "patched": _side(p, paths) if pat_o else None}
                       for i, b, v, p in zip(tests, base_o, van_o, pat_o or [None] * len(tests))],
         })
 
+    guard_rows = [guard_row(g, runs, paths) for g in guards]
     out = rebase_dir(paths, version)
     proposed = proposed_series(repo, trials, keep)
     old = series.entries(paths.patches)
@@ -186,7 +210,9 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
         "command": f"make rebase {up}",
         "tests_from": _checkout(paths.root),
         "categories": verdict.CATEGORIES,
+        "series": moving.fingerprint(patches),
         "patches": rows,
+        "guards": guard_rows,
         "summary": {c: [r["patch"] for r in rows if r["category"] == c] for c in verdict.CATEGORIES},
         "proposed_series": f"build/{version}/rebase/patches",
         "proposed_changes": changes.summary(),
@@ -210,8 +236,11 @@ def write_to_patches(paths: config.Paths, data: dict) -> patch_queue.Changes:
                           f"(`make queue UPSTREAM_VERSION={version}`, resolve, `make export UPSTREAM_VERSION={version}`)")
     proposed_dir = paths.build / version / "rebase" / "patches"
     exported = [patch_queue.Exported(n, "", (proposed_dir / n).read_text()) for n in series.entries(proposed_dir)]
-    changes = patch_queue.write(paths.patches, exported, series.entries(paths.patches))
+    changes = patch_queue.write(paths.patches, exported, series.entries(paths.patches), reasons=moving.drop_reasons(data))
+    message = rebase_dir(paths, version) / "COMMIT_MSG"
+    message.write_text(moving.commit_message(version, data["base"], changes))
     pins.set_base(paths, version)
+    print(f"commit it with: git add -A patches upstream env && git commit -F {message.relative_to(paths.root) if message.is_relative_to(paths.root) else message}")
     return changes
 
 
@@ -241,8 +270,13 @@ def main(argv=None) -> None:
     if args.write:
         print(write_to_patches(paths, data).summary() + f"; base is now sglang {args.upstream}")
     stuck = [r["patch"] for r in data["patches"] if not r["applies"] and r["category"] != verdict.ABSORBED]
-    if args.strict and stuck:
-        print(f"error: {len(stuck)} patch(es) no longer apply on sglang {args.upstream}: {', '.join(stuck)}; "
+    broken = [g["fix"] for g in data["guards"] if not g["holds"]]
+    for fix in broken:
+        print(f"guard {fix} does not hold on sglang {args.upstream}: see the report's Guards section", file=sys.stderr)
+    if args.strict and (stuck or broken):
+        what = [f"{len(stuck)} patch(es) no longer apply ({', '.join(stuck)})"] if stuck else []
+        what += [f"guard(s) {', '.join(broken)} fail"] if broken else []
+        print(f"error: on sglang {args.upstream}: {'; '.join(what)}; "
               f"see {rebase_dir(paths, args.upstream) / 'report.md'}", file=sys.stderr)
         sys.exit(1)
 

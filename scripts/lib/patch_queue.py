@@ -86,6 +86,11 @@ def am_series(repo: Path, patches: list, three_way: bool = False) -> subprocess.
         return _git(repo, *args, *map(str, files), check=False)
 
 
+def am_continue(repo: Path) -> subprocess.CompletedProcess:
+    """Commit the resolved patch of a stopped `git am` and apply the rest of its series."""
+    return _git(repo, "am", "--continue", check=False)
+
+
 def stopped_at(repo: Path) -> str | None:
     """The file name of the patch a stopped `git am` session is on."""
     proc = _git(repo, "am", "--show-current-patch=raw", check=False)
@@ -160,11 +165,13 @@ class Changes:
     dropped: list = field(default_factory=list)
     refreshed: list = field(default_factory=list)
     reordered: bool = False
+    reasons: dict = field(default_factory=dict)  # dropped name -> why
 
     def summary(self) -> str:
         def names(xs):
             return ", ".join(xs) if xs else "none"
-        line = f"Added {names(self.added)} / Dropped {names(self.dropped)} / Refreshed {names(self.refreshed)}"
+        dropped = [n + (f" ({self.reasons[n]})" if n in self.reasons else "") for n in self.dropped]
+        line = f"Added {names(self.added)} / Dropped {names(dropped)} / Refreshed {names(self.refreshed)}"
         return line + (" / series reordered" if self.reordered else "")
 
     @property
@@ -187,11 +194,14 @@ def diff_against(patches_dir: Path, exported: list[Exported], old_names: list[st
     return changes
 
 
-def write(patches_dir: Path, exported: list[Exported], old_names: list[str], comments: dict | None = None) -> Changes:
+def write(patches_dir: Path, exported: list[Exported], old_names: list[str], comments: dict | None = None,
+          reasons: dict | None = None) -> Changes:
     """Make patches_dir hold exactly `exported` (and a series listing them in order).
     Only changed files are rewritten; dropped patch files are removed. `comments`:
-    {name: text} appended to that series line."""
+    {name: text} appended to that series line. `reasons`: {dropped name: why}, kept as
+    `# dropped NAME: why` lines in the series header, so a drop is never silent."""
     changes = diff_against(patches_dir, exported, old_names)
+    changes.reasons = {n: reasons[n] for n in changes.dropped if reasons and n in reasons}
     patches_dir.mkdir(parents=True, exist_ok=True)
     for e in exported:
         path = patches_dir / e.name
@@ -201,6 +211,7 @@ def write(patches_dir: Path, exported: list[Exported], old_names: list[str], com
         (patches_dir / name).unlink(missing_ok=True)
     series = patches_dir / "series"
     header, kept = _header(series), _line_comments(series)
+    header += "".join(f"# dropped {n}: {why}\n" for n, why in changes.reasons.items())
     if comments is not None:
         kept = comments
     lines = [e.name + (f"  # {kept[e.name]}" if e.name in kept else "") for e in exported]

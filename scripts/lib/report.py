@@ -56,10 +56,11 @@ def markdown(d: dict) -> str:
         for h in p["conflicts"]:
             where = f"hunk {h['index']} of {h['of']}" if h["index"] else "file header"
             lines.append(f"- Conflict: `{h['file']}` {where} `{h['header']}`: {h['reason']}")
-        for t in p["tests"]:
-            lines.append(f"- `{t['id']}`: vanilla {base}: {_side(t['base'])}; vanilla {x}: {_side(t['vanilla'])}; "
+        for n, t in enumerate(p["tests"], 1):
+            lines.append(f"- test #{n} `{t['id']}`: vanilla {base}: {_side(t['base'])}; vanilla {x}: {_side(t['vanilla'])}; "
                          f"with the series on {x}: {_side(t['patched'])}")
         lines.append("")
+    lines += guards(d)
     lines += [
         "## Proposed series",
         "",
@@ -75,6 +76,29 @@ def markdown(d: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def guards(d: dict) -> list[str]:
+    """Fixes the series does not carry (the base has them): their tests must keep passing on X."""
+    if not d.get("guards"):
+        return []
+    x, base = d["upstream"], d["base"]
+    lines = [
+        "## Guards",
+        "",
+        f"Fixes already in sglang {base}; their tests must pass on {x} too.",
+        "",
+        f"| fix | on vanilla {base} | on vanilla {x} | with the series on {x} | holds |",
+        "|---|---|---|---|---|",
+    ]
+    for g in d["guards"]:
+        cells = [_cell(_state(g[s])) for s in ("base", "vanilla", "patched")]
+        lines.append(f"| {g['fix']} {_cell(g['title'])} | " + " | ".join(cells) + f" | {'yes' if g['holds'] else '**NO**'} |")
+    return lines + [""]
+
+
+def _state(s: dict | None) -> str:
+    return "—" if s is None else f"{s['state']} ({s['why']})"
 
 
 def _summ(p: dict, side: str) -> str:

@@ -25,10 +25,12 @@ ABSORBED = "absorbed-upstream"
 CONFLICTS = "conflicts"
 TESTS_FAIL = "applies-tests-fail"
 PORTING = "tests-cannot-run"
+PARTIAL = "partly-absorbed"
 
 CATEGORIES = {
     CLEAN: "applies cleanly (tests fail on vanilla X, pass with the series)",
     ABSORBED: "absorbed upstream (its tests pass on vanilla X): drop it",
+    PARTIAL: "partly absorbed (some of its tests pass on vanilla X, others still fail): keep what X lacks",
     CONFLICTS: "conflicts (hunks below): refresh it",
     TESTS_FAIL: "applies, but its tests fail with the series on X",
     PORTING: "tests no longer run on X (API changed: they stop before their checks, unlike on the base): port the patch and its tests",
@@ -109,6 +111,11 @@ def categorize(applies: bool, base: list[Outcome], vanilla: list[Outcome], patch
     whatever its text does) > tests that cannot run > conflicts > tests that fail > clean."""
     if summary(vanilla) == "pass":
         return ABSORBED, "every test that ran passes on vanilla X"
+    passing = [i for i, v in enumerate(vanilla) if v.status == "pass"]
+    still = [i for i, v in enumerate(vanilla) if v.status in ("fail", "error")]
+    if passing and still:
+        return PARTIAL, (f"tests {_ids(passing)} pass on vanilla X, tests {_ids(still)} still fail there "
+                         f"({vanilla[still[0]].message}); " + ("it applies" if applies else "it does not apply"))
     if applies:
         for b, o in zip(base, patched or []):
             if o.status == "cannot-run" or (o.status == "error" and o.kind() != b.kind()):
@@ -125,6 +132,11 @@ def categorize(applies: bool, base: list[Outcome], vanilla: list[Outcome], patch
         if v.status in ("cannot-run", "error") and v.kind() != b.kind():
             return PORTING, f"does not apply, and a test cannot run on vanilla X ({v.message}); on the base it was {_said(b)}"
     return CONFLICTS, "does not apply; its tests fail on vanilla X as they do on the base (the bug is still there)"
+
+
+def _ids(indexes: list[int]) -> str:
+    """1-based positions in the patch's `Tests:` list, as the report numbers them."""
+    return ", ".join(f"#{i + 1}" for i in indexes)
 
 
 def _said(o: Outcome) -> str:
