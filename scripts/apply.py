@@ -11,10 +11,14 @@ from scripts.lib.errors import SeriesError, run_main
 
 
 def apply_series(paths: config.Paths, rel: config.Release, tools: envs.Tools) -> dict:
-    """Apply patches/series on a fresh `applied` branch; returns the recorded state."""
+    """Apply patches/series on a fresh `applied` branch; returns the recorded state.
+    The caller holds the tree (scratch.exclusive)."""
     patches = series.load(paths.patches)  # every entry checked before the tree is touched
+    _refuse_paths_outside_python(patches)
     fp = series.fingerprint(paths.patches, patches)
     repo = scratch.ensure_baseline(paths, rel, tools)
+    if scratch.recover_interrupted(paths, rel.version, repo):
+        print("the previous `make apply` was interrupted; starting again from the baseline")
     scratch.require_clean(repo)
     state = scratch.read_state(paths, rel.version)
     _refuse_foreign_commits(repo, state)
@@ -22,7 +26,9 @@ def apply_series(paths: config.Paths, rel: config.Release, tools: envs.Tools) ->
         print(f"series already applied on sglang {rel.version} ({len(patches)} patches)")
         return state
 
+    # From here until the state is written, an interruption is undone by the next run.
     scratch.write_state(paths, rel.version, None)
+    scratch.applying(paths, rel.version).touch()
     git.checkout_fresh(repo, scratch.APPLIED, scratch.BASELINE)
     applied = []
     for patch in patches:
@@ -30,13 +36,26 @@ def apply_series(paths: config.Paths, rel: config.Release, tools: envs.Tools) ->
         if proc.returncode != 0:
             git.am_abort(repo)
             git.checkout_fresh(repo, scratch.APPLIED, scratch.BASELINE)
+            scratch.applying(paths, rel.version).unlink()
             raise SeriesError(describe_failure(patch, proc.stderr + proc.stdout) + "; the tree is back at the baseline")
         applied.append({"patch": patch.name, "subject": patch.subject, "commit": git.rev(repo, "HEAD"), **patch.headers})
-        print(f"applied {patch.name}")
+        print(f"applied {patch.name}", flush=True)
     state = {"upstream": rel.version, "wheel_sha256": rel.sha256, "fingerprint": fp,
              "head": git.rev(repo, "HEAD"), "patches": applied}
     scratch.write_state(paths, rel.version, state)
+    scratch.applying(paths, rel.version).unlink()
     return state
+
+
+def _refuse_paths_outside_python(patches: list[series.Patch]) -> None:
+    """The wheel is built from python/ only: a change anywhere else would be lost silently."""
+    for patch in patches:
+        for path in git.patch_paths(patch.path) or []:
+            if not path.startswith("python/") or ".." in Path(path).parts:
+                raise SeriesError(
+                    f"{patch.name} changes {path}, outside python/ (only python/ goes into the wheel); "
+                    "give it upstream's layout (python/sglang/...) and run again"
+                )
 
 
 def _refuse_foreign_commits(repo: Path, state: dict | None) -> None:
@@ -79,12 +98,13 @@ def main(argv=None) -> None:
     paths = config.Paths.from_env()
     rel = config.release(paths, args.upstream)
     tools = envs.tools(paths)
-    apply_series(paths, rel, tools)
-    wheel = build.build(paths, rel, tools)
-    print(f"built {wheel.name}")
-    if args.no_env:
-        return
-    build.install_sites(paths, rel)
+    with scratch.exclusive(paths, rel.version):
+        apply_series(paths, rel, tools)
+        wheel = build.build(paths, rel, tools)
+        print(f"built {wheel.name}", flush=True)
+        if args.no_env:
+            return
+        build.install_sites(paths, rel)
     print("test environment ready; run `make test`")
 
 

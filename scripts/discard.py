@@ -12,7 +12,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     paths = config.Paths.from_env()
     rel = config.release(paths, args.upstream)
-    scratch.discard(paths, rel.version)
+    with scratch.exclusive(paths, rel.version):
+        scratch.discard(paths, rel.version)
     print(f"{scratch.tree(paths, rel.version)} is back at the baseline; run `make apply`")
 
 

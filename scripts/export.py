@@ -7,7 +7,7 @@ commits give byte-identical files on every run and machine (see lib/patch_queue.
 import argparse
 
 from scripts.queue import require_idle, subjects
-from scripts.lib import config, git, patch_queue, pins, scratch, series
+from scripts.lib import config, git, moving, patch_queue, pins, scratch, series
 from scripts.lib.errors import SeriesError, run_main
 
 
@@ -30,8 +30,10 @@ def export_series(paths: config.Paths, rel: config.Release) -> patch_queue.Chang
     state = scratch.read_state(paths, rel.version)
     known = {p["commit"]: p["patch"] for p in state["patches"]} if state else {}
     old = series.entries(paths.patches)
+    # On X, the patches its rebase report drops are dropped here with the report's reason.
+    reasons = moving.drop_reasons(moving.load(paths, rel.version, series.load(paths.patches))) if up else {}
     exported = patch_queue.export(repo, scratch.BASELINE, branch, known, subjects(paths, old))
-    changes = patch_queue.write(paths.patches, exported, old)
+    changes = patch_queue.write(paths.patches, exported, old, reasons=reasons)
     if branch == scratch.APPLIED and git.rev(repo, branch) != (state["head"] if state else git.rev(repo, scratch.BASELINE)):
         # The commits live on as the queue; `applied` goes back to what `make apply` expects.
         git.checkout_fresh(repo, patch_queue.QUEUE, scratch.APPLIED)
@@ -50,7 +52,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     paths = config.Paths.from_env()
     rel = config.release(paths, args.upstream)
-    changes = export_series(paths, rel)
+    with scratch.exclusive(paths, rel.version):
+        changes = export_series(paths, rel)
     print(changes.summary() if changes.any else "patches/ already matches the queue: nothing to write")
 
 

@@ -2,21 +2,33 @@
 patch with its full message and headers. Edit, reorder, squash or rebase it with plain git
 (`git rebase -i baseline`, `git commit --amend`), then `make export` writes it back.
 
-On a release other than the base (UPSTREAM_VERSION=X) a patch that does not apply stops the
-import with `git am --3way`'s conflict markers in the tree, for a person to resolve."""
+On a release other than the base (UPSTREAM_VERSION=X) the queue acts on the verdicts of
+`make rebase UPSTREAM_VERSION=X` (build/X/rebase/report.json): a patch upstream absorbed is
+not replayed, and `make export` drops it with the report's reason. A patch that does not
+apply stops the import with `git am --3way`'s conflict markers in the tree, for a person to
+resolve; `make queue UPSTREAM_VERSION=X CONTINUE=1` then goes on with the rest."""
 
 import argparse
 
 from scripts.apply import describe_failure
-from scripts.lib import config, envs, git, patch_queue, scratch, series
+from scripts.lib import config, envs, git, moving, patch_queue, scratch, series
 from scripts.lib.errors import SeriesError, run_main
 
 
-def unexported(paths: config.Paths, repo) -> patch_queue.Changes:
-    """What `make export` would change in patches/ if run now."""
-    names = series.entries(paths.patches)
+def unexported(paths: config.Paths, repo, names: list[str]) -> patch_queue.Changes:
+    """What `make export` would change in patches/ if run now (`names`: the patches the queue holds)."""
     exported = patch_queue.export(repo, scratch.BASELINE, patch_queue.QUEUE, old_names=subjects(paths, names))
     return patch_queue.diff_against(paths.patches, exported, names)
+
+
+def replayed(paths: config.Paths, rel: config.Release, patches: list[series.Patch]) -> list[series.Patch]:
+    """The patches a queue on rel holds: all on the base; on X, those its rebase report keeps."""
+    if rel.version == config.base_version(paths):
+        return patches
+    reasons = moving.drop_reasons(moving.load(paths, rel.version, patches))
+    for name, why in reasons.items():
+        print(f"not replayed {name}: {why}")
+    return [p for p in patches if p.name not in reasons]
 
 
 def subjects(paths: config.Paths, names: list[str]) -> dict:
@@ -40,36 +52,62 @@ def fetch_base_objects(paths: config.Paths, rel: config.Release, repo) -> None:
 
 
 def build_queue(paths: config.Paths, rel: config.Release, force: bool = False) -> int:
-    patches = series.load(paths.patches)
     up = "" if rel.version == config.base_version(paths) else f" UPSTREAM_VERSION={rel.version}"
+    patches = replayed(paths, rel, series.load(paths.patches))
     repo = scratch.ensure_baseline(paths, rel, envs.tools(paths))
     require_idle(repo, f"`make queue{up}`")
     if git.ref_exists(repo, patch_queue.QUEUE) and not force:
-        pending = unexported(paths, repo)
+        pending = unexported(paths, repo, [p.name for p in patches])
         if pending.any:
             raise SeriesError(f"branch queue in {repo} differs from patches/ ({pending.summary()}); keep it with "
                               f"`make export{up}`, or rebuild it from patches/ with `make queue{up} FORCE=1`")
     fetch_base_objects(paths, rel, repo)
     git.checkout_fresh(repo, patch_queue.QUEUE, scratch.BASELINE)
+    if not patches:
+        return 0
     proc = patch_queue.am_series(repo, [(p.path, p.name) for p in patches], three_way=True)
-    if proc.returncode != 0:
-        # The am session stays open on purpose: this is the person's workspace.
-        name = patch_queue.stopped_at(repo)
-        patch = next((p for p in patches if p.name == name), patches[0])
-        raise SeriesError(f"{describe_failure(patch, proc.stdout + proc.stderr).split(';')[0]} on sglang {rel.version}; "
-                          f"resolve it in {repo} (`git status`, edit, `git add -A`, `git am --continue` applies the rest), "
-                          f"then `make export{up}`; or `make discard{up}` to drop the queue")
+    stop_on_conflict(proc, patches, rel, repo, up)
     return len(patches)
+
+
+def stop_on_conflict(proc, patches: list[series.Patch], rel: config.Release, repo, up: str) -> None:
+    """A patch that needs a person: name it, its hunk, and the command that goes on.
+    The am session stays open on purpose: this is the person's workspace."""
+    if proc.returncode == 0:
+        return
+    name = patch_queue.stopped_at(repo)
+    patch = next((p for p in patches if p.name == name), patches[0])
+    raise SeriesError(f"{describe_failure(patch, proc.stdout + proc.stderr).split(';')[0]} on sglang {rel.version}; "
+                      f"resolve it in {repo} (`git status`, edit the files, `git add -A`), then "
+                      f"`make queue{up} CONTINUE=1` applies the rest; `make discard{up}` drops the queue")
+
+
+def continue_queue(paths: config.Paths, rel: config.Release) -> int:
+    """Go on with a queue import that stopped on a conflict the person has resolved and staged."""
+    up = "" if rel.version == config.base_version(paths) else f" UPSTREAM_VERSION={rel.version}"
+    repo = scratch.tree(paths, rel.version)
+    if not git.is_repo(repo) or not patch_queue.am_in_progress(repo):
+        raise SeriesError(f"no stopped queue import for sglang {rel.version}; start one with `make queue{up}`")
+    if git.git(repo, "diff", "--name-only", "--diff-filter=U", check=False).stdout.strip():
+        raise SeriesError(f"{repo} still has unmerged files (`git status`); resolve and `git add` them, "
+                          f"then `make queue{up} CONTINUE=1`")
+    patches = replayed(paths, rel, series.load(paths.patches))
+    proc = patch_queue.am_continue(repo)
+    stop_on_conflict(proc, patches, rel, repo, up)
+    return int(git.git(repo, "rev-list", "--count", f"{scratch.BASELINE}..HEAD").stdout)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--upstream", help="release to build the queue on (default: the pinned base)")
     parser.add_argument("--force", action="store_true", help="rebuild the queue even if it holds changes not exported yet")
+    parser.add_argument("--continue", dest="resume", action="store_true",
+                        help="go on after resolving the conflict an import stopped on")
     args = parser.parse_args(argv)
     paths = config.Paths.from_env()
     rel = config.release(paths, args.upstream)
-    count = build_queue(paths, rel, args.force)
+    with scratch.exclusive(paths, rel.version):
+        count = continue_queue(paths, rel) if args.resume else build_queue(paths, rel, args.force)
     repo = scratch.tree(paths, rel.version)
     print(f"branch queue in {repo}: {count} commits on baseline (sglang {rel.version}); "
           "edit with git (e.g. `git rebase -i baseline`), then `make export`")

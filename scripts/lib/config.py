@@ -6,6 +6,7 @@ tooling tests use to run the verbs on a tiny synthetic upstream.
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,20 @@ def release(paths: Paths, version: str | None = None) -> Release:
 
 def base_version(paths: Paths) -> str:
     return load_releases(paths)["base"]
+
+
+def writable_cache(paths: Paths) -> Path:
+    """The shared cache folder, created if needed; one line when it cannot be written."""
+    try:
+        paths.cache.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=paths.cache).close()
+    except OSError as exc:
+        reason = "a file, not a folder" if paths.cache.is_file() else exc.strerror
+        raise SeriesError(
+            f"the cache {paths.cache} is not a writable folder ({reason}); point SGLANG_SERIES_CACHE "
+            "at a writable folder, or unset it to use ~/.cache/sglang-series"
+        )
+    return paths.cache
 
 
 def require_python() -> None:

@@ -7,14 +7,17 @@ clone on the machine reuses them and a second run downloads nothing.
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Paths
+from .config import Paths, writable_cache
 from .errors import SeriesError
 from .wheels import sha256_of
 
@@ -27,18 +30,44 @@ class Tools:
 
 @contextmanager
 def _locked(path: Path):
-    """Serialise builders of one environment (two clones running `make` at once)."""
+    """Serialise builders of one environment (two clones running `make` at once).
+    flock, not filelock: this also guards the install of filelock itself."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         yield
 
 
-def _run(cmd: list, what: str, env: dict | None = None) -> None:
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env)
+def _run(cmd: list, what: str, env: dict | None = None, progress: str | None = None) -> None:
+    """Run a tool quietly. With `progress` (multi-GB installs take minutes), print that first
+    and then every 30 s that it still runs. A failure is one line: `what` and the tool's reason."""
+    if progress:
+        print(progress, flush=True)
+    start = time.monotonic()
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
+    reader.start()
+    while True:
+        try:
+            proc.wait(timeout=30)
+            break
+        except subprocess.TimeoutExpired:
+            if progress:
+                print(f"  ... still running ({time.monotonic() - start:.0f} s)", flush=True)
+    reader.join()
     if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines()
-        raise SeriesError(f"{what} failed ({lines[-1] if lines else proc.returncode}); check the network and run again")
+        raise SeriesError(f"{what} ({_reason(output) or f'exit {proc.returncode}'}); check the network and run again")
+
+
+def _reason(output: list[str]) -> str:
+    """The network error when there is one (pip and uv bury it under their own summary), else the last line."""
+    text = "".join(output)
+    m = re.search(r"Failed to establish a new connection: ([^'\")]+)|(dns error[^\n]*)|(Connection refused)", text)
+    if m:
+        return next(g for g in m.groups() if g).strip()
+    lines = [line.strip() for line in output if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def _build_once(home: Path, build) -> Path:
@@ -53,14 +82,28 @@ def _build_once(home: Path, build) -> Path:
 
 def tools(paths: Paths) -> Tools:
     lock = paths.env / "tools.lock"
-    home = paths.cache / "tools" / sha256_of(lock)[:12]
+    home = writable_cache(paths) / "tools" / sha256_of(lock)[:12]
 
     def build(home: Path) -> None:
-        _run([sys.executable, "-m", "venv", home], "creating the tools venv")
-        _run([home / "bin/pip", "install", "-q", "--require-hashes", "--no-deps", "-r", lock], "installing uv and wheel")
+        _run([sys.executable, "-m", "venv", home], "creating the tools venv failed")
+        # one retry, not pip's five with back-off: offline, say so in seconds
+        _run([home / "bin/pip", "install", "-q", "--retries", "1", "--timeout", "30", "--disable-pip-version-check",
+              "--require-hashes", "--no-deps", "-r", lock], f"cannot download the pinned tools of {lock.name} from PyPI",
+             progress=f"installing the pinned tools ({lock.name}: uv, wheel, filelock) into {home}")
 
     _build_once(home, build)
     return Tools(uv=home / "bin/uv", wheel=home / "bin/wheel")
+
+
+def filelock(paths: Paths):
+    """The `filelock` package from the pinned tools (the scripts' own Python has no packages)."""
+    home = tools(paths).uv.parent.parent
+    site = home / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    if str(site) not in sys.path:
+        sys.path.append(str(site))
+    import filelock as module
+
+    return module
 
 
 def uv_env(paths: Paths) -> dict:
@@ -85,15 +128,17 @@ def lock_key(lock: Path) -> str:
 
 def venv(paths: Paths, version: str) -> Path:
     """The test venv for release `version`: its pinned dependencies, without sglang itself."""
+    cache = writable_cache(paths)
     lock = lock_file(paths, version)
-    home = paths.cache / "venvs" / lock_key(lock)
+    home = cache / "venvs" / lock_key(lock)
     tl = tools(paths)
 
     def build(home: Path) -> None:
         env = uv_env(paths)
-        _run([tl.uv, "venv", "-q", "--python", sys.executable, home], "creating the test venv", env)
+        _run([tl.uv, "venv", "-q", "--python", sys.executable, home], "creating the test venv failed", env)
         env["VIRTUAL_ENV"] = str(home)
-        _run([tl.uv, "pip", "install", "-q", "--require-hashes", "-r", lock], f"installing {lock.name}", env)
+        _run([tl.uv, "pip", "install", "--require-hashes", "-r", lock], f"cannot download or install the packages of {lock.name}",
+             env, progress=f"building the test venv from {lock.name} in {home} (several GB: minutes the first time)")
 
     return _build_once(home, build)
 
@@ -109,7 +154,7 @@ def install_site(paths: Paths, venv_home: Path, wheel: Path, site: Path) -> Path
     tl = tools(paths)
     _run(
         [tl.uv, "pip", "install", "-q", "--no-deps", "--no-cache", "--python", venv_home / "bin/python", "--target", site, wheel],
-        f"installing {wheel.name}",
+        f"installing {wheel.name} failed",
         uv_env(paths),
     )
     stamp.write_text(digest)

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 from .errors import SeriesError
@@ -18,18 +19,30 @@ FIXED_ENV = {
 }
 
 
+# Nothing from the user's or the system's git config reaches a scratch tree: a global
+# am.threeWay, hooks, signing, a pager or a localised message would change what the
+# verbs do or what they read back. Apply, queue and export all run git through here.
+ISOLATED = {
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_TERMINAL_PROMPT": "0",
+    "LC_ALL": "C",
+    # an identity for the commands that need one (reflogs, stash); commits fix theirs below
+    "GIT_AUTHOR_NAME": FIXED_ENV["GIT_AUTHOR_NAME"],
+    "GIT_AUTHOR_EMAIL": FIXED_ENV["GIT_AUTHOR_EMAIL"],
+    "GIT_COMMITTER_NAME": FIXED_ENV["GIT_COMMITTER_NAME"],
+    "GIT_COMMITTER_EMAIL": FIXED_ENV["GIT_COMMITTER_EMAIL"],
+}
+CONFIG = ["-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false"]
+
+
+def environ(fixed_identity: bool = False) -> dict:
+    return {**os.environ, **ISOLATED, **(FIXED_ENV if fixed_identity else {})}
+
+
 def git(repo: Path, *args: str, check: bool = True, fixed_identity: bool = False) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    # A user's global hooks or templates must not change scratch commits.
-    env.update({"GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"})
-    if fixed_identity:
-        env.update(FIXED_ENV)
-    proc = subprocess.run(
-        ["git", "-C", str(repo), "-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    proc = subprocess.run(["git", "-C", str(repo), *CONFIG, *args], capture_output=True, text=True,
+                          env=environ(fixed_identity))
     if check and proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         raise SeriesError(f"git {args[0]} failed in {repo}: {detail[-1] if detail else proc.returncode}")
@@ -79,11 +92,36 @@ def checkout_fresh(repo: Path, branch: str, start: str) -> None:
 
 def am(repo: Path, patch: Path) -> subprocess.CompletedProcess:
     """Apply one mail-format patch as a commit; no fuzz (git apply never fuzzes), no 3-way."""
-    return git(repo, "am", "-q", "--committer-date-is-author-date", "--keep-cr", str(patch), check=False, fixed_identity=True)
+    return git(repo, "am", "-q", "--no-3way", "--committer-date-is-author-date", "--keep-cr", str(patch),
+               check=False, fixed_identity=True)
 
 
 def am_abort(repo: Path) -> None:
     git(repo, "am", "--abort", check=False)
+
+
+def gitdir(repo: Path) -> Path:
+    return Path(out(repo, "rev-parse", "--absolute-git-dir"))
+
+
+def committers(repo: Path, revs: str) -> set[str]:
+    """The committer names of the commits in `revs` (e.g. "baseline..applied")."""
+    return set(out(repo, "log", "--format=%cn", revs).splitlines())
+
+
+def patch_paths(patch: Path) -> list[str] | None:
+    """Every path a patch would write, as git resolves it (-p1: `+++ /abs/x` is abs/x);
+    None when git cannot read the patch (`git am` then says why)."""
+    proc = subprocess.run(["git", "apply", "--numstat", "-z", str(patch.resolve())], capture_output=True, text=True,
+                          cwd=tempfile.gettempdir(), env={**environ(), "GIT_CEILING_DIRECTORIES": tempfile.gettempdir()})
+    if proc.returncode != 0:
+        return None
+    fields, paths = proc.stdout.split("\0"), []
+    while fields and fields[0]:
+        path = fields.pop(0).split("\t", 2)[2]
+        # a rename or copy reads "added<TAB>deleted<TAB>", then its old and new path
+        paths += [path] if path else [fields.pop(0), fields.pop(0)]
+    return paths
 
 
 
@@ -93,7 +131,7 @@ def reverse_applies(repo: Path, patch: Path) -> bool:
 
 
 def git_bytes(repo: Path, *args: str) -> bytes:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True)
+    proc = subprocess.run(["git", "-C", str(repo), *CONFIG, *args], capture_output=True, env=environ())
     if proc.returncode != 0:
         raise SeriesError(f"git {args[0]} failed in {repo}: {proc.stderr.decode(errors='replace').strip()}")
     return proc.stdout

@@ -3,16 +3,20 @@ pristine wheel in upstream's layout and whose `applied` branch carries the serie
 
 Layout under build/<version>/:
   tree/          git repo; wheel's top-level entries under python/ (python/sglang/...)
+  tree.lock      held by the make command working on the tree (one at a time)
+  applying       present while `apply` moves `applied`: a run that finds it was interrupted
   applied.json   what `apply` last produced (series fingerprint, commits)
   dist/          the patched wheel
   site/<flavor>  an installed sglang to put on PYTHONPATH (patched, vanilla)
 """
 
 import json
+import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
-from . import git, wheels
+from . import envs, git, wheels
 from .config import Paths, Release
 from .envs import Tools
 from .errors import SeriesError
@@ -29,11 +33,33 @@ def upstream_wheel(paths: Paths, rel: Release) -> Path:
     return wheels.fetch(rel.url, paths.cache / "wheels" / rel.wheel, rel.sha256)
 
 
+@contextmanager
+def exclusive(paths: Paths, version: str):
+    """Hold the scratch tree of `version` for one make command; a second one waits its turn."""
+    path = paths.release_dir(version) / "tree.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    filelock = envs.filelock(paths)
+    lock = filelock.FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        print(f"waiting for another make command working on {tree(paths, version)} to finish ...", flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def ensure_baseline(paths: Paths, rel: Release, tools: Tools) -> Path:
     """The scratch repo for `rel`, created from the verified wheel if it is not there yet."""
     repo = tree(paths, rel.version)
     if git.is_repo(repo) and git.ref_exists(repo, BASELINE):
         return repo
+    if repo.exists() and _retag_baseline(repo, rel):
+        return repo
+    if repo.exists():
+        _refuse_unknown_tree(repo)
     wheel = upstream_wheel(paths, rel)
     work = paths.release_dir(rel.version)
     staging = work / ".tree-staging"
@@ -51,6 +77,37 @@ def ensure_baseline(paths: Paths, rel: Release, tools: Tools) -> Path:
     git.git(staging, "tag", BASELINE)
     staging.rename(repo)  # the tree appears only once it is complete
     return repo
+
+
+def _retag_baseline(repo: Path, rel: Release) -> bool:
+    """A lost `baseline` tag comes back when the tree still has the baseline commit
+    (its message names the wheel's sha256)."""
+    if not git.is_repo(repo):
+        return False
+    found = git.git(repo, "rev-list", "--all", "--max-parents=0", "--fixed-strings", f"--grep=sha256: {rel.sha256}",
+                    check=False).stdout.split()
+    if len(found) != 1:
+        return False
+    git.git(repo, "tag", BASELINE, found[0])
+    return True
+
+
+def _refuse_unknown_tree(repo: Path) -> None:
+    """A tree that is not (or no longer) ours is rebuilt only when nothing in it can be lost."""
+    if git.is_repo(repo):
+        changes = git.dirty(repo)
+        has_commits = git.git(repo, "rev-parse", "--verify", "-q", "HEAD", check=False).returncode == 0
+        if not changes and not has_commits:
+            return
+        what = f"{len(changes)} uncommitted change(s)" if changes else "commits"
+    elif not any(repo.iterdir()):
+        return
+    else:
+        what = "files but no git repository"
+    raise SeriesError(
+        f"{repo} has no `{BASELINE}` tag of this release and holds {what}; keep them by moving {repo} "
+        "elsewhere, or drop them with `make discard`; then run again"
+    )
 
 
 def require_clean(repo: Path) -> None:
@@ -75,17 +132,47 @@ def write_state(paths: Paths, version: str, state: dict | None) -> None:
     path = state_file(paths, version)
     if state is None:
         path.unlink(missing_ok=True)
-    else:
-        path.write_text(json.dumps(state, indent=2) + "\n")
+        return
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(state, indent=2) + "\n")
+    os.replace(part, path)  # an interrupted write leaves the old state, never half a file
+
+
+def applying(paths: Paths, version: str) -> Path:
+    return paths.release_dir(version) / "applying"
+
+
+def recover_interrupted(paths: Paths, version: str, repo: Path) -> bool:
+    """Undo what an interrupted `apply` left (Ctrl-C, a killed process): its unfinished
+    `git am`, a stale index lock, and its own commits on `applied`. Changes in the working
+    tree are kept as a stash, never dropped. Commits of anyone else stay for the usual
+    refusal. True when there was something to recover."""
+    if not applying(paths, version).exists():
+        return False
+    (git.gitdir(repo) / "index.lock").unlink(missing_ok=True)  # we hold the tree's lock: nobody else writes it
+    git.am_abort(repo)
+    if git.dirty(repo):
+        git.git(repo, "stash", "push", "-q", "--include-untracked", "-m", "found after an interrupted make apply")
+        print(f"kept changes found after an interrupted run as `git stash` in {repo}")
+    if git.ref_exists(repo, APPLIED) and git.committers(repo, f"{BASELINE}..{APPLIED}") <= {git.FIXED_ENV["GIT_COMMITTER_NAME"]}:
+        git.checkout_fresh(repo, APPLIED, BASELINE)
+    write_state(paths, version, None)
+    applying(paths, version).unlink()
+    return True
 
 
 def discard(paths: Paths, version: str) -> None:
     """Drop every local edit and commit in the scratch tree: back to the baseline."""
     repo = tree(paths, version)
-    if not git.is_repo(repo):
+    write_state(paths, version, None)
+    applying(paths, version).unlink(missing_ok=True)
+    if not repo.exists():
         return
+    if not (git.is_repo(repo) and git.ref_exists(repo, BASELINE)):
+        shutil.rmtree(repo)  # not a tree `make apply` can use: the next one rebuilds it
+        return
+    (git.gitdir(repo) / "index.lock").unlink(missing_ok=True)
     git.am_abort(repo)
     git.git(repo, "reset", "-q", "--hard")
     git.git(repo, "clean", "-q", "-fdx")
     git.checkout_fresh(repo, APPLIED, BASELINE)
-    write_state(paths, version, None)

@@ -44,8 +44,11 @@ def entries(patches_dir: Path) -> list[str]:
 
 def load(patches_dir: Path) -> list[Patch]:
     """The series' patches, each checked to exist and to look like a git patch."""
-    patches = []
+    patches, seen = [], set()
     for name in entries(patches_dir):
+        if name in seen:
+            raise SeriesError(f"patches/series lists {name} twice; remove the second entry (a patch is applied once)")
+        seen.add(name)
         path = patches_dir / name
         if "/" in name or name.startswith("."):
             raise SeriesError(f"patches/series: entry {name!r} must be a file name inside patches/")

@@ -5,7 +5,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -26,17 +28,22 @@ def fetch(url: str, dest: Path, sha256: str) -> Path:
     The download lands in a temporary file and is renamed only once its hash
     matches, so a failed or tampered download never replaces a good copy.
     """
-    if dest.exists() and sha256_of(dest) == sha256:
+    cached = sha256_of(dest) if dest.exists() else None
+    if cached == sha256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=".part-", delete=False) as tmp:
         part = Path(tmp.name)
     try:
         try:
-            with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as fh:
-                shutil.copyfileobj(resp, fh)
+            _download(url, part, dest.name)
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            if cached:
+                raise SeriesError(
+                    f"{dest} is there, but its sha256 {cached} is not the pinned {sha256}, and a good copy "
+                    f"cannot be downloaded ({reason}); delete it and run again online, or replace it with the right file"
+                )
             raise SeriesError(
                 f"cannot download {dest.name} ({reason}); check the network, "
                 f"or put the file in {dest.parent}/ and run again"
@@ -47,10 +54,20 @@ def fetch(url: str, dest: Path, sha256: str) -> Path:
                 f"{dest.name}: sha256 {got} does not match the pin {sha256}; the file was not kept. "
                 "If upstream really re-published it, update the pin in upstream/releases.json"
             )
+        part.chmod(0o644)  # the cache is shared: other users read it (a temporary file starts 0600)
         part.replace(dest)
         return dest
     finally:
         part.unlink(missing_ok=True)
+
+
+def _download(url: str, part: Path, name: str) -> None:
+    start = time.monotonic()
+    with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as fh:
+        size = int(resp.headers.get("Content-Length") or 0)
+        print(f"downloading {name} ({size / 1e6:.1f} MB) from {urllib.parse.urlsplit(url).netloc or url}", flush=True)
+        shutil.copyfileobj(resp, fh, 1 << 20)
+    print(f"downloaded {name} in {time.monotonic() - start:.1f} s", flush=True)
 
 
 def unpack(wheel_cli: Path, wheel: Path, dest: Path) -> Path:

@@ -72,14 +72,25 @@ class Upstream:
             new[number - 1] = text + "\n"
         return self.add_raw_patch(name, _format_patch("python/sglang/pool.py", lines, new, subject))
 
+    def add_file_patch(self, name: str, path: str, text: str, subject: str = "add a module") -> Path:
+        """A git-format patch that creates the file `path` (a path in the tree, e.g. python/sglang/x.py)."""
+        return self.add_raw_patch(name, _format_patch(path, [], text.splitlines(keepends=True), subject))
+
     def add_raw_patch(self, name: str, text: str) -> Path:
         path = self.patches / name
         path.write_text(text)
         return path
 
-    def run(self, verb: str, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", f"scripts.{verb}", *args], cwd=REPO, env=self.env,
+    def run(self, verb: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", f"scripts.{verb}", *args], cwd=REPO, env={**self.env, **(env or {})},
                               capture_output=True, text=True)
+
+    def start(self, verb: str, *args: str) -> subprocess.Popen:
+        """The verb in the background, in a process group of its own (as a terminal's Ctrl-C
+        reaches the command and its git children), its output unbuffered."""
+        return subprocess.Popen([sys.executable, "-m", f"scripts.{verb}", *args], cwd=REPO,
+                                env={**self.env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
 
     def git(self, *args: str) -> str:
         return subprocess.run(["git", "-C", str(self.tree), *args], capture_output=True, text=True, check=True).stdout.strip()
@@ -119,7 +130,9 @@ def _sha256(path: Path) -> str:
 def _format_patch(path: str, old: list[str], new: list[str], subject: str) -> str:
     import difflib
 
-    diff = "".join(difflib.unified_diff(old, new, f"a/{path}", f"b/{path}", n=3))
+    diff = "".join(difflib.unified_diff(old, new, f"a/{path}" if old else "/dev/null", f"b/{path}", n=3))
+    if not old:
+        diff = "new file mode 100644\n" + diff
     return (
         "From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
         "From: Test <test@localhost>\nDate: Sat, 1 Jan 2000 00:00:00 +0000\n"
