@@ -1,0 +1,410 @@
+"""The DeepSeek-V4 attention backend and the SWA KV store path, built on the
+installed release.
+
+Checks ask for "a DSV4 pool with rows we can read", "a backend over it", "a forward
+batch", "init the batch's metadata", "store layer L's SWA KV as the model does";
+this module knows how each release spells them:
+
+- 0.5.13+: ``MQALayer._compute_kv_to_cache`` takes the attention backend and reads
+  the pool from the active forward context (``model_executor.forward_context``);
+  0.5.12 reads ``forward_batch.token_to_kv_pool``.
+- 0.5.13+: ``DeepseekV4AttnBackend`` builds metadata through ``_build_forward_metadata``
+  and asserts ``req_to_token_pool.req_to_token is req_to_token``; 0.5.12 reads the
+  batch's ``req_to_token_pool``.
+- The pool is built by ``seam.dsv4_pool.build_dsv4_pool`` (server args, dtypes).
+
+GPU kernels are replaced, on every device, by torch code with the same contract
+where only the destination matters here: the fused norm+rope+FlashMLA store writes
+the given rows at the given SWA slots (int32, as the kernel takes them), FlashMLA
+planning returns nothing, and the compression-metadata kernels (triton) are skipped
+(every layer here is uncompressed). Call ``maybe_stub_sgl_kernel()`` before
+importing this module on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from typing import Optional, Sequence
+from unittest import mock
+
+import torch
+
+from seam import CannotRun, accepted, locate, require, takes
+from seam.dsv4_pool import build_dsv4_pool, global_server_args
+
+ROW_DIM = 8  # width of one stand-in SWA KV row
+PAGE_SIZE = 256  # DeepseekV4AttnBackend asserts this page size
+
+
+def backend_module():
+    return locate(
+        "the DSV4 attention backend",
+        "sglang.srt.layers.attention.deepseek_v4_backend",
+    )
+
+
+def _pool_module():
+    return locate(
+        "the DSV4 memory pool", "sglang.srt.mem_cache.deepseek_v4_memory_pool"
+    )
+
+
+def forward_mode(name: str):
+    mode = locate("ForwardMode", "sglang.srt.model_executor.forward_batch_info:ForwardMode")
+    return getattr(mode, name)
+
+
+# ---------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------
+
+
+class RowSWAPool:
+    """Inner SWA pool stand-in: one [num_slots, ROW_DIM] buffer per stage layer."""
+
+    def __init__(self, layer_num, num_slots, page_size, device, row_dim=ROW_DIM,
+                 dtype=torch.float32):
+        self.page_size = page_size
+        self.kv_buffer = [
+            torch.full((num_slots, row_dim), -1, dtype=dtype, device=device)
+            for _ in range(layer_num)
+        ]
+
+    def set_key_buffer_fused(self, layer_id, loc, cache_k):
+        assert loc.dtype == torch.int32, f"store kernels take int32, got {loc.dtype}"
+        self.kv_buffer[layer_id][loc.long()] = cache_k
+
+    def set_key_buffer(self, layer_id, loc, cache):
+        self.set_key_buffer_fused(layer_id, loc, cache)
+
+    def get_key_buffer(self, layer_id):
+        return self.kv_buffer[layer_id]
+
+
+def _row_store(kv, kv_weight, eps, freqs_cis, positions, out_loc, kvcache, page_size):
+    assert out_loc.dtype == torch.int32, f"kernel takes int32, got {out_loc.dtype}"
+    kvcache[out_loc.long()] = kv
+
+
+class _NoCompression:
+    def __getattr__(self, name):
+        return None
+
+
+@contextlib.contextmanager
+def store_kernels():
+    """Replace the GPU kernels on the SWA store and metadata paths (see module doc)."""
+    backend = backend_module()
+    pool = _pool_module()
+    require(
+        hasattr(pool, "fused_k_norm_rope_flashmla"),
+        "deepseek_v4_memory_pool has no fused_k_norm_rope_flashmla store kernel",
+    )
+    meta_cls = locate(
+        "DSV4AttnMetadata",
+        "sglang.srt.layers.attention.deepseek_v4_backend:DSV4AttnMetadata",
+    )
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(pool, "fused_k_norm_rope_flashmla", _row_store))
+        stack.enter_context(
+            mock.patch.object(backend, "_create_flashmla_metadata", lambda: None)
+        )
+        for name in ("init_compression_metadata", "init_flashmla_related"):
+            if hasattr(meta_cls, name):
+                stack.enter_context(mock.patch.object(meta_cls, name, lambda self: None))
+        # The C4 indexer's planning (deep_gemm) serves compressed layers only.
+        stack.enter_context(
+            mock.patch.object(
+                backend.DeepseekV4AttnBackend, "init_forward_metadata_indexer",
+                lambda self, core_attn_metadata: None,
+            )
+        )
+        if hasattr(backend, "create_paged_compressor_data"):
+            stack.enter_context(
+                mock.patch.object(
+                    backend, "create_paged_compressor_data",
+                    lambda *a, **k: _NoCompression(),
+                )
+            )
+        yield
+
+
+# ---------------------------------------------------------------------------
+# Pool, mapping, backend
+# ---------------------------------------------------------------------------
+
+
+def make_pool(*, page_size=PAGE_SIZE, layer_num, start_layer=0, swa_pages=4,
+              device="cpu", row_dim=ROW_DIM, row_dtype=torch.float32):
+    """A real DeepSeekV4TokenToKVPool for layers [start_layer, start_layer +
+    layer_num) (a PP stage when start_layer > 0), every layer uncompressed, its
+    inner SWA pool replaced by RowSWAPool so rows can be read back."""
+    end_layer = start_layer + layer_num
+    swa_tokens = swa_pages * page_size
+    pool = build_dsv4_pool(
+        compression_ratios=[0] * end_layer,
+        device=device,
+        start_layer=start_layer,
+        end_layer=end_layer,
+        page_size=page_size,
+        swa_tokens=swa_tokens,
+        full_tokens=swa_tokens,
+        dtype=torch.uint8,
+    )
+    pool.swa_kv_pool = RowSWAPool(
+        layer_num, swa_tokens + page_size + 1, page_size, device, row_dim, row_dtype
+    )
+    return pool
+
+
+def paged_mapping(full_pages, swa_page_of, page_size, device):
+    """full -> SWA index mapping laid out like SWATokenToKVPoolAllocator's (size +
+    page_size entries, then a trailing -1): full page p maps to SWA page
+    swa_page_of[p], in-page offset kept; other pages map to 0."""
+    size = full_pages * page_size
+    mapping = torch.zeros(size + page_size + 1, dtype=torch.int64)
+    mapping[-1] = -1
+    for full_page, swa_page in swa_page_of.items():
+        offsets = torch.arange(page_size)
+        mapping[full_page * page_size + offsets] = swa_page * page_size + offsets
+    return mapping.to(device)
+
+
+def register_mapping(pool, mapping) -> None:
+    """What a HiCache commit / load-back does: a new full -> SWA mapping."""
+    pool.register_mapping(mapping)
+
+
+def rows_at(pool, layer_id, swa_loc):
+    """Rows of (global) layer ``layer_id`` at SWA slots ``swa_loc``."""
+    return pool.swa_kv_pool.kv_buffer[layer_id - pool.start_layer][swa_loc.long()]
+
+
+def make_backend(pool, *, num_reqs=2, max_context=2 * PAGE_SIZE, topk=0,
+                 num_steps=0, step_id=0, num_draft_tokens=None):
+    """DeepseekV4AttnBackend over ``pool`` without a ModelRunner, given the
+    attributes its constructor reads from one (topk / num_steps / step_id: an MTP
+    draft step backend). req_to_token maps request r, position i to full slot
+    PAGE_SIZE * (r + 1) + i."""
+    cls = locate(
+        "DeepseekV4AttnBackend",
+        "sglang.srt.layers.attention.deepseek_v4_backend:DeepseekV4AttnBackend",
+    )
+    device = torch.device(pool.device)
+    backend = object.__new__(cls)
+    backend.device = device
+    backend.cuda_int32_kwargs = {"device": device, "dtype": torch.int32}
+    backend.swa_page_size = 128
+    backend.page_size = PAGE_SIZE
+    req_to_token = (
+        torch.arange(max_context, dtype=torch.int32).repeat(num_reqs, 1)
+        + PAGE_SIZE * torch.arange(1, num_reqs + 1, dtype=torch.int32)[:, None]
+    ).to(device)
+    backend.req_to_token = req_to_token
+    backend.req_to_token_pool = types.SimpleNamespace(req_to_token=req_to_token)
+    backend.token_to_kv_pool = pool
+    backend.hisparse_coordinator = None
+    backend.MAX_SEQ_LEN_FOR_CAPTURE = max_context
+    backend.c4_topk = 512
+    backend.enable_deepseek_v4_fp4_indexer = False
+    backend.topk = topk
+    backend.mtp_enabled = topk > 0
+    backend.speculative_num_steps = num_steps
+    backend.speculative_num_draft_tokens = num_draft_tokens
+    backend.speculative_step_id = step_id
+    backend.forward_metadata = None
+    backend._replay_forward_batch = None
+    # Pinned host staging needs a CUDA driver; a plain copy does the same.
+    backend._move_to_device = lambda xs: torch.tensor(xs, dtype=torch.int32, device=device)
+    return backend
+
+
+# ---------------------------------------------------------------------------
+# Forward batches and the forward context
+# ---------------------------------------------------------------------------
+
+
+def forward_batch(backend, out_cache_loc, mode="EXTEND", *, seq_lens=None,
+                  extend_lens=None, batch_size=None, dp_padding_pending=False):
+    """The ForwardBatch fields that DSV4 metadata init and the SWA store read.
+
+    ``dp_padding_pending``: the batch belongs to a DP-attention run whose MLP-sync
+    padding has not run yet (metadata planned ahead of the forward)."""
+    device = backend.device
+    fb = types.SimpleNamespace(
+        forward_mode=forward_mode(mode),
+        out_cache_loc=out_cache_loc,
+        token_to_kv_pool=backend.token_to_kv_pool,
+        attn_backend=backend,
+        req_to_token_pool=backend.req_to_token_pool,
+        global_num_tokens_cpu=None,
+        global_dp_buffer_len=None,
+        extend_start_loc=None,
+        spec_info=None,
+    )
+    if seq_lens is not None:
+        fb.seq_lens = torch.tensor(seq_lens, dtype=torch.int32, device=device)
+        fb.seq_lens_cpu = torch.tensor(seq_lens, dtype=torch.int64)
+        fb.seq_lens_sum = int(sum(seq_lens))
+        fb.req_pool_indices = torch.arange(len(seq_lens), device=device)
+        fb.batch_size = len(seq_lens) if batch_size is None else batch_size
+    if extend_lens is not None:
+        fb.extend_seq_lens = torch.tensor(extend_lens, dtype=torch.int32, device=device)
+        fb.extend_seq_lens_cpu = list(extend_lens)
+        fb.extend_num_tokens = int(sum(extend_lens))
+    if dp_padding_pending:
+        fb.global_num_tokens_cpu = [out_cache_loc.shape[0]]
+    return fb
+
+
+def pad_for_dp(fb, num_tokens: int) -> None:
+    """What MLP-sync padding does to the batch's locations: zeros appended (the
+    dummy slot), the DP buffer length set."""
+    loc = fb.out_cache_loc
+    fb.out_cache_loc = torch.cat([loc, loc.new_zeros(num_tokens - loc.shape[0])])
+    fb.global_dp_buffer_len = num_tokens
+
+
+@contextlib.contextmanager
+def forward_context(backend):
+    """The per-forward context the release's model code reads (0.5.13+), and the
+    global server args the backend and pool read."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(global_server_args())
+        try:
+            import sglang.srt.model_executor.forward_context as ctx_mod
+        except ImportError:
+            ctx_mod = None
+        if ctx_mod is not None and hasattr(ctx_mod, "forward_context"):
+            ctx = ctx_mod.ForwardContext(**accepted(ctx_mod.ForwardContext, attn_backend=backend))
+            stack.enter_context(ctx_mod.forward_context(ctx))
+        yield
+
+
+def init_metadata(backend, fb) -> None:
+    """The backend's eager metadata init for the batch (ModelRunner.forward_*)."""
+    with forward_context(backend):
+        backend.init_forward_metadata(fb)
+
+
+def metadata_swa_out_cache_loc(backend):
+    """The per-batch SWA locations kept on the backend's metadata, or None when
+    this release keeps none there."""
+    core = getattr(backend.forward_metadata, "core_attn_metadata", None)
+    return getattr(core, "swa_out_cache_loc", None)
+
+
+def _mqa_layer_cls():
+    return locate("MQALayer", "sglang.srt.models.deepseek_v4:MQALayer")
+
+
+def store_layer(layer_id: int, fb, kv: torch.Tensor) -> None:
+    """One layer's SWA KV store as DeepseekV4's MQALayer does it (fused
+    norm + rope + store), the layer reduced to what that path reads."""
+    cls = _mqa_layer_cls()
+    fn = getattr(cls, "_compute_kv_to_cache", None)
+    require(fn is not None, "MQALayer has no _compute_kv_to_cache")
+    layer = types.SimpleNamespace(
+        q_lora_rank=0,
+        layer_id=layer_id,
+        kv_norm=types.SimpleNamespace(
+            weight=types.SimpleNamespace(data=torch.ones(kv.shape[-1], device=kv.device))
+        ),
+        eps=1e-6,
+        freqs_cis=None,
+    )
+    positions = torch.zeros(kv.shape[0], dtype=torch.int64, device=kv.device)
+    backend = fb.attn_backend
+    with forward_context(backend):
+        if takes(fn, "attn_backend"):
+            fn(layer, kv, positions, fb, backend, qkv_a=kv)
+        else:
+            fn(layer, kv, positions, fb, qkv_a=kv)
+
+
+def store_cache(backend, layer_id: int, fb, kv: torch.Tensor) -> None:
+    """The backend's store_cache (the NSA prefill-CP SWA store), fused variant."""
+    with forward_context(backend):
+        backend.store_cache(layer_id, kv, fb)
+
+
+def store_layers(fb, layer_ids: Sequence[int], kv: torch.Tensor) -> None:
+    """A forward batch's SWA stores over many layers, alternating the model's fused
+    norm+rope path and the backend's store_cache."""
+    for i, layer_id in enumerate(layer_ids):
+        if i % 2 == 0:
+            store_layer(layer_id, fb, kv)
+        else:
+            store_cache(fb.attn_backend, layer_id, fb, kv)
+
+
+def new_batch_hook(pool) -> None:
+    """What the model runner does for the pool before each forward batch on this
+    release (a per-batch invalidation where the pool has one)."""
+    hook = getattr(pool, "invalidate_loc_cache", None)
+    if hook is not None:
+        hook()
+
+
+# ---------------------------------------------------------------------------
+# Counting translations at the mapping gather
+# ---------------------------------------------------------------------------
+
+
+class TranslationCounter:
+    """Counts the pool's translations of 1-D location vectors (out-cache
+    locations), whoever asks (metadata init, stores, the allocator); the 2-D page
+    index translations of metadata build are kept apart."""
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.out_loc_calls = 0
+        self.other_calls = 0
+        orig = pool.translate_loc_from_full_to_swa
+
+        def counting(kv_indices):
+            if kv_indices.dim() == 1:
+                self.out_loc_calls += 1
+            else:
+                self.other_calls += 1
+            return orig(kv_indices)
+
+        pool.translate_loc_from_full_to_swa = counting
+
+    def reset(self):
+        self.out_loc_calls = 0
+        self.other_calls = 0
+
+    def remove(self):
+        del self.pool.translate_loc_from_full_to_swa
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+# ---------------------------------------------------------------------------
+# Multi-step draft decode
+# ---------------------------------------------------------------------------
+
+
+def draft_step_locations(out_cache_loc, batch_size, topk, num_steps):
+    """[num_steps, batch_size * topk]: the rows EAGLE's draft_forward gives each
+    draft step, from the buffer laid out [batch_size, topk, num_steps]."""
+    return (
+        out_cache_loc.view(batch_size, topk, num_steps)
+        .permute(2, 0, 1)
+        .reshape(num_steps, -1)
+    )
+
+
+def draft_step_backends(pool, *, topk, num_steps, **kwargs):
+    """The per-step backends of DeepseekV4MultiStepBackend (step i has
+    speculative_step_id i), built like make_backend."""
+    return [
+        make_backend(pool, topk=topk, num_steps=num_steps, step_id=i, **kwargs)
+        for i in range(num_steps)
+    ]
