@@ -65,7 +65,8 @@ def main(argv=None) -> None:
         wheel = build.patched_wheel(paths, rel.version)
     else:
         wheel = scratch.upstream_wheel(paths, rel)
-    site = envs.install_site(paths, venv, wheel, build.site(paths, rel.version, args.flavor))
+    with scratch.exclusive(paths, rel.version):  # a `make apply` running now may be replacing the build
+        site = envs.install_site(paths, venv, wheel, build.site(paths, rel.version, args.flavor))
     defaults = default_targets(args.flavor, args.tier)
     options = pytest_options(paths.root, defaults, args.pytest_args)
     cache = paths.release_dir(rel.version) / "pytest-cache" / f"{args.flavor}-{args.tier}"
