@@ -404,7 +404,12 @@ def draft_step_locations(out_cache_loc, batch_size, topk, num_steps):
 def draft_step_backends(pool, *, topk, num_steps, **kwargs):
     """The per-step backends of DeepseekV4MultiStepBackend (step i has
     speculative_step_id i), built like make_backend."""
-    return [
+    backends = [
         make_backend(pool, topk=topk, num_steps=num_steps, step_id=i, **kwargs)
         for i in range(num_steps)
     ]
+    # One model runner: one req_to_token for every step.
+    for backend in backends[1:]:
+        backend.req_to_token = backends[0].req_to_token
+        backend.req_to_token_pool = backends[0].req_to_token_pool
+    return backends
