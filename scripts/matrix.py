@@ -30,7 +30,7 @@ def release_results(paths: config.Paths, version: str, tests: list[str], extra: 
     rel = config.release(paths, version)
     venv = envs.venv(paths, version)
     site = envs.install_site(paths, venv, scratch.upstream_wheel(paths, rel), build.site(paths, version, "vanilla"))
-    return pytest_run.outcomes(venv, site, tests, paths.root, extra=["--allow-cannot-run", *extra])
+    return pytest_run.outcomes(venv, site, tests, paths.root, extra=extra, extra_env=pytest_run.ALLOW_CANNOT_RUN)
 
 
 def render(fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds: float) -> str:

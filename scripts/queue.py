@@ -21,14 +21,16 @@ def unexported(paths: config.Paths, repo, names: list[str]) -> patch_queue.Chang
     return patch_queue.diff_against(paths.patches, exported, names)
 
 
-def replayed(paths: config.Paths, rel: config.Release, patches: list[series.Patch]) -> list[series.Patch]:
-    """The patches a queue on rel holds: all on the base; on X, those its rebase report keeps."""
+def replayed(paths: config.Paths, rel: config.Release, patches: list[series.Patch]) -> tuple[list[series.Patch], dict | None]:
+    """The patches a queue on rel holds (all on the base; on X, those its rebase report
+    keeps) and that report."""
     if rel.version == config.base_version(paths):
-        return patches
-    reasons = moving.drop_reasons(moving.load(paths, rel.version, patches))
+        return patches, None
+    report = moving.load(paths, rel.version, patches)
+    reasons = moving.drop_reasons(report)
     for name, why in reasons.items():
         print(f"not replayed {name}: {why}")
-    return [p for p in patches if p.name not in reasons]
+    return [p for p in patches if p.name not in reasons], report
 
 
 def subjects(paths: config.Paths, names: list[str]) -> dict:
@@ -53,7 +55,7 @@ def fetch_base_objects(paths: config.Paths, rel: config.Release, repo) -> None:
 
 def build_queue(paths: config.Paths, rel: config.Release, force: bool = False) -> int:
     up = "" if rel.version == config.base_version(paths) else f" UPSTREAM_VERSION={rel.version}"
-    patches = replayed(paths, rel, series.load(paths.patches))
+    patches, report = replayed(paths, rel, series.load(paths.patches))
     repo = scratch.ensure_baseline(paths, rel, envs.tools(paths))
     require_idle(repo, f"`make queue{up}`")
     if git.ref_exists(repo, patch_queue.QUEUE) and not force:
@@ -66,18 +68,20 @@ def build_queue(paths: config.Paths, rel: config.Release, force: bool = False) -
     if not patches:
         return 0
     proc = patch_queue.am_series(repo, [(p.path, p.name) for p in patches], three_way=True)
-    stop_on_conflict(proc, patches, rel, repo, up)
+    stop_on_conflict(proc, patches, report, rel, repo, up)
     return len(patches)
 
 
-def stop_on_conflict(proc, patches: list[series.Patch], rel: config.Release, repo, up: str) -> None:
+def stop_on_conflict(proc, patches: list[series.Patch], report: dict | None, rel: config.Release, repo, up: str) -> None:
     """A patch that needs a person: name it, its hunk, and the command that goes on.
     The am session stays open on purpose: this is the person's workspace."""
     if proc.returncode == 0:
         return
     name = patch_queue.stopped_at(repo)
     patch = next((p for p in patches if p.name == name), patches[0])
-    raise SeriesError(f"{describe_failure(patch, proc.stdout + proc.stderr).split(';')[0]} on sglang {rel.version}; "
+    where = moving.conflicts(report, patch.name)
+    what = f"{patch.name} does not apply: {where}" if where else describe_failure(patch, proc.stdout + proc.stderr).split(";")[0]
+    raise SeriesError(f"{what} on sglang {rel.version}; "
                       f"resolve it in {repo} (`git status`, edit the files, `git add -A`), then "
                       f"`make queue{up} CONTINUE=1` applies the rest; `make discard{up}` drops the queue")
 
@@ -91,9 +95,9 @@ def continue_queue(paths: config.Paths, rel: config.Release) -> int:
     if git.git(repo, "diff", "--name-only", "--diff-filter=U", check=False).stdout.strip():
         raise SeriesError(f"{repo} still has unmerged files (`git status`); resolve and `git add` them, "
                           f"then `make queue{up} CONTINUE=1`")
-    patches = replayed(paths, rel, series.load(paths.patches))
+    patches, report = replayed(paths, rel, series.load(paths.patches))
     proc = patch_queue.am_continue(repo)
-    stop_on_conflict(proc, patches, rel, repo, up)
+    stop_on_conflict(proc, patches, report, rel, repo, up)
     return int(git.git(repo, "rev-list", "--count", f"{scratch.BASELINE}..HEAD").stdout)
 
 

@@ -17,11 +17,13 @@ class Fix:
     tests: tuple[str, ...]
 
 
-def load(root: Path) -> list[Fix]:
+def load(root: Path, required: bool = True) -> list[Fix]:
     path = root / REGISTRY
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
+        if not required:
+            return []
         raise SeriesError(f"{REGISTRY} is missing; restore it with `git checkout -- {REGISTRY}`")
     except tomllib.TOMLDecodeError as exc:
         raise SeriesError(f"{REGISTRY} is not valid TOML ({exc}); fix it or `git checkout` it")

@@ -41,6 +41,15 @@ def drop_reasons(data: dict) -> dict:
     return {r["patch"]: r["drop_reason"] for r in data["patches"] if r["category"] == ABSORBED}
 
 
+def conflicts(data: dict | None, name: str) -> str:
+    """Where the report saw a patch fail to apply: 'hunk #1 of 2 in python/... (@@ ... @@)'."""
+    row = next((r for r in (data or {}).get("patches", []) if r["patch"] == name), None)
+    if not row or not row["conflicts"]:
+        return ""
+    return ", ".join(f"hunk #{h['index']} of {h['of']} in {h['file']} ({h['header']})" if h["index"]
+                     else f"{h['file']} ({h['reason']})" for h in row["conflicts"])
+
+
 def drop_reason(version: str, fix, patch: series.Patch) -> str:
     """Names the release and the upstream PR that made the patch unnecessary."""
     pr = fix.pr if fix else (patch.headers.get("Applied-Upstream", "").split(",")[-1].strip() or "upstream")

@@ -148,24 +148,56 @@ def test_commits_on_applied_are_exported_and_apply_then_works(up):
     assert "applied 0006-pool-set-line-40.patch" in out
 
 
+def report_on(up, version):
+    """make rebase UPSTREAM_VERSION=version, in process: the synthetic tests need only pytest."""
+    import os
+
+    from scripts import rebase
+    from scripts.lib import config
+
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in up.env.items() if k.startswith("SGLANG_SERIES_")})
+    try:
+        return rebase.rebase(config.Paths.from_env(), version, tests_root=up.tests_root,
+                             venv_of=lambda v: Path(sys.prefix), log=lambda *_: None)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_queue_on_a_new_release_needs_its_report(up):
+    from rebase_fixtures import NEW
+
+    error = one_line_error(up.run("queue", "--upstream", NEW))
+    assert f"make rebase UPSTREAM_VERSION={NEW}" in error
+    assert not (up.tree_of(NEW) / ".git/refs/heads/queue").exists()
+
+
 def test_moving_to_a_new_release_on_the_queue(up):
-    """make queue UPSTREAM_VERSION=X stops at a conflict with 3-way markers; once resolved with
-    plain git, make export writes the series for X and makes X the base."""
+    """make queue UPSTREAM_VERSION=X replays what the report keeps, stops at a conflict with
+    3-way markers, goes on with CONTINUE=1 once it is resolved, and make export writes the
+    series for X, dropping the absorbed patch with the report's reason."""
     from rebase_fixtures import NEW
 
     ok(up.run("queue"))  # the base's tree holds the blobs the patches were made against
-    error = one_line_error(up.run("queue", "--upstream", NEW))
-    assert "0003-twenty.patch" in error and "git am --continue" in error
+    report_on(up, NEW)
+    proc = up.run("queue", "--upstream", NEW)
+    assert "not replayed 0002-ten.patch: absorbed upstream" in proc.stdout
+    error = one_line_error(proc)
+    assert "0003-twenty.patch" in error and "hunk #1 of 1" in error and "CONTINUE=1" in error
     pool = up.tree_of(NEW) / "python/sglang/pool.py"
     text = pool.read_text()
     assert "<<<<<<<" in text
+    # Going on before the conflict is resolved changes nothing.
+    assert "unmerged" in one_line_error(up.run("queue", "--upstream", NEW, "--continue"))
     resolved = text.split("<<<<<<< ")[0] + "LINE_19 = 'nineteen'\nLINE_20 = 'twenty'\n" + text.split(">>>>>>> ")[1].split("\n", 1)[1]
     pool.write_text(resolved)
     up.git_in(NEW, "add", "-A")
-    up.git_in(NEW, "-c", "user.name=m", "-c", "user.email=m@x", "am", "--continue")
+    ok(up.run("queue", "--upstream", NEW, "--continue"))
     subjects = up.git_in(NEW, "log", "--reverse", "--format=%s", "baseline..queue").splitlines()
     assert subjects == ["pool: set line 5", "pool: set line 20", "pool: set line 30", "pool: set line 35"]  # 0002 is upstream
     out = ok(up.run("export", "--upstream", NEW))
-    assert "Dropped 0002-ten.patch" in out and "base = 2.0.0" in out
+    assert "Dropped 0002-ten.patch (absorbed upstream: sglang 2.0.0 has" in out and "base = 2.0.0" in out
+    assert "# dropped 0002-ten.patch: absorbed upstream: sglang 2.0.0" in (up.patches / "series").read_text()
     assert "LINE_19 = 'nineteen'" in (up.patches / "0003-twenty.patch").read_text()
     assert "applied 0005-thirty-five.patch" in ok(up.run("apply", "--no-env"))  # the new base takes the series
