@@ -9,9 +9,15 @@ Call ``maybe_stub_sgl_kernel()`` before importing this module on a machine
 without a GPU.
 """
 
+import os
+import sys
+
 import torch
 
-from seam import dsv4_pool as seam
+# tests/ holds the seam; conftest puts it on the path under pytest, this line
+# when a test file runs as a script.
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+from seam import dsv4_pool as seam  # noqa: E402
 
 # DSV4 shape in small: uncompressed first layers, then C4 and C128 layers
 # alternating, so that each of three 4-layer stages holds both kinds.
