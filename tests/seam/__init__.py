@@ -71,12 +71,17 @@ def locate(what: str, *candidates: str):
     raise CannotRun(f"{what} not found (looked at {', '.join(tried)})")
 
 
-def accepted(fn, **kwargs) -> dict:
+def accepted(fn, forwards_to=None, **kwargs) -> dict:
     """The keyword arguments that fn's signature names: releases add and drop optional
-    constructor arguments, and a check passes the same intent to each."""
+    constructor arguments, and a check passes the same intent to each. A catch-all
+    **kwargs accepts everything, unless fn hands it on to `forwards_to`: then what that
+    one does not name is dropped too."""
     params = inspect.signature(fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return kwargs
+        if forwards_to is None:
+            return kwargs
+        inner = accepted(forwards_to, **{k: v for k, v in kwargs.items() if k not in params})
+        return {k: v for k, v in kwargs.items() if k in params or k in inner}
     return {k: v for k, v in kwargs.items() if k in params}
 
 

@@ -51,9 +51,12 @@ UnifiedRadixCache = locate("UnifiedRadixCache", f"{_MC}.unified_radix_cache:Unif
 
 def swa_allocator(*, page_size, full_size, swa_size):
     """A real SWATokenToKVPoolAllocator over a real SWAKVPool (layer 0 SWA, layer 1 full)."""
+    # SWAKVPool hands its **kwargs to the inner full/SWA pools (MHATokenToKVPool).
+    inner = locate("MHATokenToKVPool", f"{_MC}.memory_pool:MHATokenToKVPool")
     kvcache = SWAKVPool(
         **accepted(
             SWAKVPool.__init__,
+            forwards_to=inner.__init__,
             size=full_size,
             size_swa=swa_size,
             page_size=page_size,
@@ -188,4 +191,5 @@ def bare_hybrid_controller(group, write_policy, allocator, *, device, stream, la
     ctrl.load_stream = stream
     ctrl.layer_num = layer_num
     ctrl.layer_done_counter = cache_controller.LayerDoneCounter(layer_num)
+    ctrl.has_draft = False  # no draft-model KV registered (read by copy paths from 0.5.14)
     return ctrl
