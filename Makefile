@@ -40,7 +40,7 @@ lint-ci:  ## lint the GitHub Actions workflows in ci/ with zizmor (offline)
 	$(PYTHON) -m scripts.lint_ci
 
 prove:  ## each patch's tests: fail on vanilla, pass patched (a table)
-	$(PYTHON) -m scripts.prove $(UP)
+	$(PYTHON) -m scripts.prove $(UP) -- $(PYTEST_ARGS)
 
 discard:  ## drop local edits and commits in the scratch tree (back to the baseline)
 	$(PYTHON) -m scripts.discard $(UP)

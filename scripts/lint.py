@@ -105,8 +105,17 @@ def check_reverts(paths: config.Paths) -> list[str]:
     except SeriesError as exc:
         return [f"tests/reverts: {exc}"]
     problems = [f"tests/reverts/{r.name}: no Tests header" for r in loaded if not r.tests]
-    return problems + [f"tests/reverts/{r.name}: Tests names {t}, which does not exist"
-                       for r in loaded for t in r.tests if not test_exists(paths.root, t)]
+    problems += [f"tests/reverts/{r.name}: Tests names {t}, which does not exist"
+                 for r in loaded for t in r.tests if not test_exists(paths.root, t)]
+    # A copy of a revert for a later release must guard with the same tests.
+    named = {r.name: set(r.tests) for r in loaded}
+    for copy in sorted(reverts.glob("*/*.patch")):
+        where = copy.relative_to(paths.root)
+        if copy.name not in named:
+            problems.append(f"{where}: not in tests/reverts/series")
+        elif set(series.parse(copy).tests) != named[copy.name]:
+            problems.append(f"{where}: its Tests differ from tests/reverts/{copy.name}'s")
+    return problems
 
 
 def check_fixes(paths: config.Paths) -> list[str]:

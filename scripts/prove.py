@@ -4,7 +4,10 @@
   patched build;
 - each guard of a fix the base already has (tests/reverts/: a patch that puts the
   old bug back, with the guard tests in its `Tests:` header) passes on vanilla and
-  fails on vanilla + that revert.
+  fails on vanilla + that revert; a release whose code moved has its own copy of a
+  revert (tests/reverts/README.md says which one applies where);
+- every other fix of tests/fixes.toml that the base has (absorbed by upstream, no
+  revert carried) is listed with its tests' outcome on vanilla: one side only.
 
 Tests skipped here (no GPU) are shown as such, never as passing.
 """
@@ -18,7 +21,7 @@ import sys
 from pathlib import Path
 
 from scripts import build
-from scripts.lib import config, envs, pytest_run, series
+from scripts.lib import config, envs, fixes, pins, pytest_run, series
 from scripts.lib.errors import SeriesError, run_main
 
 REVERTS = "tests/reverts"
@@ -45,6 +48,16 @@ def verdict(sides: list[tuple[str, str]], good: int) -> str:
     return "not proven here (passes on both sides or skipped)"
 
 
+def revert_for(paths: config.Paths, version: str, patch: series.Patch) -> series.Patch:
+    """The copy of a revert that applies to `version`: the one in the folder named after the
+    highest release <= version that holds it, else the top-level file (the oldest)."""
+    root = paths.root / REVERTS
+    folders = sorted((d for d in root.iterdir() if d.is_dir() and (d / patch.name).is_file()),
+                     key=lambda d: pins.version_key(d.name))
+    chosen = [d for d in folders if pins.version_key(d.name) <= pins.version_key(version)]
+    return series.parse(chosen[-1] / patch.name) if chosen else patch
+
+
 def revert_site(paths: config.Paths, version: str, vanilla: Path, patch: series.Patch) -> Path:
     """vanilla's installed sglang with the revert applied (patch paths python/sglang/... -> sglang/...)."""
     site = build.site(paths, version, f"revert-{patch.path.stem}")
@@ -55,7 +68,9 @@ def revert_site(paths: config.Paths, version: str, vanilla: Path, patch: series.
     env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(site.parent)}
     proc = subprocess.run(["git", "apply", "-p2", str(patch.path)], cwd=site, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise SeriesError(f"{REVERTS}/{patch.name} does not apply on vanilla {version}: {proc.stderr.strip().splitlines()[0]}")
+        where = patch.path.relative_to(paths.root) if patch.path.is_relative_to(paths.root) else patch.path
+        raise SeriesError(f"{where} does not apply on vanilla {version}: {proc.stderr.strip().splitlines()[0]}; "
+                          f"add a copy made for {version} under {REVERTS}/{version}/ (see {REVERTS}/README.md)")
     return site
 
 
@@ -78,20 +93,24 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--upstream")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
+    parser.add_argument("pytest_args", nargs="*", help="extra pytest options (after --)")
     args = parser.parse_args(argv)
     paths = config.Paths.from_env()
     rel = config.release(paths, args.upstream)
     patches = series.load(paths.patches)
-    reverts = series.load(paths.root / REVERTS)
+    reverts = [revert_for(paths, rel.version, r) for r in series.load(paths.root / REVERTS)]
+    carried = [set(p.tests) for p in patches + reverts]
+    absorbed = [f for f in fixes.load(paths.root) if set(f.tests) not in carried]
     sites = build.install_sites(paths, rel)
     if "patched" not in sites:
         raise SeriesError("nothing applied yet; run `make apply`")
     venv = envs.venv(paths, rel.version)
 
     def run(site: Path, items: list[series.Patch]) -> dict:
-        return pytest_run.outcomes(venv, site, sorted({t for p in items for t in p.tests}), paths.root)
+        return pytest_run.outcomes(venv, site, sorted({t for p in items for t in p.tests}), paths.root,
+                                   extra=args.pytest_args)
 
-    vanilla = run(sites["vanilla"], patches + reverts)
+    vanilla = run(sites["vanilla"], patches + reverts + absorbed)
     rows = judge(patches, vanilla, run(sites["patched"], patches), good=1)
     table(f"Patches: vanilla {rel.version} vs patched", (f"vanilla {rel.version}", "patched"), rows)
     guard_rows = []
@@ -99,9 +118,16 @@ def main(argv=None) -> None:
         reverted = run(revert_site(paths, rel.version, sites["vanilla"], revert), [revert])
         guard_rows += judge([revert], vanilla, reverted, good=0)
     table(f"Guards of fixes already in {rel.version}: vanilla vs vanilla + revert", (f"vanilla {rel.version}", "with the revert"), guard_rows)
+    base_rows = [{"fix": f.pr, "test": t, "vanilla": summarize(pytest_run.select(vanilla, t))} for f in absorbed for t in f.tests]
+    if base_rows:
+        print(f"\nFixes upstream {rel.version} has, without a revert here (one side: they must pass on vanilla)\n\n"
+              f"| fix | test | vanilla {rel.version} |\n|---|---|---|")
+        for r in base_rows:
+            print(f"| {r['fix']} | {r['test']} | {r['vanilla']} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"patches": rows, "guards": guard_rows}, indent=2) + "\n")
-    sys.exit(0 if all(r["verdict"] == "proven" for r in rows + guard_rows) else 1)
+        Path(args.json).write_text(json.dumps({"patches": rows, "guards": guard_rows, "base_fixes": base_rows}, indent=2) + "\n")
+    ok = all(r["verdict"] == "proven" for r in rows + guard_rows) and all(r["vanilla"] in ("passed", "skipped") for r in base_rows)
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":
