@@ -17,6 +17,7 @@ import json
 import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from scripts import build
 from scripts.lib import config, envs, fixes, pins, pytest_run, scratch, verdict
@@ -72,6 +73,7 @@ def publish(paths: config.Paths, table: str) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--releases", help="comma-separated pinned releases (default: all)")
+    parser.add_argument("--jobs", type=int, default=2, help="releases tested at once (default 2)")
     parser.add_argument("--publish", action="store_true", help=f"also write {DOC} and the README's table")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest options (after --)")
     args = parser.parse_args(argv)
@@ -85,17 +87,22 @@ def main(argv=None) -> None:
     tests = sorted({t for f in fix_list for t in f.tests})
     if not tests:
         raise SeriesError(f"{fixes.REGISTRY} names no tests")
-    started, cells, records = time.monotonic(), {}, []
-    for i, version in enumerate(versions, 1):
+    started, cells = time.monotonic(), {}
+    print(f"{len(tests)} test ids of {len(fix_list)} fixes on {len(versions)} releases, {args.jobs} at a time", flush=True)
+
+    def judge(version: str) -> None:
         t0 = time.monotonic()
-        print(f"[{i}/{len(versions)}] sglang {version}: {len(tests)} test ids ...", flush=True)
         results = release_results(paths, version, tests, args.pytest_args)
         for fix in fix_list:
             state, why = verdict.fix_state([verdict.outcomes_for(results, t) for t in fix.tests])
             cells[(fix.pr, version)] = {"state": state, "why": why}
-            records.append({"fix": fix.pr, "release": version, "state": state, "why": why})
         states = ", ".join(f"{f.pr} {cells[(f.pr, version)]['state']}" for f in fix_list)
-        print(f"    {states} ({time.monotonic() - t0:.0f} s)", flush=True)
+        print(f"sglang {version} ({time.monotonic() - t0:.0f} s): {states}", flush=True)
+
+    # One pytest process per release, mostly importing torch and sglang: a few at a time.
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(judge, versions))
+    records = [{"fix": f.pr, "release": v, **cells[(f.pr, v)]} for f in fix_list for v in versions]
     table = render(fix_list, versions, cells, time.monotonic() - started)
     out = paths.build / "matrix"
     out.mkdir(parents=True, exist_ok=True)
