@@ -80,7 +80,7 @@ def test_make_line_parses(line):
 
 def test_pytest_args_reach_pytest_verbatim():
     args = "-rs -x --lf -k 'write_through and not Randomized' tests/tooling/test_lint.py::TestX::test_y"
-    for target in ("test", "test-vanilla", "test-manual"):
+    for target in ("test", "test-vanilla", "test-manual", "prove", "matrix"):
         proc = subprocess.run(["make", target, f"PYTEST_ARGS={args}"], cwd=REPO, env=dry_env(),
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
