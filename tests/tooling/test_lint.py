@@ -23,6 +23,15 @@ class TestThing:
 """
 
 
+FIXES = """
+[[fix]]
+pr = "#1"
+title = "a is b"
+upstream = "2.0"
+tests = ["tests/registered/test_thing.py::TestThing::test_real"]
+"""
+
+
 @pytest.fixture
 def project(tmp_path):
     (tmp_path / "patches").mkdir()
@@ -31,6 +40,7 @@ def project(tmp_path):
     patch = _format_patch("python/sglang/a.py", ["a\n"], ["b\n"], "change a")
     (tmp_path / "patches/0001-a.patch").write_text(patch.replace("tests/tooling/synthetic.py", "tests/registered/test_thing.py::TestThing::test_real"))
     (tmp_path / "patches/series").write_text("0001-a.patch\n")
+    (tmp_path / "tests/fixes.toml").write_text(FIXES)
     return config.Paths(root=tmp_path, cache=tmp_path / "c", build=tmp_path / "b", patches=tmp_path / "patches",
                         releases=tmp_path / "r.json", env=tmp_path / "env")
 
@@ -57,6 +67,20 @@ def test_missing_header_and_missing_test(project):
     assert "Tests names tests/registered/test_thing.py::TestThing::test_gone, which does not exist" in found
 
 
+def test_a_patch_whose_tests_are_no_fix_of_the_registry(project):
+    gone = FIXES.replace("::test_real", "::test_gone")
+    (project.root / "tests/fixes.toml").write_text(gone + gone)
+    found = "\n".join(lint.problems(project))
+    assert "0001-a.patch: its Tests are not exactly the tests of one fix in tests/fixes.toml" in found
+    assert "#1 names tests/registered/test_thing.py::TestThing::test_gone, which does not exist" in found
+    assert "#1 appears more than once" in found
+
+
+def test_missing_registry_is_one_problem(project):
+    (project.root / "tests/fixes.toml").unlink()
+    assert lint.problems(project) == ["tests/fixes.toml is missing; restore it with `git checkout -- tests/fixes.toml`"]
+
+
 @pytest.mark.parametrize("body", ["pass", "...", '"""Only a docstring."""', '"""Doc."""\npass'])
 def test_empty_test_bodies_are_flagged(project, body):
     body = body.replace("\n", "\n        ")
@@ -78,6 +102,7 @@ def test_inherited_test_from_sibling_module_counts_as_existing(project):
     (tests / "test_thing.py").write_text(GOOD_TEST + "\nfrom checks import Checks\n\nclass TestMixed(Checks):\n    device = 'cpu'\n")
     path = project.patches / "0001-a.patch"
     path.write_text(path.read_text().replace("TestThing::test_real", "TestMixed::test_shared"))
+    (project.root / "tests/fixes.toml").write_text(FIXES.replace("TestThing::test_real", "TestMixed::test_shared"))
     assert lint.problems(project) == []
     path.write_text(path.read_text().replace("TestMixed::test_shared", "TestMixed::test_missing"))
     assert any("TestMixed::test_missing, which does not exist" in p for p in lint.problems(project))
