@@ -31,7 +31,7 @@ from unittest import mock
 import torch
 
 from seam import CannotRun, accepted, locate, require, takes
-from seam.dsv4_pool import build_dsv4_pool, global_server_args
+from seam.dsv4_pool import build_dsv4_pool, global_server_args, server_args_defaults
 
 ROW_DIM = 8  # width of one stand-in SWA KV row
 PAGE_SIZE = 256  # DeepseekV4AttnBackend asserts this page size
@@ -117,7 +117,7 @@ def store_kernels():
         stack.enter_context(
             mock.patch.object(
                 backend.DeepseekV4AttnBackend, "init_forward_metadata_indexer",
-                lambda self, core_attn_metadata: None,
+                lambda self, *a, **k: None,
             )
         )
         if hasattr(backend, "create_paged_compressor_data"):
@@ -183,41 +183,63 @@ def rows_at(pool, layer_id, swa_loc):
 
 def make_backend(pool, *, num_reqs=2, max_context=2 * PAGE_SIZE, topk=0,
                  num_steps=0, step_id=0, num_draft_tokens=None):
-    """DeepseekV4AttnBackend over ``pool`` without a ModelRunner, given the
-    attributes its constructor reads from one (topk / num_steps / step_id: an MTP
-    draft step backend). req_to_token maps request r, position i to full slot
-    PAGE_SIZE * (r + 1) + i."""
+    """DeepseekV4AttnBackend over ``pool``, built by the release's own constructor
+    from a model runner stand-in that carries what it reads (topk / num_steps /
+    step_id: an MTP draft step backend). req_to_token maps request r, position i to
+    full slot PAGE_SIZE * (r + 1) + i."""
     cls = locate(
         "DeepseekV4AttnBackend",
         "sglang.srt.layers.attention.deepseek_v4_backend:DeepseekV4AttnBackend",
     )
     device = torch.device(pool.device)
-    backend = object.__new__(cls)
-    backend.device = device
-    backend.cuda_int32_kwargs = {"device": device, "dtype": torch.int32}
-    backend.swa_page_size = 128
-    backend.page_size = PAGE_SIZE
     req_to_token = (
         torch.arange(max_context, dtype=torch.int32).repeat(num_reqs, 1)
         + PAGE_SIZE * torch.arange(1, num_reqs + 1, dtype=torch.int32)[:, None]
     ).to(device)
-    backend.req_to_token = req_to_token
-    backend.req_to_token_pool = types.SimpleNamespace(req_to_token=req_to_token)
-    backend.token_to_kv_pool = pool
-    backend.hisparse_coordinator = None
-    backend.MAX_SEQ_LEN_FOR_CAPTURE = max_context
-    backend.c4_topk = 512
-    backend.enable_deepseek_v4_fp4_indexer = False
-    backend.topk = topk
-    backend.mtp_enabled = topk > 0
-    backend.speculative_num_steps = num_steps
-    backend.speculative_num_draft_tokens = num_draft_tokens
-    backend.speculative_step_id = step_id
-    backend.forward_metadata = None
-    backend._replay_forward_batch = None
+    model_runner = _Loose(
+        device=str(device),
+        page_size=PAGE_SIZE,
+        model_config=_Loose(
+            head_dim=512,
+            v_head_dim=512,
+            hf_text_config=types.SimpleNamespace(index_topk=512),
+        ),
+        req_to_token_pool=types.SimpleNamespace(req_to_token=req_to_token),
+        token_to_kv_pool=pool,
+        hisparse_coordinator=None,
+        server_args=server_args_for(topk=topk, num_draft_tokens=num_draft_tokens),
+    )
+    with global_server_args(model_runner.server_args):
+        backend = cls(
+            model_runner,
+            **accepted(
+                cls.__init__,
+                speculative_step_id=step_id,
+                topk=topk,
+                speculative_num_steps=num_steps,
+            ),
+        )
     # Pinned host staging needs a CUDA driver; a plain copy does the same.
     backend._move_to_device = lambda xs: torch.tensor(xs, dtype=torch.int32, device=device)
+    if not hasattr(backend, "req_to_token_pool"):
+        # 0.5.12 keeps only req_to_token; the batches here carry the pool.
+        backend.req_to_token_pool = model_runner.req_to_token_pool
+    _SERVER_ARGS[id(backend)] = model_runner.server_args
     return backend
+
+
+# Server args each backend was built with, for the forward context of its batches.
+_SERVER_ARGS: dict = {}
+
+
+def server_args_for(*, topk=0, num_draft_tokens=None):
+    """Server args of a DSV4 run (with MTP when topk > 0)."""
+    return server_args_defaults(
+        speculative_algorithm="EAGLE" if topk else None,
+        speculative_eagle_topk=topk or None,
+        speculative_num_draft_tokens=num_draft_tokens,
+        enable_deepseek_v4_fp4_indexer=False,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -271,7 +293,7 @@ def forward_context(backend):
     """The per-forward context the release's model code reads (0.5.13+), and the
     global server args the backend and pool read."""
     with contextlib.ExitStack() as stack:
-        stack.enter_context(global_server_args())
+        stack.enter_context(global_server_args(_SERVER_ARGS.get(id(backend))))
         try:
             import sglang.srt.model_executor.forward_context as ctx_mod
         except ImportError:
@@ -413,3 +435,88 @@ def draft_step_backends(pool, *, topk, num_steps, **kwargs):
         backend.req_to_token = backends[0].req_to_token
         backend.req_to_token_pool = backends[0].req_to_token_pool
     return backends
+
+
+# ---------------------------------------------------------------------------
+# The real ForwardBatch construction
+# ---------------------------------------------------------------------------
+
+
+class _Loose(types.SimpleNamespace):
+    """A scheduler batch / model runner stand-in: fields it was not given read
+    as None (no LoRA, no multimodal, no logprobs, no DP, ...)."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return None
+
+
+def new_forward_batch(backend, out_cache_loc, mode="DECODE", *, seq_lens,
+                      extend_lens=None):
+    """A ForwardBatch from the release's own ``ForwardBatch.init_new`` for a DSV4
+    model runner (hybrid SWA, DeepseekV4 architecture), so whatever the
+    construction translates is seen by a TranslationCounter on the pool."""
+    fbi = locate(
+        "forward_batch_info", "sglang.srt.model_executor.forward_batch_info"
+    )
+    device = backend.device
+    pool = backend.token_to_kv_pool
+    seq = torch.tensor(seq_lens, dtype=torch.int64)
+    batch = _Loose(
+        forward_mode=forward_mode(mode),
+        batch_size=len(seq_lens),
+        input_ids=torch.zeros(out_cache_loc.shape[0], dtype=torch.int64, device=device),
+        req_pool_indices=torch.arange(len(seq_lens), device=device),
+        seq_lens=seq.to(device),
+        seq_lens_cpu=seq,
+        orig_seq_lens=seq.to(device),
+        seq_lens_sum=int(seq.sum()),
+        out_cache_loc=out_cache_loc,
+        return_logprob=False,
+        is_extend_in_batch=mode == "EXTEND",
+        all_extend_in_batch=mode == "EXTEND",
+        can_run_dp_cuda_graph=False,
+        is_prefill_only=False,
+        reqs=[],
+    )
+    if extend_lens is not None:
+        batch.extend_seq_lens = list(extend_lens)
+        batch.extend_prefix_lens = [s - e for s, e in zip(seq_lens, extend_lens)]
+        batch.extend_num_tokens = int(sum(extend_lens))
+        batch.extend_logprob_start_lens = list(batch.extend_prefix_lens)
+    model_runner = _Loose(
+        device=str(device),
+        is_hybrid_swa=True,
+        model_config=_Loose(is_deepseek_v4_arch=True, is_hybrid_swa=True),
+        # SWATokenToKVPoolAllocator delegates the translation to its pool.
+        token_to_kv_pool_allocator=types.SimpleNamespace(
+            translate_loc_from_full_to_swa=lambda loc: pool.translate_loc_from_full_to_swa(loc)
+        ),
+        token_to_kv_pool=pool,
+        req_to_token_pool=backend.req_to_token_pool,
+        attn_backend=backend,
+        # compute_position: the triton kernel on CUDA, its torch twin on CPU.
+        server_args=_Loose(
+            enable_lora=False,
+            attention_backend="triton" if device.type == "cuda" else "torch_native",
+        ),
+        model_is_mrope=False,
+        use_ngram_embedding=False,
+    )
+    with contextlib.ExitStack() as stack:
+        # Reads the MoE expert-parallel group (torch.distributed state).
+        if hasattr(fbi, "enable_num_token_non_padded"):
+            stack.enter_context(
+                mock.patch.object(fbi, "enable_num_token_non_padded", lambda *a, **k: False)
+            )
+        stack.enter_context(global_server_args())
+        fb = fbi.ForwardBatch.init_new(batch, model_runner)
+    for name, value in (
+        ("attn_backend", backend),
+        ("token_to_kv_pool", pool),
+        ("req_to_token_pool", backend.req_to_token_pool),
+    ):
+        if getattr(fb, name, None) is None:
+            setattr(fb, name, value)
+    return fb

@@ -63,15 +63,16 @@ class _Base:
         dsv4.register_mapping(pool, self.old)
         return pool, list(range(start_layer, start_layer + layer_num))
 
-    def _extend_batch(self, backend, seq_lens, extend_lens, **kw):
+    def _extend_batch(self, backend, seq_lens, extend_lens):
         """An EXTEND batch consistent with the backend's req_to_token (request
-        r, position i -> full slot 256 * (r + 1) + i), metadata initialised."""
+        r, position i -> full slot 256 * (r + 1) + i), built by ForwardBatch's
+        own constructor, metadata initialised."""
         locs = []
         for r, (seq_len, ext) in enumerate(zip(seq_lens, extend_lens)):
             locs += [PS * (r + 1) + p for p in range(seq_len - ext, seq_len)]
         out_loc = torch.tensor(locs, dtype=torch.int64, device=self.device)
-        fb = dsv4.forward_batch(
-            backend, out_loc, "EXTEND", seq_lens=seq_lens, extend_lens=extend_lens, **kw
+        fb = dsv4.new_forward_batch(
+            backend, out_loc, "EXTEND", seq_lens=seq_lens, extend_lens=extend_lens
         )
         dsv4.new_batch_hook(backend.token_to_kv_pool)
         dsv4.init_metadata(backend, fb)
@@ -80,7 +81,7 @@ class _Base:
     def _decode_batch(self, backend, seq_lens):
         locs = [PS * (r + 1) + s - 1 for r, s in enumerate(seq_lens)]
         out_loc = torch.tensor(locs, dtype=torch.int64, device=self.device)
-        fb = dsv4.forward_batch(backend, out_loc, "DECODE", seq_lens=seq_lens)
+        fb = dsv4.new_forward_batch(backend, out_loc, "DECODE", seq_lens=seq_lens)
         dsv4.new_batch_hook(backend.token_to_kv_pool)
         dsv4.init_metadata(backend, fb)
         return fb
