@@ -1,136 +1,251 @@
-"""DSV4 SWA KV write path: full -> SWA translations and time per forward batch.
+"""DSV4 SWA write path: full -> SWA translations, torch ops and time per forward batch.
 
-Runs the same DSV4-shaped batch (many SWA layers, a decode batch of a few
-hundred tokens) on the vanilla and the patched tree, each in its own
-subprocess with its PYTHONPATH, and prints for both sides the translations of
-out-cache locations per forward batch and the time per batch, and the ratio.
+For each mode (extend, decode, target-verify padded for DP after metadata init,
+eager multi-step draft decode, IDLE) one forward batch runs what a DSV4 forward
+runs for its SWA KV stores, on the vanilla and on the patched build, each side in
+processes of its own:
 
-Per batch, each side does what it does in a real forward:
-  vanilla: one SWA store per layer through DeepseekV4's fused norm+rope path
-           (the pool translates at its start_layer and reuses the result);
-  patched: the backend's metadata-time translation, then one store per layer
-           whose locations come from the backend's resolver.
-The real DeepSeekV4TokenToKVPool, DeepseekV4AttnBackend methods and MQALayer
-store code run; the fused FlashMLA store kernel is replaced by a plain row
-write of the DSV4 row size (584 bytes), on CPU and on CUDA alike, so both
-sides pay the same write and differ only in how locations are obtained.
+  ForwardBatch.init_new (the real one: it translates out_cache_loc_swa for hybrid-SWA
+  models) -> the attention backend's eager init_forward_metadata -> (DP padding) ->
+  one SWA store per layer through MQALayer's fused norm+rope path.
+
+The real DeepSeekV4TokenToKVPool, DeepseekV4AttnBackend, ForwardBatch and MQALayer
+code runs (built through tests/seam); only GPU kernels are replaced (the fused
+FlashMLA store writes rows of the DSV4 row size, 584 bytes; FlashMLA / indexer /
+compression planning is skipped; every layer is uncompressed).
+
+Per mode and side:
+  translations_per_batch  out-cache location translations (1-D gathers at the
+                          pool's mapping) per forward batch, whoever asks;
+  ops_per_batch           torch ops dispatched per forward batch (a TorchDispatchMode
+                          counter; on a GPU each is a kernel launch), deterministic;
+  ms_per_batch            median over the side's processes of each process's best
+                          round (rounds of --batches batches), with the spread
+                          (min..max of those bests) next to it.
+Processes alternate sides (v p p v v p ...), so load from other work on a shared
+machine falls on both sides alike. A side that cannot run a mode (vanilla 0.5.12's
+eager multi-step draft decode trips an assert) reports the error instead of numbers.
 
     python bench/swa_translation.py --vanilla DIR --patched DIR [--device cpu]
+        [--json build/bench/swa_translation.json]
 """
 
 import argparse
 import json
 import os
+import statistics
 import sys
 
 import sides
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-FIXTURES = os.path.join(REPO, "tests", "registered", "attention")
+MODES = ["extend", "decode", "target_verify_dp_padded", "draft_decode_multi_step", "idle"]
+ROW_BYTES = 584  # one DSV4 SWA KV row (FP8 nope + BF16 rope + scales)
 
 
 def run_side(args):
-    sys.path.insert(0, FIXTURES)
+    sys.path.insert(0, os.path.join(REPO, "tests"))
     import time
 
-    import torch
-    from dsv4_swa_translation_fixtures import (
-        BACKEND_PAGE_SIZE,
-        TranslationCounter,
-        cpu_store_kernels,
-        forward_batch,
-        make_backend,
-        make_pool,
-        paged_mapping,
-        store_via_model,
-    )
+    from sglang.test.test_utils import maybe_stub_sgl_kernel
 
-    from sglang.srt.layers.attention.deepseek_v4_backend import DSV4Metadata
-    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+    maybe_stub_sgl_kernel()
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from seam import dsv4_attention as dsv4
 
     device = args.device
     torch.manual_seed(0)
-    full_pages = args.tokens // BACKEND_PAGE_SIZE + 2
-    pool = make_pool(
-        page_size=BACKEND_PAGE_SIZE,
-        layer_num=args.layers,
-        swa_pages=full_pages,
-        device=device,
-    )
-    # DSV4 rows are 584 bytes; store them as such so the write cost is real.
-    for i, buf in enumerate(pool.swa_kv_pool.kv_buffer):
-        pool.swa_kv_pool.kv_buffer[i] = torch.zeros(
-            buf.shape[0], 584, dtype=torch.uint8, device=device
-        )
-    perm = torch.randperm(full_pages - 1).tolist()
-    pool.register_mapping(
-        paged_mapping(
-            full_pages,
-            {p + 1: perm[p] + 1 for p in range(full_pages - 1)},
-            BACKEND_PAGE_SIZE,
-            device,
-        )
-    )
-    backend = make_backend(pool)
-    patched = hasattr(backend, "get_swa_out_cache_loc")
-    kv = torch.randint(0, 255, (args.tokens, 584), dtype=torch.uint8, device=device)
-    counter = TranslationCounter(pool)
+    layers = list(range(args.layers))
+    stride = 64  # full slots per request in req_to_token
+    reqs = args.tokens  # decode: one token per request
 
-    def new_out_loc():
-        # Decode: one fresh slot per request, anywhere in the full pool.
-        return torch.randperm(args.tokens * 2, device=device)[: args.tokens] + (
-            BACKEND_PAGE_SIZE
-        )
+    class OpCounter(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = 0
 
-    def one_batch(out_loc):
-        fb = forward_batch(backend, out_loc, ForwardMode.DECODE)
-        if patched:
-            # What metadata build adds for the SWA writes: one translation.
-            core = type("Core", (), {})()
-            core.swa_out_loc = backend.translate_out_loc_for_metadata(out_loc)
-            backend.forward_metadata = DSV4Metadata(core, None)
-        else:
-            hook = getattr(pool, "invalidate_loc_cache", None)
-            if hook is not None:
-                hook()
-        for layer_id in range(args.layers):
-            store_via_model(layer_id, fb, kv)
+        def __torch_dispatch__(self, func, types, a=(), kw=None):
+            self.ops += 1
+            return func(*a, **(kw or {}))
 
-    locs = [new_out_loc() for _ in range(args.batches)]
-    round_ms = []
-    with cpu_store_kernels():
-        for out_loc in locs[: args.warmup]:
-            one_batch(out_loc)
-        counter.reset()
-        for _ in range(args.rounds):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            for out_loc in locs:
-                one_batch(out_loc)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            round_ms.append(1000.0 * (time.perf_counter() - start) / len(locs))
-    print(
-        json.dumps(
-            {
-                "side": "patched" if patched else "vanilla",
-                "translations_per_batch": counter.out_loc_calls
-                / (len(locs) * args.rounds),
-                "ms_per_batch": sorted(round_ms)[len(round_ms) // 2],
-                "device": device
-                if device == "cpu"
-                else f"cuda ({torch.cuda.get_device_name()})",
-                "threads": torch.get_num_threads(),
+    def make(layer_num, **backend_kw):
+        full_pages = (reqs * stride) // dsv4.PAGE_SIZE + 2
+        pool = dsv4.make_pool(layer_num=layer_num, swa_pages=full_pages, device=device)
+        # One 584-byte row buffer shared by the layers: real write cost, small RAM.
+        shared = torch.zeros(full_pages * dsv4.PAGE_SIZE + dsv4.PAGE_SIZE + 1, ROW_BYTES,
+                             dtype=torch.uint8, device=device)
+        pool.swa_kv_pool.kv_buffer = [shared] * layer_num
+        perm = torch.randperm(full_pages - 1).tolist()
+        pool.register_mapping(dsv4.paged_mapping(
+            full_pages, {p + 1: perm[p] + 1 for p in range(full_pages - 1)},
+            dsv4.PAGE_SIZE, device))
+        backend = dsv4.make_backend(pool, num_reqs=reqs, max_context=stride,
+                                    req_stride=stride, **backend_kw)
+        return pool, backend
+
+    def slots(seq_lens, extend_lens):
+        return torch.tensor(
+            [dsv4.PAGE_SIZE + stride * r + p
+             for r, (s, e) in enumerate(zip(seq_lens, extend_lens))
+             for p in range(s - e, s)], dtype=torch.int64, device=device)
+
+    def kv_rows(n):
+        return torch.randint(0, 255, (n, ROW_BYTES), dtype=torch.uint8, device=device)
+
+    def store_all(fb, kv, layer_ids):
+        with dsv4.forward_context(fb.attn_backend):
+            for i, layer_id in enumerate(layer_ids):
+                dsv4.store_layer(layer_id, fb, kv, in_context=True)
+                if i == 0 and not fb.forward_mode.is_idle():
+                    # Layer 0's attention forward: full metadata from here on.
+                    dsv4.attention_forward_prologue(fb.attn_backend)
+
+    # Each builder returns (setup, one_batch): one_batch runs one forward batch.
+    def extend():
+        n_req, ext = max(reqs // 8, 1), 8
+        pool, backend = make(args.layers)
+        seq, ext_l = [40] * n_req, [ext] * n_req
+        loc, kv = slots(seq, ext_l), kv_rows(n_req * ext)
+
+        def one():
+            fb = dsv4.new_forward_batch(backend, loc, "EXTEND", seq_lens=seq, extend_lens=ext_l)
+            dsv4.new_batch_hook(pool)
+            dsv4.init_metadata(backend, fb)
+            store_all(fb, kv, layers)
+        return pool, one
+
+    def decode():
+        pool, backend = make(args.layers)
+        seq = [41] * reqs
+        loc, kv = slots(seq, [1] * reqs), kv_rows(reqs)
+
+        def one():
+            fb = dsv4.new_forward_batch(backend, loc, "DECODE", seq_lens=seq)
+            dsv4.new_batch_hook(pool)
+            dsv4.init_metadata(backend, fb)
+            store_all(fb, kv, layers)
+        return pool, one
+
+    def target_verify_dp_padded():
+        n_draft, n_req = 3, max(reqs // 4, 1)
+        pool, backend = make(args.layers, num_draft_tokens=n_draft)
+        seq = [40] * n_req
+        loc = slots([s + n_draft for s in seq], [n_draft] * n_req)
+        padded = loc.shape[0] + loc.shape[0] // 3  # another DP rank has more tokens
+        kv = kv_rows(padded)
+
+        def one():
+            fb = dsv4.new_forward_batch(backend, loc, "TARGET_VERIFY", seq_lens=seq)
+            # Spec v2: metadata planned before the forward, then MLP-sync padding.
+            fb.global_num_tokens_cpu = [padded, loc.shape[0]]
+            fb.global_dp_buffer_len = None
+            dsv4.new_batch_hook(pool)
+            dsv4.init_metadata(backend, fb)
+            dsv4.pad_for_dp(fb, padded)
+            store_all(fb, kv, layers)
+        return pool, one
+
+    def draft_decode_multi_step():
+        topk, steps, n_req = 1, 3, reqs
+        pool, _ = make(1)
+        backends = dsv4.draft_step_backends(pool, topk=topk, num_steps=steps, num_reqs=n_req,
+                                            max_context=stride, req_stride=stride)
+        seq = [40] * n_req
+        loc = torch.tensor([dsv4.PAGE_SIZE + stride * r + seq[r] + s
+                            for r in range(n_req) for s in range(topk * steps)],
+                           dtype=torch.int64, device=device)
+        rows = dsv4.draft_step_locations(loc, n_req, topk, steps)
+        kv = kv_rows(n_req * topk)
+
+        def one():
+            fb = dsv4.new_forward_batch(backends[0], loc, "DECODE", seq_lens=seq)
+            dsv4.new_batch_hook(pool)
+            for b in backends[:-1]:  # DeepseekV4MultiStepBackend.init_forward_metadata
+                dsv4.init_metadata(b, fb)
+            for i, b in enumerate(backends[:-1]):  # EAGLEWorker.draft_forward
+                fb.out_cache_loc, fb.attn_backend = rows[i], b
+                store_all(fb, kv, [0])  # the MTP draft model: one layer
+        return pool, one, steps - 1  # forward batches per call
+
+    def idle():
+        pool, backend = make(args.layers, topk=1, num_steps=1)
+        loc = torch.zeros(reqs, dtype=torch.int64, device=device)  # DP padding
+        kv = kv_rows(reqs)
+
+        def one():
+            fb = dsv4.forward_batch(backend, loc, "IDLE")
+            dsv4.new_batch_hook(pool)
+            dsv4.init_metadata(backend, fb)  # returns at once with MTP
+            store_all(fb, kv, layers)
+        return pool, one
+
+    builders = dict(extend=extend, decode=decode,
+                    target_verify_dp_padded=target_verify_dp_padded,
+                    draft_decode_multi_step=draft_decode_multi_step, idle=idle)
+    out = {}
+    with dsv4.store_kernels():
+        for mode in MODES:
+            try:
+                built = builders[mode]()
+                pool, one = built[0], built[1]
+                per_call = built[2] if len(built) > 2 else 1
+                for _ in range(args.warmup):
+                    one()
+                with dsv4.TranslationCounter(pool) as counter:
+                    one()
+                    translations = counter.out_loc_calls / per_call
+                ops = OpCounter()
+                with ops:
+                    one()
+                best = None
+                for _ in range(args.rounds):
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    for _ in range(args.batches):
+                        one()
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    ms = 1000.0 * (time.perf_counter() - start) / (args.batches * per_call)
+                    best = ms if best is None else min(best, ms)
+                out[mode] = {"translations_per_batch": translations,
+                             "ops_per_batch": ops.ops / per_call, "ms_per_batch": best}
+            except Exception as exc:  # the side cannot run this mode: say why
+                out[mode] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    print(json.dumps({
+        "side": "patched" if hasattr(dsv4.backend_module().DeepseekV4AttnBackend,
+                                     "get_swa_out_cache_loc") else "vanilla",
+        "modes": out,
+        "device": device if device == "cpu" else f"cuda ({torch.cuda.get_device_name()})",
+        "threads": torch.get_num_threads(),
+    }))
+
+
+def summarize(runs):
+    """Per mode and side: counts from the first process (deterministic), time as
+    the median of the processes' bests with their spread."""
+    modes = {}
+    for mode in MODES:
+        modes[mode] = {}
+        for side, side_runs in runs.items():
+            results = [r["modes"][mode] for r in side_runs]
+            if any("error" in r for r in results):
+                modes[mode][side] = {"translations_per_batch": None, "ms_per_batch": None,
+                                     "ops_per_batch": None,
+                                     "error": next(r["error"] for r in results if "error" in r)}
+                continue
+            bests = [r["ms_per_batch"] for r in results]
+            modes[mode][side] = {
+                "translations_per_batch": results[0]["translations_per_batch"],
+                "ms_per_batch": round(statistics.median(bests), 4),
+                "ops_per_batch": results[0]["ops_per_batch"],
+                "ms_spread": [round(min(bests), 4), round(max(bests), 4)],
+                "processes": len(bests),
             }
-        )
-    )
-
-
-def _run_side(args, side):
-    options = {name: getattr(args, name) for name in ("device", "layers", "tokens", "batches", "warmup", "rounds")}
-    return sides.run(__file__, getattr(args, side), side, options)
+    return modes
 
 
 def main():
@@ -139,48 +254,55 @@ def main():
     parser.add_argument("--patched", default="build/0.5.12/site/patched")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--layers", type=int, default=43)
-    parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--batches", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per run")
-    parser.add_argument(
-        "--passes",
-        type=int,
-        default=2,
-        help="runs per side, alternating sides to spread machine load",
-    )
+    parser.add_argument("--tokens", type=int, default=64, help="decode batch size")
+    parser.add_argument("--batches", type=int, default=10, help="batches per timed round")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per process")
+    parser.add_argument("--processes", type=int, default=3,
+                        help="processes per side, alternating sides")
+    parser.add_argument("--json", default=os.path.join(REPO, "build", "bench", "swa_translation.json"))
     parser.add_argument("--side", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         run_side(args)
         return
 
+    options = {n: getattr(args, n) for n in ("device", "layers", "tokens", "batches", "warmup", "rounds")}
     runs = {"vanilla": [], "patched": []}
-    for _ in range(args.passes):
+    order = []
+    for i in range(args.processes):
+        order += ["vanilla", "patched"] if i % 2 == 0 else ["patched", "vanilla"]
+    for side in order:
+        result = sides.run(__file__, getattr(args, side), side, options)
+        if result["side"] != side:
+            sys.exit(f"--{side} tree looks {result['side']} (resolver presence)")
+        runs[side].append(result)
+    modes = summarize(runs)
+    first = runs["vanilla"][0]
+    report = {
+        "modes": modes,
+        "setup": dict(options, processes_per_side=args.processes, order=order,
+                      device=first["device"], torch_threads=first["threads"]),
+    }
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"DSV4 SWA write path: {args.layers} layers, {args.tokens}-token decode batch; "
+          f"{args.processes} processes per side ({' '.join(s[0] for s in order)}), "
+          f"best of {args.rounds} rounds x {args.batches} batches each; "
+          f"device {first['device']}, torch threads {first['threads']}")
+    print(f"{'mode':<25} {'side':<8} {'transl/batch':>12} {'ops/batch':>10} "
+          f"{'ms/batch':>9}  spread")
+    for mode, per_side in modes.items():
         for side in ("vanilla", "patched"):
-            runs[side].append(_run_side(args, side))
-    # Fastest run per side: the least disturbed by other load on the machine.
-    v = min(runs["vanilla"], key=lambda r: r["ms_per_batch"])
-    p = min(runs["patched"], key=lambda r: r["ms_per_batch"])
-    for name, r in (("vanilla", v), ("patched", p)):
-        if r["side"] != name:
-            sys.exit(f"--{name} tree looks {r['side']} (resolver presence)")
-    print(
-        f"DSV4 SWA write path: {args.layers} SWA layers, decode batch of "
-        f"{args.tokens} tokens, {args.batches} batches x {args.rounds} rounds, "
-        f"best of {args.passes} runs per side; device {v['device']}, "
-        f"torch threads {v['threads']}"
-    )
-    print(f"{'side':<8} {'translations/batch':>19} {'ms/batch':>10}")
-    for name, r in (("vanilla", v), ("patched", p)):
-        print(
-            f"{name:<8} {r['translations_per_batch']:>19.2f} {r['ms_per_batch']:>10.3f}"
-        )
-    ratio = p["ms_per_batch"] / v["ms_per_batch"]
-    print(
-        f"patched/vanilla time ratio: {ratio:.3f} "
-        f"(difference {p['ms_per_batch'] - v['ms_per_batch']:+.3f} ms/batch)"
-    )
+            r = per_side[side]
+            if r.get("error"):
+                print(f"{mode:<25} {side:<8} cannot run: {r['error'][:70]}")
+                continue
+            print(f"{mode:<25} {side:<8} {r['translations_per_batch']:>12.2f} "
+                  f"{r['ops_per_batch']:>10.0f} {r['ms_per_batch']:>9.3f}  "
+                  f"{r['ms_spread'][0]:.3f}..{r['ms_spread'][1]:.3f}")
+    print(f"wrote {os.path.relpath(args.json, REPO)}")
 
 
 if __name__ == "__main__":

@@ -182,11 +182,11 @@ def rows_at(pool, layer_id, swa_loc):
 
 
 def make_backend(pool, *, num_reqs=2, max_context=2 * PAGE_SIZE, topk=0,
-                 num_steps=0, step_id=0, num_draft_tokens=None):
+                 num_steps=0, step_id=0, num_draft_tokens=None, req_stride=PAGE_SIZE):
     """DeepseekV4AttnBackend over ``pool``, built by the release's own constructor
     from a model runner stand-in that carries what it reads (topk / num_steps /
     step_id: an MTP draft step backend). req_to_token maps request r, position i to
-    full slot PAGE_SIZE * (r + 1) + i."""
+    full slot PAGE_SIZE + req_stride * r + i (one page per request by default)."""
     cls = locate(
         "DeepseekV4AttnBackend",
         "sglang.srt.layers.attention.deepseek_v4_backend:DeepseekV4AttnBackend",
@@ -194,7 +194,8 @@ def make_backend(pool, *, num_reqs=2, max_context=2 * PAGE_SIZE, topk=0,
     device = torch.device(pool.device)
     req_to_token = (
         torch.arange(max_context, dtype=torch.int32).repeat(num_reqs, 1)
-        + PAGE_SIZE * torch.arange(1, num_reqs + 1, dtype=torch.int32)[:, None]
+        + PAGE_SIZE
+        + req_stride * torch.arange(num_reqs, dtype=torch.int32)[:, None]
     ).to(device)
     model_runner = _Loose(
         device=str(device),
@@ -321,9 +322,10 @@ def _mqa_layer_cls():
     return locate("MQALayer", "sglang.srt.models.deepseek_v4:MQALayer")
 
 
-def store_layer(layer_id: int, fb, kv: torch.Tensor) -> None:
+def store_layer(layer_id: int, fb, kv: torch.Tensor, in_context: bool = False) -> None:
     """One layer's SWA KV store as DeepseekV4's MQALayer does it (fused
-    norm + rope + store), the layer reduced to what that path reads."""
+    norm + rope + store), the layer reduced to what that path reads.
+    ``in_context``: the caller already holds ``forward_context(backend)``."""
     cls = _mqa_layer_cls()
     fn = getattr(cls, "_compute_kv_to_cache", None)
     require(fn is not None, "MQALayer has no _compute_kv_to_cache")
@@ -338,7 +340,7 @@ def store_layer(layer_id: int, fb, kv: torch.Tensor) -> None:
     )
     positions = torch.zeros(kv.shape[0], dtype=torch.int64, device=kv.device)
     backend = fb.attn_backend
-    with forward_context(backend):
+    with contextlib.nullcontext() if in_context else forward_context(backend):
         if takes(fn, "attn_backend"):
             fn(layer, kv, positions, fb, backend, qkv_a=kv)
         else:
@@ -520,3 +522,12 @@ def new_forward_batch(backend, out_cache_loc, mode="DECODE", *, seq_lens,
         if getattr(fb, name, None) is None:
             setattr(fb, name, value)
     return fb
+
+
+def attention_forward_prologue(backend) -> None:
+    """What the backend's attention forward does first with the batch's metadata
+    (0.5.12: upgrade raw metadata to full, lazily); a no-op where metadata init
+    already did it."""
+    upgrade = getattr(backend, "_maybe_upgrade_forward_metadata", None)
+    if upgrade is not None:
+        upgrade()
