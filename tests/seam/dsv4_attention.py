@@ -112,7 +112,7 @@ def store_kernels():
         )
         for name in ("init_compression_metadata", "init_flashmla_related"):
             if hasattr(meta_cls, name):
-                stack.enter_context(mock.patch.object(meta_cls, name, lambda self: None))
+                stack.enter_context(mock.patch.object(meta_cls, name, lambda self, *a, **k: None))
         # The C4 indexer's planning (deep_gemm) serves compressed layers only.
         stack.enter_context(
             mock.patch.object(
@@ -487,6 +487,9 @@ def new_forward_batch(backend, out_cache_loc, mode="DECODE", *, seq_lens,
         batch.extend_prefix_lens = [s - e for s, e in zip(seq_lens, extend_lens)]
         batch.extend_num_tokens = int(sum(extend_lens))
         batch.extend_logprob_start_lens = list(batch.extend_prefix_lens)
+        # 0.5.13+ build from the ScheduleBatch, whose names these are.
+        batch.extend_lens = batch.extend_seq_lens
+        batch.prefix_lens = batch.extend_prefix_lens
     model_runner = _Loose(
         device=str(device),
         is_hybrid_swa=True,
@@ -505,6 +508,7 @@ def new_forward_batch(backend, out_cache_loc, mode="DECODE", *, seq_lens,
         ),
         model_is_mrope=False,
         use_ngram_embedding=False,
+        dcp_size=1,  # read with getattr(..., 1) from 0.5.15 on
     )
     with contextlib.ExitStack() as stack:
         # Reads the MoE expert-parallel group (torch.distributed state).
