@@ -535,3 +535,88 @@ def attention_forward_prologue(backend) -> None:
     upgrade = getattr(backend, "_maybe_upgrade_forward_metadata", None)
     if upgrade is not None:
         upgrade()
+
+
+# ---------------------------------------------------------------------------
+# CUDA graphs (decode bucket), as CudaGraphRunner drives the backend
+# ---------------------------------------------------------------------------
+
+
+def update_mapping_in_place(pool, mapping) -> None:
+    """What HiCache load-back / alloc do between batches: rewrite the registered
+    mapping tensor's entries (a captured graph keeps reading the same tensor)."""
+    pool.full_to_swa_index_mapping.copy_(mapping)
+
+
+def _replay_metadata(backend, fb) -> None:
+    """The graph runner's metadata preparation before a decode replay."""
+    bs = fb.batch_size
+    if hasattr(backend, "init_forward_metadata_replay_cuda_graph") and takes(
+        backend.init_forward_metadata_replay_cuda_graph, "seq_lens_cpu"
+    ):
+        # 0.5.12: the batch reaches the backend out of band.
+        backend._replay_forward_batch = fb
+        backend.init_forward_metadata_replay_cuda_graph(
+            bs, fb.req_pool_indices, fb.seq_lens, fb.seq_lens_sum, None,
+            fb.forward_mode, None, fb.seq_lens_cpu,
+        )
+        backend._replay_forward_batch = None
+    elif hasattr(backend, "init_forward_metadata_out_graph"):
+        backend.init_forward_metadata_out_graph(fb)
+    else:
+        raise CannotRun("no decode graph replay preparation on the DSV4 backend")
+
+
+def capture_decode_graph(fb, layer_ids, kv):
+    """Capture, for the static decode batch ``fb`` (its tensors are the graph's
+    input buffers), what a decode graph holds for the SWA path: the release's
+    in-graph metadata step where it has one, then every layer's SWA store.
+    Returns replay(out_cache_loc, seq_lens), which refills the buffers, prepares
+    the metadata as the graph runner does, and replays."""
+    backend = fb.attn_backend
+    bs = fb.batch_size
+    backend.init_cuda_graph_state(bs, bs)
+    with forward_context(backend):
+        capture = getattr(backend, "init_forward_metadata_capture_cuda_graph", None)
+        if capture is not None and takes(capture, "bs"):
+            capture(bs, bs, fb.req_pool_indices, fb.seq_lens, None, fb.forward_mode, None)
+        elif hasattr(backend, "init_forward_metadata_out_graph"):
+            backend.init_forward_metadata_out_graph(fb, in_capture=True)
+        else:
+            raise CannotRun("no decode graph capture on the DSV4 backend")
+        # The graph runner calls this inside the captured region where the
+        # release has it (0.5.12 has none: stores translate inside the graph).
+        in_graph = getattr(backend, "init_forward_metadata_in_graph", None)
+
+        def run_once():
+            if in_graph is not None:
+                in_graph(fb)
+            for i, layer_id in enumerate(layer_ids):
+                store_layer(layer_id, fb, kv, in_context=True)
+                if i == 0:
+                    attention_forward_prologue(backend)
+
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            run_once()  # warmup, as CudaGraphRunner does
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+        backend.on_after_cuda_graph_warmup()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            run_once()
+    torch.cuda.synchronize()
+
+    def replay(out_cache_loc, seq_lens, kv_rows):
+        fb.out_cache_loc.copy_(out_cache_loc)
+        fb.seq_lens.copy_(torch.as_tensor(seq_lens, device=fb.seq_lens.device))
+        fb.seq_lens_cpu.copy_(torch.as_tensor(seq_lens))
+        fb.seq_lens_sum = int(sum(seq_lens))
+        kv.copy_(kv_rows)
+        with forward_context(backend):
+            _replay_metadata(backend, fb)
+        graph.replay()
+        torch.cuda.synchronize()
+
+    return replay

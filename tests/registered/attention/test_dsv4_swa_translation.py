@@ -244,6 +244,38 @@ class _OncePerBatchCases(_Base):
         self._assert_rows(pool, layers, self.new, state["fb"].out_cache_loc, rows(2, 2, self.device), "after rebuild")
 
 
+@unittest.skipUnless(torch.cuda.is_available(), "needs a CUDA device")
+class TestDSV4SwaTranslationDecodeGraphCUDA(_Base, CustomTestCase):
+    """A decode CUDA graph replays the batch's translation inside the graph:
+    every replay writes at the replayed batch's locations through the mapping
+    as it is at replay time (updated in place between replays, as HiCache
+    load-back does), on every layer, with no translation made outside it."""
+
+    device = "cuda"
+    num_layers = 8
+
+    def test_replays_follow_locations_and_in_place_mapping_updates(self):
+        pool, layers = self._pool(layer_num=self.num_layers)
+        backend = dsv4.make_backend(pool)
+        seq_lens = [41, 301]
+        out_loc = torch.tensor([PS + 40, 2 * PS + 300], device="cuda")
+        fb = dsv4.forward_batch(backend, out_loc.clone(), "DECODE", seq_lens=seq_lens)
+        kv = rows(2, 0, "cuda")
+        replay = dsv4.capture_decode_graph(fb, layers, kv)
+        batches = [
+            ([42, 302], self.old),
+            ([60, 400], self.old),
+            ([61, 401], self.new),  # mapping entries rewritten in place
+        ]
+        for seed, (lens, mapping) in enumerate(batches, start=1):
+            dsv4.update_mapping_in_place(pool, mapping)
+            loc = torch.tensor([PS + lens[0] - 1, 2 * PS + lens[1] - 1], device="cuda")
+            with dsv4.TranslationCounter(pool) as counter:
+                replay(loc, lens, rows(2, seed, "cuda"))
+                self.assertEqual(counter.out_loc_calls, 0, "translated outside the graph")
+            self._assert_rows(pool, layers, mapping, loc, rows(2, seed, "cuda"), f"replay {seed}")
+
+
 class TestDSV4PoolMappingRebuildCPU(_MappingRebuildCases, CustomTestCase):
     device = "cpu"
 
