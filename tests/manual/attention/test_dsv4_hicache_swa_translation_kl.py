@@ -6,6 +6,8 @@ load-back rewrites the full -> SWA mapping). If an SWA KV write used a
 translation made for another batch or an old mapping, decode-time logprobs
 drift from a clean prefill replay of the same tokens; the mean per-token
 KL estimate must stay below 0.005 (upstream's threshold for DSV4-Flash-FP8).
+The MTP variants add speculative decoding (target-verify and multi-step draft
+stores), with CUDA graphs and eager (--disable-cuda-graph).
 
 Environment:
   SGLANG_SERIES_DSV4_MODEL  model path or id of a DeepSeek-V4 checkpoint
@@ -57,6 +59,9 @@ def _prompts(tokenizer, rng):
 
 @unittest.skipUnless(MODEL, "set SGLANG_SERIES_DSV4_MODEL to a DeepSeek-V4 model")
 class TestDSV4HiCacheSWATranslationKL(CustomTestCase):
+    # Extra server flags of a variant (MTP, eager).
+    extra_args: list = []
+
     @classmethod
     def setUpClass(cls):
         import torch
@@ -98,6 +103,7 @@ class TestDSV4HiCacheSWATranslationKL(CustomTestCase):
                 str(NUM_SAMPLES * PROMPT_TOKENS // 2),
                 "--max-running-requests",
                 str(NUM_SAMPLES // 2),
+                *cls.extra_args,
             ],
         )
 
@@ -128,6 +134,30 @@ class TestDSV4HiCacheSWATranslationKL(CustomTestCase):
             turn_suffixes=self.turn_suffixes[:2],
             replay_batch_size=4,
         )
+
+
+# MTP (the checkpoint's NextN layer as EAGLE draft): target-verify and the
+# multi-step draft decode write SWA KV too, each through its own translation.
+MTP_ARGS = [
+    "--speculative-algorithm",
+    "EAGLE",
+    "--speculative-num-steps",
+    "3",
+    "--speculative-eagle-topk",
+    "1",
+    "--speculative-num-draft-tokens",
+    "4",
+]
+
+
+class TestDSV4HiCacheSWATranslationKLMTP(TestDSV4HiCacheSWATranslationKL):
+    extra_args = MTP_ARGS
+
+
+class TestDSV4HiCacheSWATranslationKLMTPEager(TestDSV4HiCacheSWATranslationKL):
+    # Without CUDA graphs every draft decode is the eager multi-step path
+    # (#26239: it crashed in metadata init on 0.5.12).
+    extra_args = MTP_ARGS + ["--disable-cuda-graph"]
 
 
 if __name__ == "__main__":
