@@ -455,10 +455,11 @@ class _Loose(types.SimpleNamespace):
 
 
 def new_forward_batch(backend, out_cache_loc, mode="DECODE", *, seq_lens,
-                      extend_lens=None):
+                      extend_lens=None, deepseek_v4_arch=True):
     """A ForwardBatch from the release's own ``ForwardBatch.init_new`` for a DSV4
     model runner (hybrid SWA, DeepseekV4 architecture), so whatever the
-    construction translates is seen by a TranslationCounter on the pool."""
+    construction translates is seen by a TranslationCounter on the pool.
+    ``deepseek_v4_arch=False``: another hybrid-SWA model's runner."""
     fbi = locate(
         "forward_batch_info", "sglang.srt.model_executor.forward_batch_info"
     )
@@ -493,7 +494,7 @@ def new_forward_batch(backend, out_cache_loc, mode="DECODE", *, seq_lens,
     model_runner = _Loose(
         device=str(device),
         is_hybrid_swa=True,
-        model_config=_Loose(is_deepseek_v4_arch=True, is_hybrid_swa=True),
+        model_config=_Loose(is_deepseek_v4_arch=deepseek_v4_arch, is_hybrid_swa=True),
         # SWATokenToKVPoolAllocator delegates the translation to its pool.
         token_to_kv_pool_allocator=types.SimpleNamespace(
             translate_loc_from_full_to_swa=lambda loc: pool.translate_loc_from_full_to_swa(loc)
@@ -620,3 +621,19 @@ def capture_decode_graph(fb, layer_ids, kv):
         torch.cuda.synchronize()
 
     return replay
+
+
+def require_precomputed_swa_locations() -> None:
+    """CannotRun where ForwardBatch construction precomputes no SWA locations for
+    SWAKVPool's stores (``out_cache_loc_swa``; upstream dropped it after 0.5.12)."""
+    fbi = locate("forward_batch_info", "sglang.srt.model_executor.forward_batch_info")
+    require(
+        "out_cache_loc_swa" in getattr(fbi.ForwardBatch, "__dataclass_fields__", {}),
+        "ForwardBatch has no out_cache_loc_swa",
+    )
+
+
+def precomputed_swa_locations(fb):
+    """The SWA locations ForwardBatch construction precomputed (see above)."""
+    require_precomputed_swa_locations()
+    return fb.out_cache_loc_swa

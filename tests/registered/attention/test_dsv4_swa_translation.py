@@ -228,6 +228,21 @@ class _OncePerBatchCases(_Base):
         # The previous batch's rows are intact: IDLE wrote nowhere near them.
         self._assert_rows(pool, layers, self.old, fb_live.out_cache_loc, live, "previous batch")
 
+    def test_other_hybrid_swa_models_keep_their_precomputed_locations(self):
+        # Only DSV4 stops precomputing: SWAKVPool models still read it.
+        dsv4.require_precomputed_swa_locations()
+        pool, _ = self._pool(layer_num=2)
+        backend = dsv4.make_backend(pool)
+        loc = torch.tensor([PS + 40, 2 * PS + 300], device=self.device)
+        with dsv4.TranslationCounter(pool) as counter:
+            fb = dsv4.new_forward_batch(
+                backend, loc, "DECODE", seq_lens=(41, 301), deepseek_v4_arch=False
+            )
+            self.assertEqual(counter.out_loc_calls, 1)
+        swa = dsv4.precomputed_swa_locations(fb)
+        self.assertIsNotNone(swa)
+        self.assertTrue(torch.equal(swa.long(), self.old[loc]))
+
     def test_mapping_rebuilt_between_batches_on_every_pp_stage_layer(self):
         pool, layers = self._pool(start_layer=4, layer_num=self.num_layers)
         backend = dsv4.make_backend(pool)
