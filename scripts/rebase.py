@@ -268,6 +268,7 @@ def main(argv=None) -> None:
         raise SeriesError("name the release to move to: `make rebase UPSTREAM_VERSION=X` (pin it first with `make pin UPSTREAM_VERSION=X`)")
     if args.upstream == config.base_version(paths):
         raise SeriesError(f"sglang {args.upstream} is already the base; pick a newer pinned release")
+    config.release(paths, args.upstream)  # an unpinned X ends here, before anything is made under build/X
     with scratch.exclusive(paths, args.upstream):  # the trial branches live in X's scratch tree
         data = rebase(paths, args.upstream, args.tests_root)
     for category, names in data["summary"].items():
