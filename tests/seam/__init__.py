@@ -52,6 +52,14 @@ def require(condition: bool, why: str) -> None:
         raise CannotRun(why)
 
 
+def applies_only_if(condition: bool, why: str) -> None:
+    """An ordinary skip where the release has no such behaviour at all (upstream
+    removed what the check guards): nothing is left for the check to judge, which
+    is not a test that failed to reach its checks."""
+    if not condition:
+        raise unittest.SkipTest(f"not applicable to sglang {release()}: {why}")
+
+
 def locate(what: str, *candidates: str):
     """The first of "module:attribute" candidates that this release has; CannotRun
     (naming every place looked at) when none does. Releases move classes between

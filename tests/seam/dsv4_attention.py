@@ -30,7 +30,7 @@ from unittest import mock
 
 import torch
 
-from seam import CannotRun, accepted, locate, require, takes
+from seam import CannotRun, accepted, applies_only_if, locate, require, takes
 from seam.dsv4_pool import build_dsv4_pool, global_server_args, server_args_defaults
 
 ROW_DIM = 8  # width of one stand-in SWA KV row
@@ -624,12 +624,13 @@ def capture_decode_graph(fb, layer_ids, kv):
 
 
 def require_precomputed_swa_locations() -> None:
-    """CannotRun where ForwardBatch construction precomputes no SWA locations for
-    SWAKVPool's stores (``out_cache_loc_swa``; upstream dropped it after 0.5.12)."""
+    """Skip (not applicable) where ForwardBatch construction precomputes SWA
+    locations for no model (``out_cache_loc_swa``; upstream dropped it after
+    0.5.12 and SWAKVPool translates at its stores): nothing is left to keep."""
     fbi = locate("forward_batch_info", "sglang.srt.model_executor.forward_batch_info")
-    require(
+    applies_only_if(
         "out_cache_loc_swa" in getattr(fbi.ForwardBatch, "__dataclass_fields__", {}),
-        "ForwardBatch has no out_cache_loc_swa",
+        "its ForwardBatch precomputes SWA locations (out_cache_loc_swa) for no model",
     )
 
 
