@@ -1,7 +1,9 @@
 """make prove: show both sides of every claim the series makes.
 
 - each patch's tests (its `Tests:` header) fail on vanilla upstream and pass on the
-  patched build;
+  patched build; a patch whose tests already pass on vanilla (it keeps what vanilla
+  does where an earlier patch, or a later release, changed it) is judged instead by
+  the patched build with that patch taken back out (`git apply -R`);
 - each guard of a fix the base already has (tests/reverts/: a patch that puts the
   old bug back, with the guard tests in its `Tests:` header) passes on vanilla and
   fails on vanilla + that revert; a release whose code moved has its own copy of a
@@ -58,18 +60,24 @@ def revert_for(paths: config.Paths, version: str, patch: series.Patch) -> series
     return series.parse(chosen[-1] / patch.name) if chosen else patch
 
 
-def revert_site(paths: config.Paths, version: str, vanilla: Path, patch: series.Patch) -> Path:
-    """vanilla's installed sglang with the revert applied (patch paths python/sglang/... -> sglang/...)."""
-    site = build.site(paths, version, f"revert-{patch.path.stem}")
+def site_with(paths: config.Paths, version: str, start: Path, patch: series.Patch, reverse: bool = False) -> Path:
+    """A copy of the installed sglang at `start` with `patch` applied (or taken back out with
+    reverse); patch paths python/sglang/... -> sglang/..."""
+    site = build.site(paths, version, f"{'without' if reverse else 'revert'}-{patch.path.stem}")
     shutil.rmtree(site, ignore_errors=True)
-    shutil.copytree(vanilla, site, symlinks=True)
+    shutil.copytree(start, site, symlinks=True)
     # The site lies inside this repo's work tree: stop git from finding that repo, or it
     # would resolve the patch's paths against the repo root and skip them silently.
     env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(site.parent)}
-    proc = subprocess.run(["git", "apply", "-p2", str(patch.path)], cwd=site, capture_output=True, text=True, env=env)
+    cmd = ["git", "apply", "-p2", *(["-R"] if reverse else []), str(patch.path)]
+    proc = subprocess.run(cmd, cwd=site, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         where = patch.path.relative_to(paths.root) if patch.path.is_relative_to(paths.root) else patch.path
-        raise SeriesError(f"{where} does not apply on vanilla {version}: {proc.stderr.strip().splitlines()[0]}; "
+        first = proc.stderr.strip().splitlines()[0]
+        if reverse:
+            raise SeriesError(f"{where} cannot be taken back out of the patched {version} build ({first}); "
+                              f"a later patch changes the same lines: prove it with tests that fail on vanilla {version}")
+        raise SeriesError(f"{where} does not apply on vanilla {version}: {first}; "
                           f"add a copy made for {version} under {REVERTS}/{version}/ (see {REVERTS}/README.md)")
     return site
 
@@ -111,11 +119,24 @@ def main(argv=None) -> None:
                                    extra=args.pytest_args)
 
     vanilla = run(sites["vanilla"], patches + reverts + absorbed)
-    rows = judge(patches, vanilla, run(sites["patched"], patches), good=1)
+    patched = run(sites["patched"], patches)
+    rows = judge(patches, vanilla, patched, good=1)
+    # Tests that pass on vanilla too: the patch keeps vanilla's behaviour where another
+    # patch changed it; the evidence is the series without it.
+    keepers = [p for p in patches if all(r["before"] == "passed" for r in rows if r["patch"] == p.name)]
+    rows = [r for r in rows if r["patch"] not in {p.name for p in keepers}]
     table(f"Patches: vanilla {rel.version} vs patched", (f"vanilla {rel.version}", "patched"), rows)
+    if keepers:
+        kept_rows = []
+        for patch in keepers:
+            without = run(site_with(paths, rel.version, sites["patched"], patch, reverse=True), [patch])
+            kept_rows += judge([patch], without, patched, good=1)
+        table(f"Patches whose tests pass on vanilla {rel.version} too: patched without the patch vs patched",
+              ("without the patch", "patched"), kept_rows)
+        rows += kept_rows
     guard_rows = []
     for revert in reverts:
-        reverted = run(revert_site(paths, rel.version, sites["vanilla"], revert), [revert])
+        reverted = run(site_with(paths, rel.version, sites["vanilla"], revert), [revert])
         guard_rows += judge([revert], vanilla, reverted, good=0)
     table(f"Guards of fixes already in {rel.version}: vanilla vs vanilla + revert", (f"vanilla {rel.version}", "with the revert"), guard_rows)
     base_rows = [{"fix": f.pr, "test": t, "vanilla": summarize(pytest_run.select(vanilla, t))} for f in absorbed for t in f.tests]
