@@ -318,6 +318,26 @@ def metadata_swa_out_cache_loc(backend):
     return getattr(core, "swa_out_cache_loc", None)
 
 
+def core_metadata(backend):
+    """The per-layer-kind attention metadata of the backend's current batch."""
+    core = getattr(backend.forward_metadata, "core_attn_metadata", None)
+    require(core is not None and hasattr(core, "copy_"), "the DSV4 metadata has no core_attn_metadata.copy_")
+    return core
+
+
+def copy_for_replay(captured, fresh) -> None:
+    """What CUDA graph replay does with a batch's metadata: copy it into the one the
+    graph captured. The stand-in kernels skip FlashMLA / indexer planning, so the
+    fields planning would set get placeholders first (same on both sides)."""
+    import dataclasses
+
+    for f in dataclasses.fields(fresh):
+        for meta in (captured, fresh):
+            if not hasattr(meta, f.name):
+                setattr(meta, f.name, torch.zeros(1, device=fresh.page_table.device))
+    captured.copy_(fresh)
+
+
 def _mqa_layer_cls():
     return locate("MQALayer", "sglang.srt.models.deepseek_v4:MQALayer")
 

@@ -228,6 +228,19 @@ class _OncePerBatchCases(_Base):
         # The previous batch's rows are intact: IDLE wrote nowhere near them.
         self._assert_rows(pool, layers, self.old, fb_live.out_cache_loc, live, "previous batch")
 
+    def test_metadata_of_a_batch_copies_into_the_captured_graph_metadata(self):
+        # CUDA graph replay copies each batch's metadata into the captured one;
+        # the copy names every field, the per-batch SWA locations included.
+        pool, _ = self._pool(layer_num=2)
+        backend = dsv4.make_backend(pool)
+        self._decode_batch(backend, (41, 301))
+        captured = dsv4.core_metadata(backend)
+        fb = self._decode_batch(backend, (42, 302))
+        fresh = dsv4.core_metadata(backend)
+        dsv4.copy_for_replay(captured, fresh)
+        self.assertIsNotNone(captured.swa_out_cache_loc)
+        self.assertTrue(torch.equal(captured.swa_out_cache_loc.long(), self.old[fb.out_cache_loc]))
+
     def test_other_hybrid_swa_models_keep_their_precomputed_locations(self):
         # Only DSV4 stops precomputing: SWAKVPool models still read it.
         dsv4.require_precomputed_swa_locations()
