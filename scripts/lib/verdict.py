@@ -131,6 +131,9 @@ def categorize(applies: bool, base: list[Outcome], vanilla: list[Outcome], patch
     for b, v in zip(base, vanilla):
         if v.status in ("cannot-run", "error") and v.kind() != b.kind():
             return PORTING, f"does not apply, and a test cannot run on vanilla X ({v.message}); on the base it was {_said(b)}"
+    if base and all(b.status == "pass" for b in base):
+        return CONFLICTS, ("does not apply; its tests fail on vanilla X though they pass on the vanilla base "
+                           "(X changed what the patch keeps as the base had it)")
     return CONFLICTS, "does not apply; its tests fail on vanilla X as they do on the base (the bug is still there)"
 
 

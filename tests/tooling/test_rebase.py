@@ -118,6 +118,9 @@ def test_cannot_run_on_vanilla_is_told_apart_from_the_bug_still_being_there():
     crash = o("error", "RuntimeError: shape mismatch")
     assert verdict.categorize(False, [crash], [crash], None)[0] == verdict.CONFLICTS
     assert verdict.categorize(True, [crash], [crash], [crash])[0] == verdict.TESTS_FAIL
+    # passing on the base, failing on X, not applying: X changed what the patch keeps
+    kept = verdict.categorize(False, [o("pass")], [o("fail", "AssertionError: 43 != 1")], None)
+    assert kept[0] == verdict.CONFLICTS and "pass on the vanilla base" in kept[1]
     # tests skipped everywhere are no evidence of absorption
     assert verdict.categorize(False, [o("skip")], [o("skip")], None)[0] == verdict.CONFLICTS
 
