@@ -109,8 +109,19 @@ def summary(outcomes: list[Outcome]) -> str:
 def categorize(applies: bool, base: list[Outcome], vanilla: list[Outcome], patched: list[Outcome] | None) -> tuple[str, str]:
     """(category, one sentence of evidence). Precedence: absorbed (upstream fixed it: drop,
     whatever its text does) > tests that cannot run > conflicts > tests that fail > clean."""
-    if summary(vanilla) == "pass":
+    # A patch whose tests pass on the vanilla base keeps the base's behaviour where another
+    # patch changes it: vanilla X passing them too is no sign that X has the patch.
+    keeps_base = bool(base) and all(b.status == "pass" for b in base)
+    if summary(vanilla) == "pass" and not keeps_base:
         return ABSORBED, "every test that ran passes on vanilla X"
+    if keeps_base and summary(vanilla) == "pass":
+        if not applies:
+            return CONFLICTS, ("does not apply; its tests pass on the vanilla base and on vanilla X alike, so only "
+                               "the series on X can show whether X still needs it: refresh it")
+        failing = [o for o in patched or [] if o.status in ("fail", "error")]
+        if failing:
+            return TESTS_FAIL, f"applies; with the series on X a test fails: {failing[0].message}"
+        return CLEAN, "applies; its tests pass on the vanilla base, on vanilla X and with the series on X"
     passing = [i for i, v in enumerate(vanilla) if v.status == "pass"]
     still = [i for i, v in enumerate(vanilla) if v.status in ("fail", "error")]
     if passing and still:

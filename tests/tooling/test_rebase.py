@@ -121,6 +121,11 @@ def test_cannot_run_on_vanilla_is_told_apart_from_the_bug_still_being_there():
     # passing on the base, failing on X, not applying: X changed what the patch keeps
     kept = verdict.categorize(False, [o("pass")], [o("fail", "AssertionError: 43 != 1")], None)
     assert kept[0] == verdict.CONFLICTS and "pass on the vanilla base" in kept[1]
+    # passing on the base and on X: no sign that X has it; the series decides
+    keeps = verdict.categorize(False, [o("pass")], [o("pass")], None)
+    assert keeps[0] == verdict.CONFLICTS and "only the series" in keeps[1]
+    assert verdict.categorize(True, [o("pass")], [o("pass")], [o("pass")])[0] == verdict.CLEAN
+    assert verdict.categorize(True, [o("pass")], [o("pass")], [o("fail", "AssertionError: 43 != 1")])[0] == verdict.TESTS_FAIL
     # tests skipped everywhere are no evidence of absorption
     assert verdict.categorize(False, [o("skip")], [o("skip")], None)[0] == verdict.CONFLICTS
 
