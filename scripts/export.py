@@ -41,8 +41,12 @@ def export_series(paths: config.Paths, rel: config.Release) -> patch_queue.Chang
         scratch.write_state(paths, rel.version, None)
         print(f"your commits on '{scratch.APPLIED}' are now branch '{patch_queue.QUEUE}'")
     if up:
+        base = config.base_version(paths)
         pins.set_base(paths, rel.version)
-        print(f"the series now targets sglang {rel.version}: upstream/releases.json base = {rel.version}")
+        message = paths.release_dir(rel.version) / "rebase" / "COMMIT_MSG"
+        message.write_text(moving.commit_message(rel.version, base, changes))
+        print(f"the series now targets sglang {rel.version}: upstream/releases.json base = {rel.version}; "
+              f"commit it with `git add -A patches upstream && git commit -F {message}`")
     return changes
 
 

@@ -199,5 +199,8 @@ def test_moving_to_a_new_release_on_the_queue(up):
     out = ok(up.run("export", "--upstream", NEW))
     assert "Dropped 0002-ten.patch (absorbed upstream: sglang 2.0.0 has" in out and "base = 2.0.0" in out
     assert "# dropped 0002-ten.patch: absorbed upstream: sglang 2.0.0" in (up.patches / "series").read_text()
+    message = (up.build / NEW / "rebase" / "COMMIT_MSG").read_text()
+    assert message.startswith("Move the series from sglang 1.0.0 to sglang 2.0.0")
+    assert "Dropped 0002-ten.patch: absorbed upstream: sglang 2.0.0 has" in message and "git commit -F" in out
     assert "LINE_19 = 'nineteen'" in (up.patches / "0003-twenty.patch").read_text()
     assert "applied 0005-thirty-five.patch" in ok(up.run("apply", "--no-env"))  # the new base takes the series
