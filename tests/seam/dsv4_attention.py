@@ -319,7 +319,11 @@ def metadata_swa_out_cache_loc(backend):
 
 
 def core_metadata(backend):
-    """The per-layer-kind attention metadata of the backend's current batch."""
+    """The per-layer-kind attention metadata of the backend's current batch, upgraded
+    from raw as the batch's first layer does (0.5.12 upgrades lazily there)."""
+    upgrade = getattr(backend, "_maybe_upgrade_forward_metadata", None)
+    if upgrade is not None:
+        upgrade()
     core = getattr(backend.forward_metadata, "core_attn_metadata", None)
     require(core is not None and hasattr(core, "copy_"), "the DSV4 metadata has no core_attn_metadata.copy_")
     return core
