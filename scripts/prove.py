@@ -50,10 +50,10 @@ def verdict(sides: list[tuple[str, str]], good: int) -> str:
     return "not proven here (passes on both sides or skipped)"
 
 
-def revert_for(paths: config.Paths, version: str, patch: series.Patch) -> series.Patch:
+def revert_for(tests_root: Path, version: str, patch: series.Patch) -> series.Patch:
     """The copy of a revert that applies to `version`: the one in the folder named after the
     highest release <= version that holds it, else the top-level file (the oldest)."""
-    root = paths.root / REVERTS
+    root = tests_root / REVERTS
     folders = sorted((d for d in root.iterdir() if d.is_dir() and (d / patch.name).is_file()),
                      key=lambda d: pins.version_key(d.name))
     chosen = [d for d in folders if pins.version_key(d.name) <= pins.version_key(version)]
@@ -97,26 +97,17 @@ def judge(patches: list[series.Patch], before: dict, after: dict, good: int) -> 
     return rows
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--upstream")
-    parser.add_argument("--json", help="also write the rows as JSON to this file")
-    parser.add_argument("pytest_args", nargs="*", help="extra pytest options (after --)")
-    args = parser.parse_args(argv)
-    paths = config.Paths.from_env()
-    rel = config.release(paths, args.upstream)
+def prove(paths: config.Paths, rel: config.Release, venv: Path, sites: dict, tests_root: Path,
+          pytest_args: list[str] = ()) -> dict:
+    """Both sides of every claim, printed as tables; returns the rows by kind."""
     patches = series.load(paths.patches)
-    reverts = [revert_for(paths, rel.version, r) for r in series.load(paths.root / REVERTS)]
+    reverts = [revert_for(tests_root, rel.version, r) for r in series.load(tests_root / REVERTS)]
     carried = [set(p.tests) for p in patches + reverts]
-    absorbed = [f for f in fixes.load(paths.root) if set(f.tests) not in carried]
-    sites = build.install_sites(paths, rel)
-    if "patched" not in sites:
-        raise SeriesError("nothing applied yet; run `make apply`")
-    venv = envs.venv(paths, rel.version)
+    absorbed = [f for f in fixes.load(tests_root) if set(f.tests) not in carried]
 
-    def run(site: Path, items: list[series.Patch]) -> dict:
-        return pytest_run.outcomes(venv, site, sorted({t for p in items for t in p.tests}), paths.root,
-                                   extra=args.pytest_args)
+    def run(site: Path, items: list) -> dict:
+        return pytest_run.outcomes(venv, site, sorted({t for p in items for t in p.tests}), tests_root,
+                                   extra=pytest_args)
 
     vanilla = run(sites["vanilla"], patches + reverts + absorbed)
     patched = run(sites["patched"], patches)
@@ -145,10 +136,29 @@ def main(argv=None) -> None:
               f"| fix | test | vanilla {rel.version} |\n|---|---|---|")
         for r in base_rows:
             print(f"| {r['fix']} | {r['test']} | {r['vanilla']} |")
+    return {"patches": rows, "guards": guard_rows, "base_fixes": base_rows}
+
+
+def proven(result: dict) -> bool:
+    return (all(r["verdict"] == "proven" for r in result["patches"] + result["guards"])
+            and all(r["vanilla"] in ("passed", "skipped") for r in result["base_fixes"]))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--upstream")
+    parser.add_argument("--json", help="also write the rows as JSON to this file")
+    parser.add_argument("pytest_args", nargs="*", help="extra pytest options (after --)")
+    args = parser.parse_args(argv)
+    paths = config.Paths.from_env()
+    rel = config.release(paths, args.upstream)
+    sites = build.install_sites(paths, rel)
+    if "patched" not in sites:
+        raise SeriesError("nothing applied yet; run `make apply`")
+    result = prove(paths, rel, envs.venv(paths, rel.version), sites, paths.root, args.pytest_args)
     if args.json:
-        Path(args.json).write_text(json.dumps({"patches": rows, "guards": guard_rows, "base_fixes": base_rows}, indent=2) + "\n")
-    ok = all(r["verdict"] == "proven" for r in rows + guard_rows) and all(r["vanilla"] in ("passed", "skipped") for r in base_rows)
-    sys.exit(0 if ok else 1)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    sys.exit(0 if proven(result) else 1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,122 @@
+"""make prove on a synthetic upstream: a patch is proven by tests that fail on vanilla and
+pass patched; a patch whose tests already pass on vanilla (it keeps vanilla's behaviour
+where an earlier patch changed it) is proven by the patched build with it taken back out;
+a guard by vanilla vs vanilla with its revert."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic import VERSION, Upstream, _format_patch  # noqa: E402
+
+from scripts import build, prove  # noqa: E402
+from scripts.lib import config, envs, series  # noqa: E402
+from scripts.lib.errors import SeriesError  # noqa: E402
+
+TEST_FILE = "tests/test_synthetic_prove.py"
+TESTS = '''import unittest
+
+from sglang import pool
+
+
+class TestTen(unittest.TestCase):
+    def test_value(self):
+        self.assertEqual(pool.LINE_10, "ten")
+
+
+class TestTwelveStaysANumber(unittest.TestCase):
+    def test_value(self):
+        self.assertEqual(pool.LINE_12, 12)
+
+
+class TestFortyStaysANumber(unittest.TestCase):
+    def test_value(self):
+        self.assertEqual(pool.LINE_40, 40)
+'''
+POOL = "python/sglang/pool.py"
+
+
+def lines(**changes) -> list[str]:
+    """The synthetic pool.py with LINE_n set to the given texts (line_10="'ten'")."""
+    text = dict(ORIGINAL_LINES)
+    for key, value in changes.items():
+        text[int(key.split("_")[1])] = f"LINE_{key.split('_')[1]} = {value}\n"
+    return [text[n] for n in sorted(text)]
+
+
+ORIGINAL_LINES = {n: f"LINE_{n} = {n}\n" for n in range(1, 41)}
+
+
+def patch(old: list[str], new: list[str], subject: str, tests: str) -> str:
+    return _format_patch(POOL, old, new, subject).replace("Tests: tests/tooling/synthetic.py", f"Tests: {tests}")
+
+
+@pytest.fixture
+def proving(tmp_path, monkeypatch):
+    """0001 fixes LINE_10 but breaks LINE_12, which vanilla gets right; a 0002 made on top
+    of it may put LINE_12 back. Returns a function that applies the series and proves it."""
+    up = Upstream(tmp_path)
+    for key, value in up.env.items():
+        if key.startswith("SGLANG_SERIES_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    root = tmp_path / "tests-root"
+    (root / "tests/reverts").mkdir(parents=True)
+    (root / TEST_FILE).write_text(TESTS)
+    # a revert that puts a bug back in vanilla: LINE_40 stops being a number
+    (root / "tests/reverts/revert-40.patch").write_text(
+        patch(lines(), lines(line_40="'forty'"), "put the bug back", f"{TEST_FILE}::TestFortyStaysANumber"))
+    (root / "tests/reverts/series").write_text("revert-40.patch\n")
+    (root / "tests/fixes.toml").write_text(
+        f'[[fix]]\npr = "#40"\ntitle = "forty"\nupstream = "0.9.0"\ntests = ["{TEST_FILE}::TestFortyStaysANumber"]\n')
+    after_first = lines(line_10="'ten'", line_12="'oops'")
+    up.add_raw_patch("0001-ten.patch", patch(lines(), after_first, "set line 10", f"{TEST_FILE}::TestTen"))
+
+    def run(line_12: str | None) -> dict:
+        names = ["0001-ten.patch"]
+        if line_12 is not None:
+            up.add_raw_patch("0002-twelve.patch", patch(after_first, lines(line_10="'ten'", line_12=line_12),
+                                                         "keep line 12 a number", f"{TEST_FILE}::TestTwelveStaysANumber"))
+            names.append("0002-twelve.patch")
+        up.write_series(names)
+        proc = up.run("apply", "--no-env")
+        assert proc.returncode == 0, proc.stderr
+        paths = config.Paths.from_env()
+        rel = config.release(paths, VERSION)
+        venv = Path(sys.prefix)  # the running interpreter has pytest; the synthetic sglang needs nothing else
+        sites = {
+            "vanilla": envs.install_site(paths, venv, up.wheel, build.site(paths, VERSION, "vanilla")),
+            "patched": envs.install_site(paths, venv, build.patched_wheel(paths, VERSION), build.site(paths, VERSION, "patched")),
+        }
+        return prove.prove(paths, rel, venv, sites, root)
+
+    return run
+
+
+def test_a_patch_that_keeps_vanilla_behaviour_is_proven_without_it(proving):
+    result = proving("12")
+    rows = {r["patch"]: r for r in result["patches"]}
+    assert (rows["0001-ten.patch"]["before"], rows["0001-ten.patch"]["after"]) == ("failed", "passed")
+    kept = rows["0002-twelve.patch"]  # passes on vanilla; without 0002 the series breaks it
+    assert (kept["before"], kept["after"], kept["verdict"]) == ("failed", "passed", "proven")
+    assert [(g["before"], g["after"], g["verdict"]) for g in result["guards"]] == [("passed", "failed", "proven")]
+    assert prove.proven(result)
+
+
+def test_a_keeper_whose_test_still_fails_is_not_proven(proving):
+    result = proving("'still wrong'")
+    kept = next(r for r in result["patches"] if r["patch"] == "0002-twelve.patch")
+    assert (kept["before"], kept["after"]) == ("failed", "failed") and kept["verdict"].startswith("BROKEN")
+    assert not prove.proven(result)
+
+
+def test_a_keeper_that_cannot_be_taken_out_says_what_to_do(proving, tmp_path):
+    proving("12")
+    paths = config.Paths.from_env()
+    keeper = series.parse(tmp_path / "patches/0002-twelve.patch")
+    # vanilla lacks 0001's line 10, the context 0002 was made on: as if a later patch
+    # had rewritten the lines 0002 touches
+    with pytest.raises(SeriesError, match="cannot be taken back out of the patched 1.0.0 build"):
+        prove.site_with(paths, VERSION, build.site(paths, VERSION, "vanilla"), keeper, reverse=True)
