@@ -18,9 +18,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     paths = config.Paths.from_env()
     rel = config.release(paths, args.upstream)
-    sites = build.install_sites(paths, rel)
-    if "patched" not in sites:
-        raise SeriesError("nothing applied yet; run `make apply`")
+    sites = build.both_sites(paths, rel)
     python = envs.venv(paths, rel.version) / "bin/python"
     failed = []
     for script in args.scripts:

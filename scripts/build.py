@@ -90,3 +90,11 @@ def install_sites(paths: config.Paths, rel: config.Release) -> dict:
     if scratch.read_state(paths, rel.version):
         sites["patched"] = envs.install_site(paths, venv, patched_wheel(paths, rel.version), site(paths, rel.version, "patched"))
     return sites
+
+
+def both_sites(paths: config.Paths, rel: config.Release) -> dict:
+    """install_sites for a command that compares vanilla with patched (prove, bench)."""
+    sites = install_sites(paths, rel)
+    if "patched" not in sites:
+        raise SeriesError("nothing applied yet; run `make apply`")
+    return sites

@@ -152,9 +152,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     paths = config.Paths.from_env()
     rel = config.release(paths, args.upstream)
-    sites = build.install_sites(paths, rel)
-    if "patched" not in sites:
-        raise SeriesError("nothing applied yet; run `make apply`")
+    sites = build.both_sites(paths, rel)
     result = prove(paths, rel, envs.venv(paths, rel.version), sites, paths.root, args.pytest_args)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -112,16 +112,12 @@ def categorize(applies: bool, base: list[Outcome], vanilla: list[Outcome], patch
     # A patch whose tests pass on the vanilla base keeps the base's behaviour where another
     # patch changes it: vanilla X passing them too is no sign that X has the patch.
     keeps_base = bool(base) and all(b.status == "pass" for b in base)
-    if summary(vanilla) == "pass" and not keeps_base:
-        return ABSORBED, "every test that ran passes on vanilla X"
-    if keeps_base and summary(vanilla) == "pass":
+    if summary(vanilla) == "pass":
+        if not keeps_base:
+            return ABSORBED, "every test that ran passes on vanilla X"
         if not applies:
             return CONFLICTS, ("does not apply; its tests pass on the vanilla base and on vanilla X alike, so only "
                                "the series on X can show whether X still needs it: refresh it")
-        failing = [o for o in patched or [] if o.status in ("fail", "error")]
-        if failing:
-            return TESTS_FAIL, f"applies; with the series on X a test fails: {failing[0].message}"
-        return CLEAN, "applies; its tests pass on the vanilla base, on vanilla X and with the series on X"
     passing = [i for i, v in enumerate(vanilla) if v.status == "pass"]
     still = [i for i, v in enumerate(vanilla) if v.status in ("fail", "error")]
     if passing and still:
@@ -136,13 +132,15 @@ def categorize(applies: bool, base: list[Outcome], vanilla: list[Outcome], patch
             return TESTS_FAIL, f"applies; with the series on X a test still fails: {failing[0].message}"
         if summary(patched or []) == "skip":
             return CLEAN, "applies; its tests are skipped here (no evidence on this machine: run them where they can run)"
+        if keeps_base and summary(vanilla) == "pass":
+            return CLEAN, "applies; its tests pass on the vanilla base, on vanilla X and with the series on X"
         return CLEAN, "applies; its tests fail on vanilla X and pass with the series"
     # Not applied: only vanilla evidence. A failure like the base's is the bug still there;
     # an error or cannot-run the base did not have is a test that no longer runs on X.
     for b, v in zip(base, vanilla):
         if v.status in ("cannot-run", "error") and v.kind() != b.kind():
             return PORTING, f"does not apply, and a test cannot run on vanilla X ({v.message}); on the base it was {_said(b)}"
-    if base and all(b.status == "pass" for b in base):
+    if keeps_base:
         return CONFLICTS, ("does not apply; its tests fail on vanilla X though they pass on the vanilla base "
                            "(X changed what the patch keeps as the base had it)")
     return CONFLICTS, "does not apply; its tests fail on vanilla X as they do on the base (the bug is still there)"
