@@ -24,6 +24,7 @@ importing this module on a machine without a GPU.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import types
 from typing import Optional, Sequence
 from unittest import mock
@@ -333,8 +334,6 @@ def copy_for_replay(captured, fresh) -> None:
     """What CUDA graph replay does with a batch's metadata: copy it into the one the
     graph captured. The stand-in kernels skip FlashMLA / indexer planning, so the
     fields planning would set get placeholders first (same on both sides)."""
-    import dataclasses
-
     for f in dataclasses.fields(fresh):
         for meta in (captured, fresh):
             if not hasattr(meta, f.name):
