@@ -3,6 +3,8 @@
 The test lock of a release resolves env/<version>.in with packages uploaded no
 later than the release's `exclude_newer` date (upstream/releases.json), so the
 dependencies that drifted since the release stay at their contemporaneous versions.
+uv resolves through the package index it is configured with (UV_DEFAULT_INDEX /
+UV_INDEX_URL, uv.toml).
 """
 
 import argparse
@@ -16,19 +18,10 @@ def compile_lock(paths: config.Paths, source, target, extra: list[str], command:
     tools = envs.tools(paths)
     cmd = [str(tools.uv), "pip", "compile", str(source), "-o", str(target), "-q", "--generate-hashes",
            "--python-version", "3.11", "--custom-compile-command", command, *extra]
-    proc = subprocess.run(cmd, env=envs.uv_env(paths), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=paths.root, env=envs.uv_env(paths), capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SeriesError(f"uv pip compile {source.name} failed: {_reason(proc.stderr)}; fix {source}, then run `{command}`")
+        raise SeriesError(f"uv pip compile {source.name} failed: {envs.uv_reason(proc.stderr)}; fix {source}, then run `{command}`")
     print(f"wrote {target}")
-
-
-def _reason(stderr: str) -> str:
-    """uv's own verdict: its `error:`/`×` line (the last line is often a caret underline)."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith(("error:", "×")):
-            return line.lstrip("× ")
-    return next((line for line in reversed(lines) if line.strip("^~ ")), "no message")
 
 
 def main(argv=None) -> None:
@@ -44,9 +37,11 @@ def main(argv=None) -> None:
     source = paths.env / f"{rel.version}.in"
     if not source.exists():
         raise SeriesError(f"{source} is missing; copy env/{config.base_version(paths)}.in and set sglang=={rel.version}")
+    # no cut-off when the package index did not say when the release was uploaded
+    cutoff = ["--exclude-newer", rel.exclude_newer] if rel.exclude_newer else []
     compile_lock(
         paths, source, paths.env / f"{rel.version}.lock",
-        ["--python-platform", "x86_64-manylinux_2_34", "--exclude-newer", rel.exclude_newer, "--no-emit-package", "sglang"],
+        ["--python-platform", "x86_64-manylinux_2_34", *cutoff, "--no-emit-package", "sglang"],
         f"make lock UPSTREAM_VERSION={rel.version}",
     )
 

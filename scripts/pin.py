@@ -1,9 +1,10 @@
-"""make pin UPSTREAM_VERSION=X: pin sglang X (default: the newest on PyPI) for the rebase tools.
+"""make pin UPSTREAM_VERSION=X: pin sglang X (default: the newest on the package index)
+for the rebase tools.
 
-Records X's cp311 manylinux x86_64 wheel (url, sha256) and a dependency cut-off
-date in upstream/releases.json, writes env/X.in from the base's and compiles
-the hashed env/X.lock. Nothing is downloaded but PyPI's metadata and the
-resolver's; the wheel itself is fetched (and its sha256 checked) on first use.
+Records X's cp311 manylinux x86_64 wheel (file name, sha256) and a dependency cut-off
+date in upstream/releases.json, writes env/X.in from the base's and compiles the
+hashed env/X.lock. Everything goes through the package index uv is configured with
+(UV_DEFAULT_INDEX / UV_INDEX_URL, uv.toml; uv's default otherwise).
 """
 
 import argparse
@@ -21,7 +22,7 @@ def requirements_for(paths: config.Paths, version: str) -> str:
     source = paths.env / f"{base}.in"
     if not source.exists():
         raise SeriesError(f"{source} is missing; restore it with `git checkout -- env/{base}.in`")
-    text, count = re.subn(rf"(?m)^sglang=={re.escape(base)}\s*$", f"sglang=={version}", source.read_text())
+    text, count = re.subn(rf"(?m)^sglang=={re.escape(base)}[ \t]*$", f"sglang=={version}", source.read_text())
     if count != 1:
         raise SeriesError(f"{source} has no single `sglang=={base}` line; fix it, then run `make pin` again")
     # the header comment names the release too; the pin line is already replaced above
@@ -66,19 +67,20 @@ def drop_redundant(text: str, bounds: dict, version: str) -> tuple[str, list[str
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--upstream", help="release to pin (default: the newest sglang on PyPI)")
-    parser.add_argument("--show-newest", action="store_true", help="print the newest version on PyPI and stop")
+    parser.add_argument("--upstream", help="release to pin (default: the newest sglang on the package index)")
+    parser.add_argument("--show-newest", action="store_true", help="print the newest version on the index and stop")
     parser.add_argument("--keep-in", action="store_true", help="keep an existing env/X.in (a maintainer adjusted it)")
     args = parser.parse_args(argv)
     paths = config.Paths.from_env()
-    meta = pins.project()
-    version = args.upstream or pins.newest_version(meta)
     if args.show_newest:
-        print(pins.newest_version(meta))
+        print(pins.newest_version(paths))
         return
-    pin = pins.wheel_pin(version, meta)
+    version = config.check_version(args.upstream) if args.upstream else pins.newest_version(paths)
+    pin = pins.wheel_pin(paths, version)
     changed = pins.record(paths, version, pin)
-    print(f"{'pinned' if changed else 'already pinned'} sglang {version}: {pin['wheel']} (deps uploaded up to {pin['exclude_newer']})")
+    cutoff = (f"deps uploaded up to {pin['exclude_newer']}" if pin["exclude_newer"]
+              else "the index gives no upload date: deps not cut off by date")
+    print(f"{'pinned' if changed else 'already pinned'} sglang {version}: {pin['wheel']} ({cutoff})", flush=True)
     source = paths.env / f"{version}.in"
     if not (args.keep_in and source.exists()) and version != config.base_version(paths):
         wheel = scratch.upstream_wheel(paths, config.release(paths, version))  # sha256-checked

@@ -138,8 +138,15 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
     patches = series.load(paths.patches)
     tools = envs.tools(paths)
     repo = scratch.ensure_baseline(paths, rel, tools)
+    if patch_queue.am_in_progress(repo) and git.current_branch(repo) == trial.BRANCH:
+        # this report's own trial, cut short by a kill: nobody else's work is in it
+        (git.gitdir(repo) / "index.lock").unlink(missing_ok=True)
+        git.am_abort(repo)
+        log("the previous `make rebase` was interrupted; its unfinished trial is dropped")
     if patch_queue.am_in_progress(repo):
-        raise SeriesError(f"{repo} is in the middle of a git am/rebase; finish or abort it, then run the report again")
+        raise SeriesError(f"{repo} is in the middle of a git am/rebase that is not this report's (a `make queue` "
+                          f"conflict?); drop it with `git -C {repo} am --abort` (or resolve it and run "
+                          f"`make queue UPSTREAM_VERSION={version} CONTINUE=1`), then run the report again")
     scratch.require_clean(repo)
 
     started = time.monotonic()
@@ -206,7 +213,7 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
     up = f"UPSTREAM_VERSION={version}"
     data = {
         "upstream": version, "base": base,
-        "wheel": {"file": rel.wheel, "sha256": rel.sha256, "url": rel.url},
+        "wheel": {"file": rel.wheel, "sha256": rel.sha256},
         "environment": {"lock": f"env/{version}.lock", "base_lock": f"env/{base}.lock"},
         "command": f"make rebase {up}",
         "tests_from": _checkout(paths.root),

@@ -1,4 +1,4 @@
-"""The rebase watch's list: every sglang release on PyPI newer than the base, patch
+"""The rebase watch's list: every sglang release on the package index newer than the base, patch
 releases included, with a cp311 manylinux x86_64 wheel and no committed report yet
 (docs/rebase/<X>.md). Printed as a JSON list for a CI job matrix, oldest first.
 
@@ -14,16 +14,14 @@ from scripts.lib.errors import run_main
 REPORTS = "docs/rebase"
 
 
-def unreported(paths: config.Paths, meta: dict) -> list[str]:
-    base = pins.version_key(config.base_version(paths))
+def unreported(paths: config.Paths, newer: list[str]) -> list[str]:
     out = []
-    for version, files in meta["releases"].items():
+    for version in newer:
         try:
-            newer = pins.version_key(version) > base
-        except ValueError:  # a pre-release or other scheme: not something the series moves to
+            pins.version_key(version)
+        except ValueError:  # another scheme: not something the series moves to
             continue
-        has_wheel = any(pins.WHEEL.match(f["filename"]) and not f.get("yanked") for f in files)
-        if newer and has_wheel and not (paths.root / REPORTS / f"{version}.md").exists():
+        if not (paths.root / REPORTS / f"{version}.md").exists():
             out.append(version)
     return sorted(out, key=pins.version_key)
 
@@ -32,7 +30,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--limit", type=int, default=0, help="at most this many, oldest first (0: all)")
     args = parser.parse_args(argv)
-    found = unreported(config.Paths.from_env(), pins.project())
+    paths = config.Paths.from_env()
+    # uv skips yanked releases and pre-releases, and those without a cp311 manylinux x86_64 wheel
+    found = unreported(paths, pins.versions_newer_than(paths, config.base_version(paths)))
     print(json.dumps(found[: args.limit] if args.limit else found))
 
 

@@ -6,6 +6,7 @@ tooling tests use to run the verbs on a tiny synthetic upstream.
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,26 +48,40 @@ class Paths:
 
 @dataclass(frozen=True)
 class Release:
+    """A pinned release: its wheel by file name and sha256 (fetched through the configured
+    package index), and the upload-date cut-off of its dependencies (None: the index gave none)."""
     version: str
     wheel: str
-    url: str
     sha256: str
-    exclude_newer: str
+    exclude_newer: str | None
+
+
+# a release string as the index spells it (0.5.14, 0.5.12.post1): it names folders under build/
+_VERSION = re.compile(r"^\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?$")
+
+
+def check_version(version: str) -> str:
+    if not _VERSION.match(version):
+        raise SeriesError(f"{version!r} is not a release version; give one like UPSTREAM_VERSION=0.5.14")
+    return version
 
 
 def load_releases(paths: Paths) -> dict:
     try:
-        return json.loads(paths.releases.read_text())
+        data = json.loads(paths.releases.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SeriesError(f"{paths.releases} is missing; restore it with `git checkout -- {paths.releases.name}`")
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SeriesError(f"{paths.releases} is not valid JSON ({exc}); fix it or `git checkout` it")
+    if not (isinstance(data, dict) and isinstance(data.get("releases"), dict) and isinstance(data.get("base"), str)):
+        raise SeriesError(f"{paths.releases} lacks `base` or `releases`; fix it or `git checkout` it")
+    return data
 
 
 def release(paths: Paths, version: str | None = None) -> Release:
     """The pinned release `version` (default: the series' base)."""
     data = load_releases(paths)
-    version = version or data["base"]
+    version = check_version(version or data["base"])
     pins = data["releases"].get(version)
     if pins is None:
         known = ", ".join(sorted(data["releases"]))
@@ -74,7 +89,13 @@ def release(paths: Paths, version: str | None = None) -> Release:
             f"unknown upstream version {version!r} (pinned: {known}); "
             f"pin it first with `make pin UPSTREAM_VERSION={version}`"
         )
-    return Release(version=version, **pins)
+    missing = [f for f in ("wheel", "sha256") if not isinstance(pins.get(f), str) or not pins[f]]
+    if missing or not isinstance(pins.get("exclude_newer", ""), (str, type(None))):
+        field = missing[0] if missing else "exclude_newer"
+        raise SeriesError(f"{paths.releases.name}: the pin of sglang {version} has no valid `{field}`; "
+                          f"record it again with `make pin UPSTREAM_VERSION={version}`")
+    # other keys (a download url kept by an older pin) are hints the index makes unnecessary
+    return Release(version=version, wheel=pins["wheel"], sha256=pins["sha256"], exclude_newer=pins.get("exclude_newer"))
 
 
 def base_version(paths: Paths) -> str:

@@ -57,7 +57,12 @@ def _run(cmd: list, what: str, env: dict | None = None, progress: str | None = N
                 print(f"  ... still running ({time.monotonic() - start:.0f} s)", flush=True)
     reader.join()
     if proc.returncode != 0:
-        raise SeriesError(f"{what} ({_reason(output) or f'exit {proc.returncode}'}); check the network and run again")
+        text = "".join(output)
+        if "No space left on device" in text or "os error 28" in text:
+            raise SeriesError(f"{what}: no space left on the disk that holds {cmd[-1] if cmd else ''} or the cache "
+                              f"{os.environ.get('SGLANG_SERIES_CACHE') or '~/.cache/sglang-series'}; free space there, then run again")
+        raise SeriesError(f"{what} ({_reason(output) or f'exit {proc.returncode}'}); check the network and the "
+                          "package index settings, then run again")
 
 
 def _reason(output: list[str]) -> str:
@@ -70,10 +75,30 @@ def _reason(output: list[str]) -> str:
     return lines[-1] if lines else ""
 
 
-def _build_once(home: Path, build) -> Path:
-    """Run `build(home)` unless a finished copy is there; a half-built one is redone."""
+def uv_reason(stderr: str) -> str:
+    """uv's own verdict: its `error:` line and the innermost `cause:` (the last line is often a caret underline)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    causes = [line[len("cause:"):].strip() for line in lines if line.startswith("cause:")]
+    for line in lines:
+        if line.startswith(("error:", "×")):
+            head = line.removeprefix("error:").lstrip("× ").strip()
+            return f"{head}: {causes[-1]}" if causes else head
+    return next((line for line in reversed(lines) if line.strip("^~ ")), "no message")
+
+
+def _build_once(home: Path, build, needs: tuple[str, ...]) -> Path:
+    """Run `build(home)` unless a finished copy is there; a half-built or damaged one
+    (one of the executables `needs` gone) is redone."""
+    def intact() -> bool:
+        return (home / ".complete").exists() and all(os.access(home / n, os.X_OK) for n in needs)
+
+    if intact():
+        return home
     with _locked(home.with_name(home.name + ".lock")):
-        if not (home / ".complete").exists():
+        if not intact():
+            if (home / ".complete").exists():
+                print(f"{home} is damaged ({', '.join(n for n in needs if not os.access(home / n, os.X_OK))} "
+                      "missing); rebuilding it", flush=True)
             shutil.rmtree(home, ignore_errors=True)
             build(home)
             (home / ".complete").touch()
@@ -91,7 +116,7 @@ def tools(paths: Paths) -> Tools:
               "--require-hashes", "--no-deps", "-r", lock], f"cannot download the pinned tools of {lock.name} from PyPI",
              progress=f"installing the pinned tools ({lock.name}: uv, wheel, filelock) into {home}")
 
-    _build_once(home, build)
+    _build_once(home, build, ("bin/python", "bin/uv", "bin/wheel"))
     return Tools(uv=home / "bin/uv", wheel=home / "bin/wheel")
 
 
@@ -110,6 +135,7 @@ def uv_env(paths: Paths) -> dict:
     env = dict(os.environ)
     env["UV_CACHE_DIR"] = str(paths.cache / "uv")
     env["UV_PYTHON_DOWNLOADS"] = "never"
+    env.setdefault("UV_HTTP_RETRIES", "1")  # offline, say so in seconds (uv's own default backs off for 10 s)
     return env
 
 
@@ -140,7 +166,7 @@ def venv(paths: Paths, version: str) -> Path:
         _run([tl.uv, "pip", "install", "--require-hashes", "-r", lock], f"cannot download or install the packages of {lock.name}",
              env, progress=f"building the test venv from {lock.name} in {home} (several GB: minutes the first time)")
 
-    return _build_once(home, build)
+    return _build_once(home, build, ("bin/python",))
 
 
 def install_site(paths: Paths, venv_home: Path, wheel: Path, site: Path) -> Path:

@@ -4,6 +4,7 @@ its arguments are parsed."""
 import argparse
 import inspect
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -16,8 +17,18 @@ class SeriesError(Exception):
     """A failure the user can act on; its message says what to do."""
 
 
+class Terminated(BaseException):
+    """SIGTERM (make forwards it to its command): unwinds like Ctrl-C, so that every
+    child process is stopped and every lock released on the way out."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def run_main(main) -> None:
     """Run a verb's main(); a SeriesError becomes one line on stderr and exit 2."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         if os.environ.get(DRY_RUN):
             _stop_after_parsing(main)
@@ -26,6 +37,8 @@ def run_main(main) -> None:
         _fail(str(exc), 2)
     except KeyboardInterrupt:
         _fail("interrupted; run the same command again: it starts from where this run stopped", 130)
+    except Terminated:
+        _fail("terminated; run the same command again: it starts from where this run stopped", 143)
     except OSError as exc:
         # a full disk, a read-only or non-directory path: the system's words and the path
         where = f" ({exc.filename})" if exc.filename else ""

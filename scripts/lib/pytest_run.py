@@ -2,8 +2,10 @@
 
 import os
 import re
+import signal
 import subprocess
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -20,12 +22,68 @@ def environ(site: Path) -> dict:
     return env
 
 
+def run_tree(cmd: list[str], timeout: float | None = None, **popen) -> subprocess.CompletedProcess:
+    """subprocess.run, except that when this process is interrupted (Ctrl-C, SIGTERM, a
+    timeout) the command is stopped with every process it started (pytest's workers, the
+    commands tests run), not only its first one."""
+    with subprocess.Popen(cmd, **popen) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException as exc:
+            stop_tree(proc, signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM)
+            raise
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc), whatever process group or session it moved to."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stop_tree(proc: subprocess.Popen, sig: int) -> None:
+    """`sig` to the command and all its descendants (pytest ends its run on SIGINT), then
+    SIGKILL to whatever is left after 5 s."""
+    for signum in (sig, signal.SIGKILL):
+        pids = [proc.pid, *_descendants(proc.pid)]
+        for pid in pids:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the command itself
+            if not any(_alive(pid) for pid in pids):
+                return
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie only waits for its parent to read its exit status)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def run(venv: Path, site: Path, targets: list[str], cwd: Path, extra: list[str] = (),
         cache_dir: Path | None = None, junit: Path | None = None) -> int:
     """Run in the foreground, output to the terminal; returns pytest's exit code.
     With `junit`, pytest also writes its per-test report there (read it with `read_report`)."""
     report = [f"--junitxml={junit}", "-o", "junit_family=xunit2"] if junit else []
-    return subprocess.run(command(venv, targets, [*report, *extra], cache_dir), cwd=cwd, env=environ(site)).returncode
+    return run_tree(command(venv, targets, [*report, *extra], cache_dir), cwd=cwd, env=environ(site)).returncode
 
 
 def read_report(junit: Path) -> dict:
@@ -50,9 +108,10 @@ def outcomes(venv: Path, site: Path, node_ids: list[str], cwd: Path, timeout: in
     plus the message of the first problem, read from pytest's JUnit XML."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "junit.xml"
-        proc = subprocess.run(
+        proc = run_tree(
             command(venv, node_ids, ["-q", f"--junitxml={report}", "-o", "junit_family=xunit2", *extra]),
-            cwd=cwd, env={**environ(site), **(extra_env or {})}, capture_output=True, text=True, timeout=timeout,
+            cwd=cwd, env={**environ(site), **(extra_env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, timeout=timeout,
         )
         if not report.exists():
             return {"__run__": ("error", (proc.stderr or proc.stdout)[-2000:])}

@@ -16,8 +16,8 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import envs, git, wheels
-from .config import Paths, Release
+from . import envs, git, pins, wheels
+from .config import Paths, Release, base_version
 from .envs import Tools
 from .errors import SeriesError
 
@@ -30,7 +30,8 @@ def tree(paths: Paths, version: str) -> Path:
 
 
 def upstream_wheel(paths: Paths, rel: Release) -> Path:
-    return wheels.fetch(rel.url, paths.cache / "wheels" / rel.wheel, rel.sha256)
+    return wheels.fetch(lambda: pins.wheel_url(paths, rel.version, rel.wheel), paths.cache / "wheels" / rel.wheel,
+                        rel.sha256, rel.version)
 
 
 @contextmanager
@@ -125,7 +126,27 @@ def state_file(paths: Paths, version: str) -> Path:
 
 def read_state(paths: Paths, version: str) -> dict | None:
     path = state_file(paths, version)
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    state = _parse_state(path)
+    if state is None:
+        raise SeriesError(f"{path} is damaged (not the JSON `make apply` writes); run "
+                          f"`make apply{'' if version == base_version(paths) else f' UPSTREAM_VERSION={version}'}`, "
+                          "which rebuilds it")
+    return state
+
+
+def _parse_state(path: Path) -> dict | None:
+    try:
+        state = json.loads(path.read_text())
+    except (ValueError, OSError):
+        return None
+    return state if isinstance(state, dict) and {"fingerprint", "head", "patches"} <= state.keys() else None
+
+
+def state_damaged(paths: Paths, version: str) -> bool:
+    path = state_file(paths, version)
+    return path.exists() and _parse_state(path) is None
 
 
 def write_state(paths: Paths, version: str, state: dict | None) -> None:
@@ -147,7 +168,7 @@ def recover_interrupted(paths: Paths, version: str, repo: Path) -> bool:
     `git am`, a stale index lock, and its own commits on `applied`. Changes in the working
     tree are kept as a stash, never dropped. Commits of anyone else stay for the usual
     refusal. True when there was something to recover."""
-    if not applying(paths, version).exists():
+    if not applying(paths, version).exists() and not state_damaged(paths, version):
         return False
     (git.gitdir(repo) / "index.lock").unlink(missing_ok=True)  # we hold the tree's lock: nobody else writes it
     git.am_abort(repo)
@@ -157,7 +178,7 @@ def recover_interrupted(paths: Paths, version: str, repo: Path) -> bool:
     if git.ref_exists(repo, APPLIED) and git.committers(repo, f"{BASELINE}..{APPLIED}") <= {git.FIXED_ENV["GIT_COMMITTER_NAME"]}:
         git.checkout_fresh(repo, APPLIED, BASELINE)
     write_state(paths, version, None)
-    applying(paths, version).unlink()
+    applying(paths, version).unlink(missing_ok=True)
     return True
 
 

@@ -29,21 +29,57 @@ def series_file(patches_dir: Path) -> Path:
     return patches_dir / "series"
 
 
+# A series that lists no patch is a mistake (the files sit unlisted) unless it says it is
+# on purpose: a comment line `# no patch: <why>` (e.g. `# no patch: sglang 0.5.16 has every fix`).
+NO_PATCH = re.compile(r"^#\s*no patch:\s*\S", re.MULTILINE)
+
+
+def read_text(path: Path) -> str:
+    """A series or patch file as text: UTF-8 with LF line endings, or a one-line error that says so."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise SeriesError(f"{path.name} is not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}); "
+                          f"save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path} -o {path}.utf8 && mv {path}.utf8 {path}`")
+    if "\r\n" in text:
+        line = text[:text.index("\r\n")].count("\n") + 1
+        raise SeriesError(f"{path.name} has CRLF (Windows) line endings (first on line {line}), which git cannot apply; "
+                          f"convert it with `sed -i 's/\\r$//' {path}`")
+    return text
+
+
 def entries(patches_dir: Path) -> list[str]:
     """Patch names in order; '#' comments and blank lines are skipped."""
     path = series_file(patches_dir)
     if not path.exists():
         raise SeriesError(f"{path} is missing; restore it with `git checkout -- {path}`")
     names = []
-    for line in path.read_text().splitlines():
+    for line in read_text(path).splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             names.append(line)
     return names
 
 
-def load(patches_dir: Path) -> list[Patch]:
-    """The series' patches, each checked to exist and to look like a git patch."""
+def require_listed(patches_dir: Path) -> None:
+    """An empty series must say so on purpose: otherwise the build would silently carry no patch."""
+    path = series_file(patches_dir)
+    if entries(patches_dir) or NO_PATCH.search(read_text(path)):
+        return
+    unlisted = sorted(p.name for p in patches_dir.glob("*.patch"))
+    held = f"; patches/ holds {len(unlisted)} patch file(s) ({', '.join(unlisted[:3])}{', ...' if len(unlisted) > 3 else ''})" \
+        if unlisted else ""
+    raise SeriesError(f"{path} lists no patch{held}; list them in it, one file name a line, or, if the release needs "
+                      "none, say so with a line `# no patch: <why>`")
+
+
+def load(patches_dir: Path, allow_empty: bool = False) -> list[Patch]:
+    """The series' patches, each checked to exist and to look like a git patch. An empty
+    series is refused unless it says so on purpose (or the caller allows it)."""
+    if not allow_empty:
+        require_listed(patches_dir)
     patches, seen = [], set()
     for name in entries(patches_dir):
         if name in seen:
@@ -61,7 +97,7 @@ def load(patches_dir: Path) -> list[Patch]:
 
 
 def parse(path: Path) -> Patch:
-    text = path.read_text(errors="replace")
+    text = read_text(path)
     subject = _subject(text)
     if subject is None or "\ndiff --git " not in text:
         raise SeriesError(f"{path.name} is not a git-format patch (no Subject or no diff); regenerate it with `make export`")

@@ -1,5 +1,6 @@
 """Download, verify, unpack and re-pack wheels. Packing uses the `wheel` package's CLI."""
 
+import errno
 import hashlib
 import os
 import shutil
@@ -13,6 +14,8 @@ from pathlib import Path
 
 from .errors import SeriesError
 
+INDEX_SETTINGS = "UV_DEFAULT_INDEX / UV_INDEX_URL or uv.toml"
+
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
@@ -22,8 +25,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(url: str, dest: Path, sha256: str) -> Path:
+def fetch(locate, dest: Path, sha256: str, release: str) -> Path:
     """Return `dest`, downloading it first unless a copy with the pinned sha256 is there.
+    `locate()` gives the download url (asked of the package index only when needed).
 
     The download lands in a temporary file and is renamed only once its hash
     matches, so a failed or tampered download never replaces a good copy.
@@ -31,28 +35,26 @@ def fetch(url: str, dest: Path, sha256: str) -> Path:
     cached = sha256_of(dest) if dest.exists() else None
     if cached == sha256:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=".part-", delete=False) as tmp:
-        part = Path(tmp.name)
     try:
-        try:
-            _download(url, part, dest.name)
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            if cached:
-                raise SeriesError(
-                    f"{dest} is there, but its sha256 {cached} is not the pinned {sha256}, and a good copy "
-                    f"cannot be downloaded ({reason}); delete it and run again online, or replace it with the right file"
-                )
-            raise SeriesError(
-                f"cannot download {dest.name} ({reason}); check the network, "
-                f"or put the file in {dest.parent}/ and run again"
-            )
+        url = locate()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=".part-", delete=False) as tmp:
+            part = Path(tmp.name)
+    except SeriesError as exc:
+        if cached:
+            raise SeriesError(f"{dest} is there, but its sha256 {cached} is not the pinned {sha256}, and a good copy "
+                              f"cannot be fetched: {exc}")
+        raise
+    except OSError as exc:
+        raise disk_error(exc, dest.parent)
+    try:
+        _download(url, part, dest.name, release)
         got = sha256_of(part)
         if got != sha256:
             raise SeriesError(
                 f"{dest.name}: sha256 {got} does not match the pin {sha256}; the file was not kept. "
-                "If upstream really re-published it, update the pin in upstream/releases.json"
+                "If upstream really re-published it, update the pin with "
+                f"`make pin UPSTREAM_VERSION={release}`"
             )
         part.chmod(0o644)  # the cache is shared: other users read it (a temporary file starts 0600)
         part.replace(dest)
@@ -61,12 +63,53 @@ def fetch(url: str, dest: Path, sha256: str) -> Path:
         part.unlink(missing_ok=True)
 
 
-def _download(url: str, part: Path, name: str) -> None:
+def disk_error(exc: OSError, where: Path) -> SeriesError:
+    """A local write failure, named as what it is (a full disk is not a network problem)."""
+    if exc.errno == errno.ENOSPC:
+        return SeriesError(f"no space left on the disk that holds {where}; free space there (or point "
+                           "SGLANG_SERIES_CACHE at another disk), then run again")
+    return SeriesError(f"cannot write in {where} ({exc.strerror or exc}); fix that folder, then run again")
+
+
+def _download(url: str, part: Path, name: str, release: str) -> None:
     start = time.monotonic()
-    with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as fh:
+    where = urllib.parse.urlsplit(url).netloc or url
+    try:
+        resp = urllib.request.urlopen(url, timeout=60)
+    except urllib.error.HTTPError as exc:
+        raise SeriesError(f"the package index answered HTTP {exc.code} ({exc.reason}) for {name}, the wheel of "
+                          f"sglang {release}, at {url}; check the index settings ({INDEX_SETTINGS}), "
+                          f"or put the file in {part.parent}/ and run again")
+    except urllib.error.URLError as exc:
+        if not isinstance(exc.reason, FileNotFoundError):
+            raise SeriesError(f"cannot download {name}, the wheel of sglang {release} ({exc.reason}); check the "
+                              f"network, or put the file in {part.parent}/ and run again")
+        raise SeriesError(f"the package index lists {name}, the wheel of sglang {release}, but has no file at {url}; "
+                          f"check the index settings ({INDEX_SETTINGS}), or put the file in {part.parent}/ and run again")
+    except OSError as exc:
+        raise SeriesError(f"cannot download {name}, the wheel of sglang {release} "
+                          f"({getattr(exc, 'reason', exc)}); check the network, or put the file in {part.parent}/ "
+                          "and run again")
+    with resp:
         size = int(resp.headers.get("Content-Length") or 0)
-        print(f"downloading {name} ({size / 1e6:.1f} MB) from {urllib.parse.urlsplit(url).netloc or url}", flush=True)
-        shutil.copyfileobj(resp, fh, 1 << 20)
+        print(f"downloading {name} ({size / 1e6:.1f} MB) from {where}", flush=True)
+        try:
+            fh = open(part, "wb")
+        except OSError as exc:
+            raise disk_error(exc, part.parent)
+        with fh:
+            while True:
+                try:
+                    block = resp.read(1 << 20)
+                except OSError as exc:  # the connection broke off
+                    raise SeriesError(f"the download of {name} (sglang {release}) broke off ({exc}); "
+                                      "check the network and run again")
+                if not block:
+                    break
+                try:
+                    fh.write(block)
+                except OSError as exc:
+                    raise disk_error(exc, part.parent)
     print(f"downloaded {name} in {time.monotonic() - start:.1f} s", flush=True)
 
 

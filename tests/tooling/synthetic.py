@@ -1,5 +1,7 @@
 """A tiny synthetic upstream (a two-file `sglang` wheel, its pin and a patch series) so
-the tooling can be tested in seconds, without the real 8 GB environment."""
+the tooling can be tested in seconds, without the real 8 GB environment. Its wheels are
+served by a local package index (a folder laid out as a PEP 503 simple index) that the
+verbs reach only through uv's configuration (UV_DEFAULT_INDEX), as a mirror would be."""
 
 import hashlib
 import json
@@ -33,6 +35,7 @@ class Upstream:
         self.build = tmp / "build"
         self.patches = tmp / "patches"
         self.releases = tmp / "releases.json"
+        self.index = tmp / "index" / "simple"
         self.cache.mkdir()
         self.patches.mkdir()
         # The pinned tools (uv, wheel) are shared with the real cache: no download.
@@ -42,8 +45,10 @@ class Upstream:
 
     @property
     def env(self) -> dict:
-        env = dict(os.environ)
+        # the package index comes from uv's configuration alone: no other index setting leaks in
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_INDEX", "PIP_EXTRA"))}
         env.update(
+            UV_DEFAULT_INDEX=self.index.as_uri(),
             SGLANG_SERIES_CACHE=str(self.cache),
             SGLANG_SERIES_BUILD=str(self.build),
             SGLANG_SERIES_PATCHES=str(self.patches),
@@ -55,14 +60,25 @@ class Upstream:
     def tree(self) -> Path:
         return self.build / VERSION / "tree"
 
-    def pin(self, version: str, url: str, sha256: str) -> None:
+    def pin(self, version: str, sha256: str) -> None:
         data = json.loads(self.releases.read_text()) if self.releases.exists() else {"base": version, "releases": {}}
-        data["releases"][version] = {"wheel": f"sglang-{version}-py3-none-any.whl", "url": url,
+        data["releases"][version] = {"wheel": f"sglang-{version}-py3-none-any.whl",
                                      "sha256": sha256, "exclude_newer": "2026-01-01"}
         self.releases.write_text(json.dumps(data))
 
+    def publish(self, wheel: Path) -> None:
+        """Serve `wheel` from the local index (replacing a file of that name), with its sha256."""
+        folder = self.index / "sglang"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(wheel, folder / wheel.name)
+        links = "".join(f'<a href="{w.name}#sha256={_sha256(w)}">{w.name}</a>\n' for w in sorted(folder.glob("*.whl")))
+        (folder / "index.html").write_text(f"<!DOCTYPE html>\n<html><body>\n{links}</body></html>\n")
+        (self.index / "index.html").write_text('<!DOCTYPE html>\n<html><body><a href="sglang/">sglang</a></body></html>\n')
+
     def write_series(self, names: list[str]) -> None:
-        (self.patches / "series").write_text("# test series\n" + "".join(n + "\n" for n in names))
+        # an empty series says it is empty on purpose, as the real one would have to
+        (self.patches / "series").write_text("# test series\n" + ("" if names else "# no patch: none to carry yet\n")
+                                             + "".join(n + "\n" for n in names))
 
     def add_patch(self, name: str, replacements: dict[int, str], subject: str = "change pool") -> Path:
         """A git-format patch of sglang/pool.py with {line number: new text} changes."""
@@ -96,7 +112,13 @@ class Upstream:
         return subprocess.run(["git", "-C", str(self.tree), *args], capture_output=True, text=True, check=True).stdout.strip()
 
     def pin_files(self, version: str, files: dict) -> Path:
-        """Build a wheel of `files` for `version` and pin it (again); returns the wheel."""
+        """Build a wheel of `files` for `version`, serve it from the index and pin it (again); returns the wheel."""
+        wheel = self.build_wheel(version, files)
+        self.publish(wheel)
+        self.pin(version, _sha256(wheel))
+        return wheel
+
+    def build_wheel(self, version: str, files: dict) -> Path:
         for old in (self.tmp / f"src-{version}", self.tmp / f"dist-{version}"):
             shutil.rmtree(old, ignore_errors=True)
         root = self.tmp / f"src-{version}" / f"sglang-{version}"
@@ -111,9 +133,7 @@ class Upstream:
         out.mkdir()
         proc = subprocess.run([str(_wheel_cli()), "pack", "-d", str(out), str(root)], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
-        wheel = next(out.glob("*.whl"))
-        self.pin(version, wheel.as_uri(), _sha256(wheel))
-        return wheel
+        return next(out.glob("*.whl"))
 
 
 def _wheel_cli() -> Path:

@@ -107,7 +107,7 @@ def test_apply_ignores_the_users_git_config(up, tmp_path):
 
 
 def test_offline_with_an_empty_cache_fails_fast(up, tmp_path):
-    (up.cache / "tools").unlink()  # no pinned tools either: they would have to come from PyPI
+    (up.cache / "tools").unlink()  # no pinned tools either: they would have to come from the package index
     start = time.monotonic()
     proc = up.run("apply", "--no-env", env={"PIP_INDEX_URL": "http://127.0.0.1:9/simple"})
     line = one_line_error(proc)
@@ -120,8 +120,7 @@ def test_offline_with_a_bad_cached_wheel_says_it_is_there(up):
     (up.cache / "wheels").mkdir()
     cached = up.cache / "wheels" / f"sglang-{VERSION}-py3-none-any.whl"
     cached.write_bytes(b"not the pinned wheel")
-    up.pin(VERSION, f"http://127.0.0.1:9/sglang-{VERSION}-py3-none-any.whl", sha)
-    line = one_line_error(up.run("apply", "--no-env"))
+    line = one_line_error(up.run("apply", "--no-env", env={"UV_DEFAULT_INDEX": "http://127.0.0.1:9/simple"}))
     assert line.startswith(f"error: {cached} is there, but its sha256 ") and f"is not the pinned {sha}" in line
     assert "put the file in" not in line
     assert cached.read_bytes() == b"not the pinned wheel"
