@@ -20,7 +20,8 @@ RELEASES ?=
 PUBLISH ?=
 export PYTHON UPSTREAM_VERSION PYTEST_ARGS REQUIRE_CUDA WRITE STRICT FORCE CONTINUE COPY_TO RELEASES PUBLISH
 # SGLANG_SERIES_DRY_RUN=1: every verb stops once its arguments are parsed (tests/tooling)
-CLI = @"$$PYTHON" -m scripts.cli
+# exec: the verb is make's own child, so the SIGTERM make passes on reaches it (not a shell)
+CLI = @exec "$$PYTHON" -m scripts.cli
 
 .PHONY: apply test test-vanilla test-manual lint lint-ci prove discard clean lock lock-tools bench rebase pin queue export matrix
 

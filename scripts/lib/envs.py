@@ -57,10 +57,9 @@ def _run(cmd: list, what: str, env: dict | None = None, progress: str | None = N
                 print(f"  ... still running ({time.monotonic() - start:.0f} s)", flush=True)
     reader.join()
     if proc.returncode != 0:
-        text = "".join(output)
-        if "No space left on device" in text or "os error 28" in text:
-            raise SeriesError(f"{what}: no space left on the disk that holds {cmd[-1] if cmd else ''} or the cache "
-                              f"{os.environ.get('SGLANG_SERIES_CACHE') or '~/.cache/sglang-series'}; free space there, then run again")
+        if disk_full("".join(output)):
+            raise SeriesError(f"{what}: no space left on the disk that holds {cmd[-1]} or the cache; "
+                              "free space there, then run again")
         raise SeriesError(f"{what} ({_reason(output) or f'exit {proc.returncode}'}); check the network and the "
                           "package index settings, then run again")
 
@@ -73,6 +72,11 @@ def _reason(output: list[str]) -> str:
         return next(g for g in m.groups() if g).strip()
     lines = [line.strip() for line in output if line.strip()]
     return lines[-1] if lines else ""
+
+
+def disk_full(output: str) -> bool:
+    """A tool's output says the disk is full (ENOSPC, as Python and as Rust print it)."""
+    return "No space left on device" in output or "os error 28" in output
 
 
 def uv_reason(stderr: str) -> str:

@@ -45,6 +45,9 @@ def resolve(paths: Paths, requirement: str) -> dict:
         proc = subprocess.run(cmd, cwd=paths.root, env=envs.uv_env(paths), capture_output=True, text=True)
         if proc.returncode != 0:
             reason = envs.uv_reason(proc.stderr)
+            if envs.disk_full(proc.stderr):
+                raise SeriesError(f"no space left on the disk that holds {paths.cache} (uv: {reason}); "
+                                  "free space there (or point SGLANG_SERIES_CACHE at another disk), then run again")
             if "No solution found" in proc.stderr:
                 raise NoSuchRelease(f"the package index has no sglang release with a cp311 manylinux x86_64 wheel for "
                                     f"`{requirement}` ({reason}); check the version, or the index ({INDEX_SETTINGS})")

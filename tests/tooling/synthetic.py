@@ -60,6 +60,16 @@ class Upstream:
     def tree(self) -> Path:
         return self.build / VERSION / "tree"
 
+    def make_env_dir(self) -> Path:
+        """An env/ folder for the verbs that read locks (pin, lock, the test venv): the same
+        pinned tools (so the shared cache has them) and the base's requirements."""
+        env_dir = self.tmp / "env"
+        env_dir.mkdir(exist_ok=True)
+        for name in ("tools.in", "tools.lock"):
+            shutil.copyfile(REPO / "env" / name, env_dir / name)
+        (env_dir / f"{VERSION}.in").write_text(f"# the test environment of sglang {VERSION}\nsglang=={VERSION}\n")
+        return env_dir
+
     def pin(self, version: str, sha256: str) -> None:
         data = json.loads(self.releases.read_text()) if self.releases.exists() else {"base": version, "releases": {}}
         data["releases"][version] = {"wheel": f"sglang-{version}-py3-none-any.whl",
@@ -96,6 +106,12 @@ class Upstream:
         path = self.patches / name
         path.write_text(text)
         return path
+
+    def make(self, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        """`make ARGS` in the repository, on this upstream (no make variables of the caller's)."""
+        clean = {k: v for k, v in self.env.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+        return subprocess.run(["make", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True,
+                              env={**clean, **(env or {})}, timeout=timeout)
 
     def run(self, verb: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", f"scripts.{verb}", *args], cwd=REPO, env={**self.env, **(env or {})},

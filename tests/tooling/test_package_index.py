@@ -5,7 +5,6 @@ UV_DEFAULT_INDEX or a uv.toml, and the pins record a wheel by file name and sha2
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,20 +21,14 @@ NEW = "1.1.0"
 @pytest.fixture
 def up(tmp_path):
     up = Upstream(tmp_path)
-    up.env_dir = tmp_path / "env"
-    up.env_dir.mkdir()
-    for name in ("tools.in", "tools.lock"):  # the same pinned tools (shared cache)
-        shutil.copyfile(REPO / "env" / name, up.env_dir / name)
-    (up.env_dir / f"{VERSION}.in").write_text(f"# the test environment of sglang {VERSION}\nsglang=={VERSION}\n")
+    up.env_dir = up.make_env_dir()
     up.new_wheel = up.build_wheel(NEW, {**ORIGINAL, "sglang/__init__.py": f"VERSION = '{NEW}'\n"})
     up.publish(up.new_wheel)  # on the index, not pinned yet
     return up
 
 
 def make(up, *args, env=None):
-    clean = {k: v for k, v in up.env.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    return subprocess.run(["make", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True,
-                          env={**clean, "SGLANG_SERIES_ENV": str(up.env_dir), **(env or {})}, timeout=300)
+    return up.make(*args, env={"SGLANG_SERIES_ENV": str(up.env_dir), **(env or {})})
 
 
 def test_pin_and_apply_through_the_configured_index(up):
