@@ -3,11 +3,18 @@ installed sglang (the patched build or the vanilla upstream wheel) in the locked
 
 Everything after `--` goes to pytest as is (make's PYTEST_ARGS): options, and test ids
 that replace the tier's default folders. pytest itself tells the two apart: the
-defaults are its `testpaths`, used only when no test id is given."""
+defaults are its `testpaths`, used only when no test id is given.
+
+The tooling tests (tests/tooling) need no sglang: `make test` runs them at the same
+time as the registered ones, in the pinned tools' venv, spread over pytest-xdist
+workers; their output follows the registered tests'."""
 
 import argparse
+import os
 import re
 import shlex
+import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -17,18 +24,42 @@ from scripts.lib import config, envs, pytest_run, scratch
 from scripts.lib.errors import SeriesError, run_main
 
 TIERS = {
-    # tooling tests exercise scripts/ on a synthetic upstream; they do not depend on the flavor
-    "registered": ["tests/registered", "tests/tooling"],
+    "registered": ["tests/registered"],
     "manual": ["tests/manual"],
 }
+# tooling tests exercise scripts/ on a synthetic upstream; they do not depend on the flavor
+TOOLING = "tests/tooling"
+# options that need one process (a debugger at the terminal) or choose the workers themselves
+_SERIAL = ("--pdb", "--trace", "-n", "--numprocesses", "--dist", "no:xdist")
 # A skip reason that says the test needed a GPU (the registered tests say "needs a CUDA device").
 NO_CUDA = re.compile(r"\b(cuda|gpus?)\b", re.IGNORECASE)
 
 
 def default_targets(flavor: str, tier: str) -> list[str]:
-    if flavor == "vanilla" and tier == "registered":
-        return ["tests/registered"]
     return TIERS[tier]
+
+
+# pytest options whose value is the next argument (that value is never a test id)
+_TAKES_VALUE = {"-k", "-m", "-o", "-p", "-c", "-W", "--deselect", "--ignore", "--ignore-glob", "--basetemp",
+                "--rootdir", "--confcutdir", "--junitxml", "--override-ini", "-n", "--numprocesses", "--dist"}
+
+
+def split_ids(root: Path, pytest_args: list[str]) -> tuple[list[str] | None, list[str] | None]:
+    """(the arguments for the registered run, those for the tooling run; None: no such run).
+    A test id under tests/tooling goes to the tooling run only, any other one to the registered
+    run only; options go to both."""
+    ids, tooling = set(), set()
+    for i, arg in enumerate(pytest_args):
+        target = root / arg.split("::", 1)[0]
+        if arg.startswith("-") or (i and pytest_args[i - 1] in _TAKES_VALUE) or not target.exists():
+            continue
+        ids.add(i)
+        if target.resolve().is_relative_to(root / TOOLING):
+            tooling.add(i)
+    registered_args = [a for i, a in enumerate(pytest_args) if i not in tooling]
+    tooling_args = [a for i, a in enumerate(pytest_args) if i not in ids or i in tooling]
+    return (registered_args if not ids or ids - tooling else None,
+            tooling_args if not ids or tooling else None)
 
 
 def pytest_options(root: Path, defaults: list[str], pytest_args: list[str]) -> list[str]:
@@ -68,20 +99,63 @@ def main(argv=None) -> None:
     with scratch.exclusive(paths, rel.version):  # a `make apply` running now may be replacing the build
         site = envs.install_site(paths, venv, wheel, build.site(paths, rel.version, args.flavor))
     defaults = default_targets(args.flavor, args.tier)
-    options = pytest_options(paths.root, defaults, args.pytest_args)
-    cache = paths.release_dir(rel.version) / "pytest-cache" / f"{args.flavor}-{args.tier}"
-    asked = shlex.join(args.pytest_args) or " ".join(defaults)
+    registered_args, tooling_args = split_ids(paths.root, args.pytest_args)
+    if args.flavor != "patched" or args.tier != "registered":
+        registered_args, tooling_args = args.pytest_args, None
+    cache = paths.release_dir(rel.version) / "pytest-cache"
+    asked = shlex.join(args.pytest_args) or " ".join(defaults + ([TOOLING] if tooling_args is not None else []))
     print(f"testing {wheel.name} ({args.flavor}) with pytest {asked}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        junit = Path(tmp) / "junit.xml"
-        code = pytest_run.run(venv, site, [], paths.root, options, cache_dir=cache, junit=junit)
-        results = pytest_run.read_report(junit)
+        tooling = start_tooling(paths, tooling_args, cache / "tooling", Path(tmp) / "tooling.log") \
+            if tooling_args is not None else None
+        try:
+            code = 5
+            results: dict = {}
+            if registered_args is not None:
+                junit = Path(tmp) / "junit.xml"
+                code = pytest_run.run(venv, site, [], paths.root, pytest_options(paths.root, defaults, registered_args),
+                                      cache_dir=cache / f"{args.flavor}-{args.tier}", junit=junit)
+                results = pytest_run.read_report(junit)
+            if tooling is not None:
+                if registered_args is not None:
+                    print(f"\n{TOOLING} (run alongside, in the pinned tools' venv):", flush=True)
+                code = combine(code, finish_tooling(*tooling))
+        except BaseException:
+            if tooling is not None:
+                pytest_run.stop_tree(tooling[0], signal.SIGTERM)
+            raise
     if code == 5:
         raise SeriesError(f"pytest collected no tests ({asked}); "
                           "check the test ids and -k/-m expressions in PYTEST_ARGS")
     if args.require_cuda:
         require_cuda_ran(results)
     sys.exit(code)
+
+
+def start_tooling(paths: config.Paths, pytest_args: list[str], cache: Path, log: Path):
+    """The tooling tests in the background, in the tools' venv (pytest, pytest-xdist), output to `log`."""
+    serial = any(a.split("=")[0] in _SERIAL for a in pytest_args)
+    workers = [] if serial else ["-n", str(max(2, os.cpu_count() or 1))]
+    home = envs.tools(paths).uv.parent.parent
+    cmd = pytest_run.command(home, [], [*workers, *pytest_options(paths.root, [TOOLING], pytest_args)], cache)
+    out = open(log, "w+")
+    return subprocess.Popen(cmd, cwd=paths.root, stdout=out, stderr=subprocess.STDOUT), out
+
+
+def finish_tooling(proc: subprocess.Popen, out) -> int:
+    code = proc.wait()
+    out.seek(0)
+    sys.stdout.write(out.read())
+    sys.stdout.flush()
+    out.close()
+    return code
+
+
+def combine(registered: int, tooling: int) -> int:
+    """One exit code: a failure anywhere fails; 5 (no tests) only when neither run collected any."""
+    if registered == 5 or tooling == 5:
+        return tooling if registered == 5 else registered
+    return max(registered, tooling)
 
 
 if __name__ == "__main__":

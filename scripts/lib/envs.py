@@ -5,6 +5,7 @@ clone on the machine reuses them and a second run downloads nothing.
 """
 
 import fcntl
+import functools
 import hashlib
 import os
 import re
@@ -118,9 +119,9 @@ def tools(paths: Paths) -> Tools:
         # one retry, not pip's five with back-off: offline, say so in seconds
         _run([home / "bin/pip", "install", "-q", "--retries", "1", "--timeout", "30", "--disable-pip-version-check",
               "--require-hashes", "--no-deps", "-r", lock], f"cannot download the pinned tools of {lock.name} from PyPI",
-             progress=f"installing the pinned tools ({lock.name}: uv, wheel, filelock) into {home}")
+             progress=f"installing the pinned tools ({lock.name}: uv, wheel, filelock, pytest) into {home}")
 
-    _build_once(home, build, ("bin/python", "bin/uv", "bin/wheel"))
+    _build_once(home, build, ("bin/python", "bin/uv", "bin/wheel", "bin/pytest"))
     return Tools(uv=home / "bin/uv", wheel=home / "bin/wheel")
 
 
@@ -135,8 +136,35 @@ def filelock(paths: Paths):
     return module
 
 
+# where uv reads an index from, besides its command line (uv's documented settings)
+UV_INDEX_VARS = ("UV_DEFAULT_INDEX", "UV_INDEX_URL", "UV_INDEX", "UV_CONFIG_FILE")
+
+
+def _uv_config_files(root: Path) -> list[Path]:
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    system = [Path(d) / "uv/uv.toml" for d in os.environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(":") if d]
+    return [root / "uv.toml", xdg / "uv/uv.toml", *system, Path("/etc/uv/uv.toml")]
+
+
+@functools.lru_cache(maxsize=None)
+def pip_index(paths: Paths) -> str | None:
+    """The index-url pip is configured with (PIP_INDEX_URL, pip.conf), as pip itself reads it."""
+    proc = subprocess.run([str(tools(paths).uv.parent / "python"), "-m", "pip", "config", "list"],
+                          capture_output=True, text=True)
+    found = dict(re.findall(r"^(\S+?)\.index-url='([^']*)'$", proc.stdout, re.MULTILINE))
+    # pip's own precedence: its environment variable over its files
+    return found.get(":env:") or found.get("global") or found.get("install") or None
+
+
 def uv_env(paths: Paths) -> dict:
+    """The environment uv runs in: the shared cache, and the package index it is configured
+    with. When uv has no index setting at all and pip has one (a team that set up only pip's
+    mirror), uv is given pip's, so both tools use the same index."""
     env = dict(os.environ)
+    if not any(env.get(v) for v in UV_INDEX_VARS) and not any(f.is_file() for f in _uv_config_files(paths.root)):
+        index = pip_index(paths)
+        if index:
+            env["UV_DEFAULT_INDEX"] = index
     env["UV_CACHE_DIR"] = str(paths.cache / "uv")
     env["UV_PYTHON_DOWNLOADS"] = "never"
     env.setdefault("UV_HTTP_RETRIES", "1")  # offline, say so in seconds (uv's own default backs off for 10 s)

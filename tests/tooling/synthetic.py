@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+# what an outer `make test UPSTREAM_VERSION=...` exports must not reach the commands a test runs
+MAKE_VARIABLES = {"UPSTREAM_VERSION", "PYTEST_ARGS", "REQUIRE_CUDA", "WRITE", "STRICT", "FORCE", "CONTINUE",
+                  "COPY_TO", "RELEASES", "PUBLISH", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"}
 VERSION = "1.0.0"
 ORIGINAL = {
     "sglang/__init__.py": "VERSION = '1.0.0'\n",
@@ -46,7 +49,8 @@ class Upstream:
     @property
     def env(self) -> dict:
         # the package index comes from uv's configuration alone: no other index setting leaks in
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_INDEX", "PIP_EXTRA"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_INDEX", "PIP_EXTRA"))
+               and k not in MAKE_VARIABLES}
         env.update(
             UV_DEFAULT_INDEX=self.index.as_uri(),
             SGLANG_SERIES_CACHE=str(self.cache),

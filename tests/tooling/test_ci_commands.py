@@ -23,7 +23,8 @@ _SHELL_MAKE = re.compile(r"(?:^|[\s;&|(])(make\s[^;&|)\n]*)")
 
 def dry_env() -> dict:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTEST_ARGS", "REQUIRE_CUDA", "UPSTREAM_VERSION")}
+           if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTEST_ARGS", "REQUIRE_CUDA", "UPSTREAM_VERSION",
+                         "WRITE", "STRICT", "FORCE", "CONTINUE", "COPY_TO", "RELEASES", "PUBLISH")}
     return {**env, "SGLANG_SERIES_DRY_RUN": "1"}
 
 
@@ -113,11 +114,12 @@ def test_ci_run_is_the_cpu_lane_and_fails_when_a_step_fails():
     ok = subprocess.run([str(REPO / ".ci/run")], env=dry_env(), capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert re.findall(r"^dry run: (\w+)", ok.stdout, re.M) == ["apply", "lint", "lint_ci", "test", "prove"]
-    # an option the verb does not know stops the lane at that step, with make's non-zero exit
-    broken = subprocess.run([str(REPO / ".ci/run")], env={**dry_env(), "MAKEFLAGS": "-- UP=--no-such-option"},
+    # a step that fails (here: a misspelt variable every make step refuses) stops the lane there,
+    # with make's non-zero exit
+    broken = subprocess.run([str(REPO / ".ci/run")], env={**dry_env(), "MAKEFLAGS": "-- UPSTREAM_VERISON=0.5.12"},
                             capture_output=True, text=True, timeout=120)
-    assert broken.returncode != 0 and "unrecognized arguments: --no-such-option" in broken.stderr
-    assert "dry run: apply" not in broken.stdout
+    assert broken.returncode != 0 and "did you mean UPSTREAM_VERSION?" in broken.stderr
+    assert "dry run" not in broken.stdout
 
 
 def test_lane_needs_a_known_lane():
@@ -164,3 +166,21 @@ def test_a_cuda_skip_fails_only_where_cuda_is_required(suite):
     with pytest.raises(SeriesError, match=r"^1 test\(s\) skipped for lack of CUDA .*needs a CUDA device"):
         test_verb.require_cuda_ran(results)
     test_verb.require_cuda_ran({k: v for k, v in results.items() if not k.endswith("test_gpu")})
+
+
+@pytest.mark.parametrize("args, registered, tooling", [
+    ([], [], []),  # both suites, each its own default folder
+    (["-x", "-k", "tests"], ["-x", "-k", "tests"], ["-x", "-k", "tests"]),  # options (and their values) go to both
+    (["-rs", "tests/tooling/test_lint.py"], None, ["-rs", "tests/tooling/test_lint.py"]),
+    (["tests/registered/mem_cache", "--lf"], ["tests/registered/mem_cache", "--lf"], None),
+    (["tests/registered/mem_cache", "tests/tooling/test_lint.py::test_x"],
+     ["tests/registered/mem_cache"], ["tests/tooling/test_lint.py::test_x"]),
+])
+def test_make_test_sends_each_test_id_to_its_own_run(args, registered, tooling):
+    assert test_verb.split_ids(REPO, args) == (registered, tooling)
+
+
+@pytest.mark.parametrize("registered, tooling, combined", [(0, 0, 0), (1, 0, 1), (0, 1, 1), (5, 0, 0), (0, 5, 0),
+                                                           (5, 5, 5), (5, 1, 1), (2, 1, 2)])
+def test_one_exit_code_for_both_runs(registered, tooling, combined):
+    assert test_verb.combine(registered, tooling) == combined

@@ -108,7 +108,7 @@ class Moves(Upstream):
 def move(tmp_path, monkeypatch, names=ALL):
     up = Moves(tmp_path, names)
     for key, value in up.env.items():
-        if key.startswith("SGLANG_SERIES_"):
+        if key.startswith(("SGLANG_SERIES_", "UV_DEFAULT_INDEX")):
             monkeypatch.setenv(key, value)
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     paths = config.Paths.from_env()

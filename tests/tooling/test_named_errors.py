@@ -140,14 +140,14 @@ def test_an_emptied_state_file_is_rebuilt(up):
     from scripts.lib import config
     from scripts.lib.errors import SeriesError
 
-    os.environ.update({k: v for k, v in up.env.items() if k.startswith("SGLANG_SERIES_")})
+    os.environ.update({k: v for k, v in up.env.items() if k.startswith(("SGLANG_SERIES_", "UV_DEFAULT_INDEX"))})
     try:
         with pytest.raises(SeriesError, match=re.escape(f"{state} is damaged (not the JSON `make apply` writes); "
                                                         "run `make apply`, which rebuilds it")):
             build.patched_wheel(config.Paths.from_env(), VERSION)
     finally:
         for k in up.env:
-            if k.startswith("SGLANG_SERIES_"):
+            if k.startswith(("SGLANG_SERIES_", "UV_DEFAULT_INDEX")):
                 os.environ.pop(k)
     # ... and that command recovers by itself, twice in a row
     for _ in range(2):

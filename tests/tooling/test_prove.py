@@ -59,7 +59,7 @@ def proving(tmp_path, monkeypatch):
     of it may put LINE_12 back. Returns a function that applies the series and proves it."""
     up = Upstream(tmp_path)
     for key, value in up.env.items():
-        if key.startswith("SGLANG_SERIES_"):
+        if key.startswith(("SGLANG_SERIES_", "UV_DEFAULT_INDEX")):
             monkeypatch.setenv(key, value)
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     root = tmp_path / "tests-root"

@@ -156,7 +156,7 @@ def report_on(up, version):
     from scripts.lib import config
 
     saved = dict(os.environ)
-    os.environ.update({k: v for k, v in up.env.items() if k.startswith("SGLANG_SERIES_")})
+    os.environ.update({k: v for k, v in up.env.items() if k.startswith(("SGLANG_SERIES_", "UV_DEFAULT_INDEX"))})
     try:
         return rebase.rebase(config.Paths.from_env(), version, tests_root=up.tests_root,
                              venv_of=lambda v: Path(sys.prefix), log=lambda *_: None)

@@ -3,6 +3,7 @@ tests on base / vanilla X / X with the series), the report and the proposed seri
 written to the scratch area, and patches/ changes only when asked."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def done(tmp_path_factory):
     up = Releases(tmp)
     mp = pytest.MonkeyPatch()
     for key, value in up.env.items():
-        if key.startswith("SGLANG_SERIES_"):
+        if key.startswith(("SGLANG_SERIES_", "UV_DEFAULT_INDEX")):
             mp.setenv(key, value)
     mp.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")  # the synthetic tests need no plugin: faster runs
     paths = config.Paths.from_env()
@@ -139,3 +140,31 @@ def test_unpinned_or_missing_release_is_one_line_that_says_what_to_do(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode != 0 and len(lines) == 1 and hint in lines[0], proc.stderr
     assert not (up.build / "9.9.9").exists()
+
+
+def test_a_report_killed_mid_trial_is_recovered_by_the_next_one(done):
+    """kill -9 during `make rebase` leaves its trial's `git am` half done in X's tree: the next
+    report drops it by itself (it was the report's own) and reports as usual."""
+    up, paths, _ = done
+    patch = up.patches / "0003-twenty.patch"  # does not apply on NEW: git am stops half way
+    up.git_in(NEW, "checkout", "-q", "-B", "rebase-trial", "baseline")
+    am = subprocess.run(["git", "-C", str(up.tree_of(NEW)), "am", str(patch)], capture_output=True, text=True)
+    assert am.returncode != 0 and (up.tree_of(NEW) / ".git/rebase-apply").exists()
+    said = []
+    data = rebase.rebase(paths, NEW, tests_root=up.tests_root, venv_of=lambda v: Path(sys.prefix), log=said.append)
+    assert "the previous `make rebase` was interrupted; its unfinished trial is dropped" in said
+    assert {r["patch"]: r["category"] for r in data["patches"]} == EXPECTED
+
+
+def test_a_queue_conflict_in_the_tree_is_not_the_reports_to_drop(done):
+    up, paths, _ = done
+    patch = up.patches / "0003-twenty.patch"
+    up.git_in(NEW, "checkout", "-q", "-B", "queue", "baseline")
+    subprocess.run(["git", "-C", str(up.tree_of(NEW)), "am", str(patch)], capture_output=True, text=True)
+    with pytest.raises(SeriesError) as err:
+        rebase.rebase(paths, NEW, tests_root=up.tests_root, venv_of=lambda v: Path(sys.prefix), log=lambda *_: None)
+    command = f"git -C {up.tree_of(NEW)} am --abort"
+    assert f"drop it with `{command}`" in str(err.value)
+    subprocess.run(command.split(), check=True)  # what the error says to do
+    data = rebase.rebase(paths, NEW, tests_root=up.tests_root, venv_of=lambda v: Path(sys.prefix), log=lambda *_: None)
+    assert {r["patch"]: r["category"] for r in data["patches"]} == EXPECTED
