@@ -118,7 +118,7 @@ def tools(paths: Paths) -> Tools:
         _run([sys.executable, "-m", "venv", home], "creating the tools venv failed")
         # one retry, not pip's five with back-off: offline, say so in seconds
         _run([home / "bin/pip", "install", "-q", "--retries", "1", "--timeout", "30", "--disable-pip-version-check",
-              "--require-hashes", "--no-deps", "-r", lock], f"cannot download the pinned tools of {lock.name} from PyPI",
+              "--require-hashes", "--no-deps", "-r", lock], f"cannot download the pinned tools of {lock.name} from the package index pip is configured with",
              progress=f"installing the pinned tools ({lock.name}: uv, wheel, filelock, pytest) into {home}")
 
     _build_once(home, build, ("bin/python", "bin/uv", "bin/wheel", "bin/pytest"))
