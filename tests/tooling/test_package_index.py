@@ -101,3 +101,10 @@ def test_no_index_host_in_the_repository():
     found = [name.decode() for name in tracked if name and (REPO / name.decode()).is_file()
              and any(h in (REPO / name.decode()).read_bytes().lower() for h in hosts)]
     assert found == []
+
+
+def test_the_rebase_watch_lists_every_newer_release_of_the_index(up):
+    up.publish(up.build_wheel("1.2.0", ORIGINAL))
+    proc = up.run("watch")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [NEW, "1.2.0"]  # oldest first, the base itself left out
