@@ -59,8 +59,8 @@ def _run(cmd: list, what: str, env: dict | None = None, progress: str | None = N
     reader.join()
     if proc.returncode != 0:
         if disk_full("".join(output)):
-            raise SeriesError(f"{what}: no space left on the disk that holds {cmd[-1]} or the cache; "
-                              "free space there, then run again")
+            raise SeriesError(f"{what}: no space left on the disk it writes to (the cache, or the folder it "
+                              "installs into); free space there, then run again")
         raise SeriesError(f"{what} ({_reason(output) or f'exit {proc.returncode}'}); check the network and the "
                           "package index settings, then run again")
 
