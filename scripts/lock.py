@@ -39,9 +39,12 @@ def main(argv=None) -> None:
         raise SeriesError(f"{source} is missing; copy env/{config.base_version(paths)}.in and set sglang=={rel.version}")
     # no cut-off when the package index did not say when the release was uploaded
     cutoff = ["--exclude-newer", rel.exclude_newer] if rel.exclude_newer else []
+    # env/X.overrides replaces a pin of sglang's own that cannot be installed from the index
+    overrides = paths.env / f"{rel.version}.overrides"
+    override = ["--overrides", str(overrides)] if overrides.exists() else []
     compile_lock(
         paths, source, paths.env / f"{rel.version}.lock",
-        ["--python-platform", "x86_64-manylinux_2_34", *cutoff, "--no-emit-package", "sglang"],
+        ["--python-platform", "x86_64-manylinux_2_34", *cutoff, *override, "--no-emit-package", "sglang"],
         f"make lock UPSTREAM_VERSION={rel.version}",
     )
 
