@@ -32,7 +32,7 @@ from unittest import mock
 
 import torch
 
-from seam import CannotRun, accepted, applies_only_if, locate, require, takes
+from seam import CannotRun, accepted, applies_only_if, building, locate, require, takes
 from seam.dsv4_pool import build_dsv4_pool, global_server_args
 
 ROW_DIM = 8  # width of one stand-in SWA KV row
@@ -214,6 +214,7 @@ def make_backend(pool, *, num_reqs=2, max_context=2 * PAGE_SIZE, topk=0,
         device=str(device),
         page_size=PAGE_SIZE,
         model_config=_Loose(
+            context_len=max_context,
             head_dim=512,
             v_head_dim=512,
             hf_text_config=types.SimpleNamespace(index_topk=512),
@@ -226,7 +227,7 @@ def make_backend(pool, *, num_reqs=2, max_context=2 * PAGE_SIZE, topk=0,
     fields = server_args_for(topk=topk, num_draft_tokens=num_draft_tokens)
     # 0.5.16+ read the runner's speculative algorithm object.
     model_runner.spec_algorithm = _spec_algorithm(fields["speculative_algorithm"])
-    with global_server_args(**fields) as published:
+    with global_server_args(**fields) as published, building("DeepseekV4AttnBackend"):
         model_runner.server_args = published
         backend = cls(
             model_runner,
@@ -633,7 +634,8 @@ def new_forward_batch(backend, out_cache_loc, mode="DECODE", *, seq_lens,
         ps=types.SimpleNamespace(attn_dcp_size=1, attn_dcp_rank=0),
         is_draft_worker=False,
     )
-    model_runner.kv_index_translator = _kv_index_translator(model_runner)
+    with building("the model runner's KVIndexTranslator"):
+        model_runner.kv_index_translator = _kv_index_translator(model_runner)
     with contextlib.ExitStack() as stack:
         # Reads the MoE expert-parallel group (torch.distributed state).
         if hasattr(fbi, "enable_num_token_non_padded"):
@@ -641,11 +643,17 @@ def new_forward_batch(backend, out_cache_loc, mode="DECODE", *, seq_lens,
                 mock.patch.object(fbi, "enable_num_token_non_padded", lambda *a, **k: False)
             )
         stack.enter_context(global_server_args())
-        # 0.5.16+ take the per-forward hidden-state choice as a keyword.
+        stack.enter_context(building("a ForwardBatch (ForwardBatch.init_new)"))
+        # 0.5.16+ take the per-forward hidden-state choices as keywords (none
+        # captured: no draft model reads them).
         fb = fbi.ForwardBatch.init_new(
             batch,
             model_runner,
-            **accepted(fbi.ForwardBatch.init_new, return_hidden_states_before_norm=False),
+            **accepted(
+                fbi.ForwardBatch.init_new,
+                capture_hidden_mode=fbi.CaptureHiddenMode.NULL,
+                return_hidden_states_before_norm=False,
+            ),
         )
     for name, value in (
         ("attn_backend", backend),

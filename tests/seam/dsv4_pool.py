@@ -54,7 +54,7 @@ from unittest import mock
 
 import torch
 
-from seam import CannotRun, accepted, locate, require, takes
+from seam import CannotRun, accepted, building, locate, require, require_call, takes
 
 __all__ = [
     "HiCacheStack",
@@ -276,7 +276,7 @@ def build_dsv4_pool(
     )
     missing = [k for k in ("start_layer", "end_layer") if not takes(init, k)]
     require(not missing, f"DeepSeekV4TokenToKVPool takes no {', '.join(missing)}")
-    with global_server_args(**(server_args or {})):
+    with global_server_args(**(server_args or {})), building("DeepSeekV4TokenToKVPool"):
         return pool_cls(**kwargs)
 
 
@@ -476,7 +476,7 @@ def build_dsv4_hicache_stack(
         # 0.5.12-0.5.18 take the server args; 0.5.17+ read them from the config
         # bags the release publishes (get_memory()).
         published = stack.enter_context(global_server_args(**HICACHE_SERVER_ARGS))
-        group, controller = build(
+        kwargs = dict(
             **accepted(
                 build,
                 params=_cache_init_params(full_tokens, page_size, pp_rank, pp_size),
@@ -489,6 +489,8 @@ def build_dsv4_hicache_stack(
             ),
             **pp,
         )
+        require_call(build, "build_deepseek_v4_hicache_stack", **kwargs)
+        group, controller = build(**kwargs)
     return HiCacheStack(group=group, controller=controller)
 
 
