@@ -12,6 +12,16 @@ this module knows how each release spells them:
   and asserts ``req_to_token_pool.req_to_token is req_to_token``; 0.5.12 reads the
   batch's ``req_to_token_pool``.
 - The pool is built by ``seam.dsv4_pool.build_dsv4_pool`` (server args, dtypes).
+- 0.5.16+: the backend reads the runner's ``spec_algorithm`` object, and server
+  args reach it through ``global_server_args`` (the release's own override;
+  from 0.5.17 the config bags). ``ForwardBatch.init_new`` takes the hidden-state
+  choices as keywords and reads more runner fields (n-gram embeddings; 0.5.19+
+  ``prefill_attention_backend_str``, the decode-CP size, and a
+  ``KVIndexTranslator`` that the release builds from the same pool).
+- 0.5.21+: the pool's ``store_cache`` path calls ``fused_store_cache`` itself and
+  the store kernels take the KV layout; ``get_swa_out_cache_loc`` first asks the
+  pool for its request window (request-window mode), and 0.5.23 handles IDLE
+  before any cached value.
 
 GPU kernels are replaced, on every device, by torch code with the same contract
 where only the destination matters here: the fused norm+rope+FlashMLA store writes

@@ -618,18 +618,66 @@ def stack_transfers(group, host_indices, device_indices) -> list:
     ]
 
 
+def _entry_transfers(group, host_indices, device_indices, transfers) -> list:
+    """(entry, host indices, device indices) per entry a transfer moves: the
+    anchor with the group's own indices, then each pool transfer's entry. From
+    0.5.18 the group moves nothing itself: the controller resolves these (one
+    L2Transfer per entry, HybridCacheController._l2_transfers) and its transfer
+    engine calls each entry's host pool; the seam does what the engine does, in
+    order, with the entry's own layer mapper."""
+    anchor = group.anchor_entry
+    moves = [(anchor, host_indices, device_indices)] if host_indices.numel() else []
+    for transfer in transfers:
+        moves.append(
+            (group.entry_map[transfer.name], transfer.host_indices, transfer.device_indices)
+        )
+    # 0.5.21+: the engine lets each host pool resolve its indices first and then
+    # calls its *_physical copy methods.
+    prepared = []
+    for entry, host_idx, device_idx in moves:
+        prepare = getattr(entry.host_pool, "prepare_transfer_indices", None)
+        if prepare is not None:
+            host_idx, device_idx = prepare(host_idx, device_idx, "direct")
+        prepared.append((entry, host_idx, device_idx))
+    return prepared
+
+
+def _physical(host_pool, name: str):
+    return getattr(host_pool, f"{name}_physical", None) or getattr(host_pool, name)
+
+
 def backup_all_layers(group, pool, host_indices, device_indices, transfers) -> None:
     """Device -> host for every layer, "direct" io (inside dsv4_host_transfers)."""
-    group.backup_from_device_all_layer(
-        pool, host_indices, device_indices, "direct", pool_transfers=transfers
-    )
+    if hasattr(group, "backup_from_device_all_layer"):
+        # 0.5.12-0.5.17: the group routes the transfers to its entries.
+        group.backup_from_device_all_layer(
+            pool, host_indices, device_indices, "direct", pool_transfers=transfers
+        )
+        return
+    for entry, host_idx, device_idx in _entry_transfers(
+        group, host_indices, device_indices, transfers
+    ):
+        _physical(entry.host_pool, "backup_from_device_all_layer")(
+            entry.device_pool, host_idx, device_idx, "direct"
+        )
 
 
 def load_layer(group, pool, host_indices, device_indices, layer, transfers) -> None:
     """Host -> device for stage-local transfer layer ``layer``, "direct" io."""
-    group.load_to_device_per_layer(
-        pool, host_indices, device_indices, layer, "direct", pool_transfers=transfers
-    )
+    if hasattr(group, "load_to_device_per_layer"):
+        # 0.5.12-0.5.17
+        group.load_to_device_per_layer(
+            pool, host_indices, device_indices, layer, "direct", pool_transfers=transfers
+        )
+        return
+    for entry, host_idx, device_idx in _entry_transfers(
+        group, host_indices, device_indices, transfers
+    ):
+        local = entry.layer_mapper(layer) if entry.layer_mapper is not None else layer
+        if local is not None:
+            _physical(entry.host_pool, "load_to_device_per_layer")(
+                entry.device_pool, host_idx, device_idx, local, "direct"
+            )
 
 
 def spread_swa_pool_over(pool, num_layers: int) -> None:
