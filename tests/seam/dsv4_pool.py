@@ -299,6 +299,9 @@ class StateHostPoolRecorder:
     KV/SWA side of the stack: keeps the state pools it was given."""
 
     layout = "layer_first"
+    # 0.5.19+: the group asks each host pool whether it can use the write-back
+    # JIT kernels; a pool that records nothing cannot.
+    can_use_write_back_jit = False
 
     def __init__(self, *, pool_name, state_pools, **kwargs):
         self.pool_name = pool_name
