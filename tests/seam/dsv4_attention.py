@@ -302,9 +302,10 @@ def forward_batch(backend, out_cache_loc, mode="EXTEND", *, seq_lens=None,
         global_dp_buffer_len=None,
         extend_start_loc=None,
         spec_info=None,
-        # 0.5.21+: whether the batch replays an encoder's SWA window (ForwardBatch
-        # default: no).
+        # 0.5.21+: whether the batch replays an encoder's SWA window, and 0.5.23+
+        # from which row (ForwardBatch defaults: no replay).
         encoder_swa_replay=False,
+        encoder_swa_row_floor=None,
     )
     if seq_lens is not None:
         fb.seq_lens = torch.tensor(seq_lens, dtype=torch.int32, device=device)

@@ -589,6 +589,22 @@ def kv_device_buffers(pool) -> dict:
     }
 
 
+def model_device_buffer(pool, kind: str, layer_id: int) -> torch.Tensor:
+    """The device buffer the model reads for global layer ``layer_id``'s ``kind``
+    ("swa", "c4", "c4_indexer", "c128") KV. 0.5.20 renamed the SWA accessor
+    ``get_swa_key_buffer`` to ``get_swa_key_buffer_radix``."""
+    names = {
+        "swa": ("get_swa_key_buffer", "get_swa_key_buffer_radix"),
+        "c4": ("get_extra_key_buffer",),
+        "c4_indexer": ("get_index_k_with_scale_buffer",),
+        "c128": ("get_extra_key_buffer",),
+    }[kind]
+    for name in names:
+        if hasattr(pool, name):
+            return getattr(pool, name)(layer_id)
+    raise CannotRun(f"DeepSeekV4TokenToKVPool has no {' / '.join(names)}")
+
+
 def host_layer_num(entry) -> int:
     return entry.host_pool.layer_num
 

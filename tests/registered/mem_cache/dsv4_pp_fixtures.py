@@ -203,17 +203,17 @@ class LayerCountChecks(EachStage):
             self.assertTrue(
                 same_memory(
                     seam.host_device_tensor(swa, swa.layer_mapper(l)),
-                    pool.get_swa_key_buffer(start + l),
+                    seam.model_device_buffer(pool, "swa", start + l),
                 ),
                 f"SWA layer {l}",
             )
 
         compressed = (
-            ("DEEPSEEK_V4_C4", 4, pool.get_extra_key_buffer),
-            ("DEEPSEEK_V4_C4_INDEXER", 4, pool.get_index_k_with_scale_buffer),
-            ("DEEPSEEK_V4_C128", 128, pool.get_extra_key_buffer),
+            ("DEEPSEEK_V4_C4", 4, "c4"),
+            ("DEEPSEEK_V4_C4_INDEXER", 4, "c4_indexer"),
+            ("DEEPSEEK_V4_C128", 128, "c128"),
         )
-        for name, ratio, device_buffer_of in compressed:
+        for name, ratio, kind in compressed:
             entry = seam.stack_entry(group, name)
             self.assertIsNotNone(entry, name)
             expected = expected_compress_layer_ids(start, end, ratio)
@@ -226,7 +226,8 @@ class LayerCountChecks(EachStage):
                 # the global layer.
                 self.assertTrue(
                     same_memory(
-                        seam.host_device_tensor(entry, slot), device_buffer_of(start + l)
+                        seam.host_device_tensor(entry, slot),
+                        seam.model_device_buffer(pool, kind, start + l),
                     ),
                     (name, l),
                 )
