@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib
 import types
 from typing import Optional, Sequence
@@ -237,7 +238,9 @@ def make_backend(pool, *, num_reqs=2, max_context=2 * PAGE_SIZE, topk=0,
     fields = server_args_for(topk=topk, num_draft_tokens=num_draft_tokens)
     # 0.5.16+ read the runner's speculative algorithm object.
     model_runner.spec_algorithm = _spec_algorithm(fields["speculative_algorithm"])
-    with global_server_args(**fields) as published, building("DeepseekV4AttnBackend"):
+    with global_server_args(**fields) as published, building(
+        "DeepseekV4AttnBackend"
+    ), _device_capability(device):
         model_runner.server_args = published
         backend = cls(
             model_runner,
@@ -255,6 +258,22 @@ def make_backend(pool, *, num_reqs=2, max_context=2 * PAGE_SIZE, topk=0,
         backend.req_to_token_pool = model_runner.req_to_token_pool
     _SERVER_ARGS[id(backend)] = fields
     return backend
+
+
+@contextlib.contextmanager
+def _device_capability(device: torch.device):
+    """0.5.21 builds the DSV4 backend's candidate indexer after asking the CUDA
+    device capability without checking for CUDA first (0.5.22 checks): on a CPU
+    device the answer is "not SM100"."""
+    try:
+        indexer = importlib.import_module("sglang.srt.layers.attention.dsv4.v41_indexer")
+    except ImportError:
+        indexer = None
+    if device.type != "cpu" or not hasattr(indexer, "is_sm100_or_newer"):
+        yield
+        return
+    with mock.patch.object(indexer, "is_sm100_or_newer", lambda: False):
+        yield
 
 
 # Server-args fields each backend was built with, for the forward context of its
@@ -285,6 +304,34 @@ def _spec_algorithm(name):
 # ---------------------------------------------------------------------------
 
 
+class _BatchFields(types.SimpleNamespace):
+    """The ForwardBatch fields a test gives; every other ForwardBatch field reads
+    as the release declares its default (releases add fields the backend reads:
+    0.5.21+ encoder SWA replay, 0.5.22+ max_seq_len_override, ...)."""
+
+    def __getattr__(self, name):
+        default = _forward_batch_defaults().get(name, _NO_DEFAULT)
+        if default is _NO_DEFAULT:
+            raise AttributeError(name)
+        return default()
+
+
+_NO_DEFAULT = object()
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_batch_defaults() -> dict:
+    """{field: default (or its factory)} of the release's ForwardBatch."""
+    cls = locate("ForwardBatch", "sglang.srt.model_executor.forward_batch_info:ForwardBatch")
+    defaults = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = lambda value=f.default: value
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory
+    return defaults
+
+
 def forward_batch(backend, out_cache_loc, mode="EXTEND", *, seq_lens=None,
                   extend_lens=None, batch_size=None, dp_padding_pending=False):
     """The ForwardBatch fields that DSV4 metadata init and the SWA store read.
@@ -292,7 +339,7 @@ def forward_batch(backend, out_cache_loc, mode="EXTEND", *, seq_lens=None,
     ``dp_padding_pending``: the batch belongs to a DP-attention run whose MLP-sync
     padding has not run yet (metadata planned ahead of the forward)."""
     device = backend.device
-    fb = types.SimpleNamespace(
+    fb = _BatchFields(
         forward_mode=forward_mode(mode),
         out_cache_loc=out_cache_loc,
         token_to_kv_pool=backend.token_to_kv_pool,
@@ -302,10 +349,6 @@ def forward_batch(backend, out_cache_loc, mode="EXTEND", *, seq_lens=None,
         global_dp_buffer_len=None,
         extend_start_loc=None,
         spec_info=None,
-        # 0.5.21+: whether the batch replays an encoder's SWA window, and 0.5.23+
-        # from which row (ForwardBatch defaults: no replay).
-        encoder_swa_replay=False,
-        encoder_swa_row_floor=None,
     )
     if seq_lens is not None:
         fb.seq_lens = torch.tensor(seq_lens, dtype=torch.int32, device=device)
