@@ -2,8 +2,8 @@
 
 The real ``DeepSeekV4TokenToKVPool`` for stage ``k`` of ``N`` and the real
 ``build_deepseek_v4_hicache_stack`` run on it; how to build them on the installed
-release, and every stand-in they need, live in ``seam.dsv4_pool``. The mixins at the bottom hold the checks;
-the CPU and CUDA test files bind them to a device.
+release, and every stand-in they need, live in ``seam.dsv4_pool``. The mixins at
+the bottom hold the checks; the CPU and CUDA test files bind them to a device.
 
 Call ``maybe_stub_sgl_kernel()`` before importing this module on a machine
 without a GPU.
