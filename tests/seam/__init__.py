@@ -14,6 +14,7 @@ a pass and never as a failing check.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import unittest
@@ -95,3 +96,30 @@ def accepted(fn, forwards_to=None, **kwargs) -> dict:
 
 def takes(fn, name: str) -> bool:
     return name in inspect.signature(fn).parameters
+
+
+# What a release's code raises when an adapter's arguments or stand-ins no longer
+# fit it (a keyword it lost, an attribute a stand-in lacks, a module that moved).
+MISFIT = (AttributeError, TypeError, ImportError)
+
+
+@contextlib.contextmanager
+def building(what: str):
+    """Around a release's constructor of an object that no check judges (a pool,
+    a backend, a batch): a MISFIT out of it becomes CannotRun naming the release,
+    what was being built and the error, not a raw exception from the seam. Never
+    around the code a check judges: its errors are the check's outcome."""
+    try:
+        yield
+    except MISFIT as exc:
+        raise CannotRun(f"cannot build {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def require_call(fn, what: str, *args, **kwargs) -> None:
+    """CannotRun unless ``fn`` takes these arguments: for a call whose execution a
+    check judges, the arguments are checked before it, so a release that changed
+    the signature reads as cannot-run and a fault inside stays the check's."""
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise CannotRun(f"{what} does not take the arguments the seam passes: {exc}") from exc

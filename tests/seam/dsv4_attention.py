@@ -12,6 +12,16 @@ this module knows how each release spells them:
   and asserts ``req_to_token_pool.req_to_token is req_to_token``; 0.5.12 reads the
   batch's ``req_to_token_pool``.
 - The pool is built by ``seam.dsv4_pool.build_dsv4_pool`` (server args, dtypes).
+- 0.5.16+: the backend reads the runner's ``spec_algorithm`` object, and server
+  args reach it through ``global_server_args`` (the release's own override;
+  from 0.5.17 the config bags). ``ForwardBatch.init_new`` takes the hidden-state
+  choices as keywords and reads more runner fields (n-gram embeddings; 0.5.19+
+  ``prefill_attention_backend_str``, the decode-CP size, and a
+  ``KVIndexTranslator`` that the release builds from the same pool).
+- 0.5.21+: the pool's ``store_cache`` path calls ``fused_store_cache`` itself and
+  the store kernels take the KV layout; ``get_swa_out_cache_loc`` first asks the
+  pool for its request window (request-window mode), and 0.5.23 handles IDLE
+  before any cached value.
 
 GPU kernels are replaced, on every device, by torch code with the same contract
 where only the destination matters here: the fused norm+rope+FlashMLA store writes
@@ -25,14 +35,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import importlib
 import types
 from typing import Optional, Sequence
 from unittest import mock
 
 import torch
 
-from seam import CannotRun, accepted, applies_only_if, locate, require, takes
-from seam.dsv4_pool import build_dsv4_pool, global_server_args, server_args_defaults
+from seam import CannotRun, accepted, applies_only_if, building, locate, require, takes
+from seam.dsv4_pool import build_dsv4_pool, global_server_args
 
 ROW_DIM = 8  # width of one stand-in SWA KV row
 PAGE_SIZE = 256  # DeepseekV4AttnBackend asserts this page size
@@ -83,9 +95,18 @@ class RowSWAPool:
         return self.kv_buffer[layer_id]
 
 
-def _row_store(kv, kv_weight, eps, freqs_cis, positions, out_loc, kvcache, page_size):
+def _row_store(kv, kv_weight, eps, freqs_cis, positions, out_loc, kvcache, page_size,
+               **layout):
+    # 0.5.21+ also pass the KV layout (and 0.5.23 a query to rope): rows here.
     assert out_loc.dtype == torch.int32, f"kernel takes int32, got {out_loc.dtype}"
     kvcache[out_loc.long()] = kv
+
+
+def _row_store_cache(input, cache, indices, page_size, **layout):
+    """fused_store_cache, which the pool's store_cache path calls from 0.5.21
+    (before, it went through the SWA pool's set_key_buffer_fused)."""
+    assert indices.dtype == torch.int32, f"store kernels take int32, got {indices.dtype}"
+    cache[indices.long()] = input
 
 
 class _NoCompression:
@@ -108,6 +129,8 @@ def store_kernels():
     )
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(pool, "fused_k_norm_rope_flashmla", _row_store))
+        if hasattr(pool, "fused_store_cache"):
+            stack.enter_context(mock.patch.object(pool, "fused_store_cache", _row_store_cache))
         stack.enter_context(
             mock.patch.object(backend, "_create_flashmla_metadata", lambda: None)
         )
@@ -202,6 +225,7 @@ def make_backend(pool, *, num_reqs=2, max_context=2 * PAGE_SIZE, topk=0,
         device=str(device),
         page_size=PAGE_SIZE,
         model_config=_Loose(
+            context_len=max_context,
             head_dim=512,
             v_head_dim=512,
             hf_text_config=types.SimpleNamespace(index_topk=512),
@@ -209,9 +233,15 @@ def make_backend(pool, *, num_reqs=2, max_context=2 * PAGE_SIZE, topk=0,
         req_to_token_pool=types.SimpleNamespace(req_to_token=req_to_token),
         token_to_kv_pool=pool,
         hisparse_coordinator=None,
-        server_args=server_args_for(topk=topk, num_draft_tokens=num_draft_tokens),
+        is_draft_worker=False,
     )
-    with global_server_args(model_runner.server_args):
+    fields = server_args_for(topk=topk, num_draft_tokens=num_draft_tokens)
+    # 0.5.16+ read the runner's speculative algorithm object.
+    model_runner.spec_algorithm = _spec_algorithm(fields["speculative_algorithm"])
+    with global_server_args(**fields) as published, building(
+        "DeepseekV4AttnBackend"
+    ), _device_capability(device):
+        model_runner.server_args = published
         backend = cls(
             model_runner,
             **accepted(
@@ -226,17 +256,35 @@ def make_backend(pool, *, num_reqs=2, max_context=2 * PAGE_SIZE, topk=0,
     if not hasattr(backend, "req_to_token_pool"):
         # 0.5.12 keeps only req_to_token; the batches here carry the pool.
         backend.req_to_token_pool = model_runner.req_to_token_pool
-    _SERVER_ARGS[id(backend)] = model_runner.server_args
+    _SERVER_ARGS[id(backend)] = fields
     return backend
 
 
-# Server args each backend was built with, for the forward context of its batches.
+@contextlib.contextmanager
+def _device_capability(device: torch.device):
+    """0.5.21 builds the DSV4 backend's candidate indexer after asking the CUDA
+    device capability without checking for CUDA first (0.5.22 checks): on a CPU
+    device the answer is "not SM100"."""
+    try:
+        indexer = importlib.import_module("sglang.srt.layers.attention.dsv4.v41_indexer")
+    except ImportError:
+        indexer = None
+    if device.type != "cpu" or not hasattr(indexer, "is_sm100_or_newer"):
+        yield
+        return
+    with mock.patch.object(indexer, "is_sm100_or_newer", lambda: False):
+        yield
+
+
+# Server-args fields each backend was built with, for the forward context of its
+# batches.
 _SERVER_ARGS: dict = {}
 
 
-def server_args_for(*, topk=0, num_draft_tokens=None):
-    """Server args of a DSV4 run (with MTP when topk > 0)."""
-    return server_args_defaults(
+def server_args_for(*, topk=0, num_draft_tokens=None) -> dict:
+    """Server-args fields of a DSV4 run (with MTP when topk > 0), for
+    ``global_server_args(**fields)``."""
+    return dict(
         speculative_algorithm="EAGLE" if topk else None,
         speculative_eagle_topk=topk or None,
         speculative_num_draft_tokens=num_draft_tokens,
@@ -244,9 +292,44 @@ def server_args_for(*, topk=0, num_draft_tokens=None):
     )
 
 
+def _spec_algorithm(name):
+    spec = locate(
+        "SpeculativeAlgorithm", "sglang.srt.speculative.spec_info:SpeculativeAlgorithm"
+    )
+    return spec.from_string(name)
+
+
 # ---------------------------------------------------------------------------
 # Forward batches and the forward context
 # ---------------------------------------------------------------------------
+
+
+class _BatchFields(types.SimpleNamespace):
+    """The ForwardBatch fields a test gives; every other ForwardBatch field reads
+    as the release declares its default (releases add fields the backend reads:
+    0.5.21+ encoder SWA replay, 0.5.22+ max_seq_len_override, ...)."""
+
+    def __getattr__(self, name):
+        default = _forward_batch_defaults().get(name, _NO_DEFAULT)
+        if default is _NO_DEFAULT:
+            raise AttributeError(name)
+        return default()
+
+
+_NO_DEFAULT = object()
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_batch_defaults() -> dict:
+    """{field: default (or its factory)} of the release's ForwardBatch."""
+    cls = locate("ForwardBatch", "sglang.srt.model_executor.forward_batch_info:ForwardBatch")
+    defaults = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = lambda value=f.default: value
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory
+    return defaults
 
 
 def forward_batch(backend, out_cache_loc, mode="EXTEND", *, seq_lens=None,
@@ -256,7 +339,7 @@ def forward_batch(backend, out_cache_loc, mode="EXTEND", *, seq_lens=None,
     ``dp_padding_pending``: the batch belongs to a DP-attention run whose MLP-sync
     padding has not run yet (metadata planned ahead of the forward)."""
     device = backend.device
-    fb = types.SimpleNamespace(
+    fb = _BatchFields(
         forward_mode=forward_mode(mode),
         out_cache_loc=out_cache_loc,
         token_to_kv_pool=backend.token_to_kv_pool,
@@ -295,7 +378,7 @@ def forward_context(backend):
     """The per-forward context the release's model code reads (0.5.13+), and the
     global server args the backend and pool read."""
     with contextlib.ExitStack() as stack:
-        stack.enter_context(global_server_args(_SERVER_ARGS.get(id(backend))))
+        stack.enter_context(global_server_args(**_SERVER_ARGS.get(id(backend), {})))
         try:
             import sglang.srt.model_executor.forward_context as ctx_mod
         except ImportError:
@@ -317,6 +400,50 @@ def metadata_swa_out_cache_loc(backend):
     this release keeps none there."""
     core = getattr(backend.forward_metadata, "core_attn_metadata", None)
     return getattr(core, "swa_out_cache_loc", None)
+
+
+class _PoolWithoutRequestWindow:
+    """A stand-in pool as written before 0.5.21, read by a release that asks
+    first for the pool's request window (``request_window`` mode): it has none."""
+
+    request_window = None
+
+    def __init__(self, pool):
+        self._pool = pool
+
+    def __getattr__(self, name):
+        return getattr(self._pool, name)
+
+
+@contextlib.contextmanager
+def stand_in_pools_without_request_window():
+    """Inside the block a backend made with ``object.__new__`` (upstream's
+    TestDSV4SwaOutCacheLocResolution) whose stand-in pool says nothing of a
+    request window is read as having none. From 0.5.21 ``get_swa_out_cache_loc``
+    asks ``token_to_kv_pool.request_window`` before the cached and translated
+    locations it has always chosen between; the stand-in pool predates that."""
+    cls = locate(
+        "DeepseekV4AttnBackend",
+        "sglang.srt.layers.attention.deepseek_v4_backend:DeepseekV4AttnBackend",
+    )
+    require(
+        "token_to_kv_pool" not in vars(cls),
+        "DeepseekV4AttnBackend defines token_to_kv_pool on the class",
+    )
+
+    def get(self):
+        try:
+            return self.__dict__["token_to_kv_pool"]
+        except KeyError:
+            raise AttributeError("token_to_kv_pool") from None
+
+    def set(self, pool):
+        if not hasattr(pool, "request_window"):
+            pool = _PoolWithoutRequestWindow(pool)
+        self.__dict__["token_to_kv_pool"] = pool
+
+    with mock.patch.object(cls, "token_to_kv_pool", property(get, set), create=True):
+        yield
 
 
 def core_metadata(backend):
@@ -477,6 +604,28 @@ class _Loose(types.SimpleNamespace):
         return None
 
 
+def _kv_index_translator(model_runner):
+    """0.5.19+: the runner's KVIndexTranslator, which ForwardBatch construction
+    hands the batch's write locations to; built by the release from the same
+    allocator and pool. None before 0.5.19 (nothing reads it)."""
+    try:
+        module = importlib.import_module("sglang.srt.mem_cache.kv_index_translator")
+    except ImportError:
+        return None
+    cls = module.KVIndexTranslator
+    return cls(
+        **accepted(
+            cls.__init__,
+            req_to_token=model_runner.req_to_token_pool.req_to_token,
+            token_to_kv_pool_allocator=model_runner.token_to_kv_pool_allocator,
+            token_to_kv_pool=model_runner.token_to_kv_pool,
+            page_size=PAGE_SIZE,
+            device=model_runner.device,
+            is_draft_worker=False,
+        )
+    )
+
+
 def new_forward_batch(backend, out_cache_loc, mode="DECODE", *, seq_lens,
                       extend_lens=None, deepseek_v4_arch=True):
     """A ForwardBatch from the release's own ``ForwardBatch.init_new`` for a DSV4
@@ -533,7 +682,17 @@ def new_forward_batch(backend, out_cache_loc, mode="DECODE", *, seq_lens,
         model_is_mrope=False,
         use_ngram_embedding=False,
         dcp_size=1,  # read with getattr(..., 1) from 0.5.15 on
+        # 0.5.16+: n-gram embeddings off; 0.5.19+ name the prefill backend and
+        # the decode-context-parallel size here (0.5.19-0.5.20 under .ps).
+        ngram_embedding_manager=types.SimpleNamespace(enabled=False),
+        prefill_attention_backend_str="triton" if device.type == "cuda" else "torch_native",
+        attn_dcp_size=1,
+        attn_dcp_rank=0,
+        ps=types.SimpleNamespace(attn_dcp_size=1, attn_dcp_rank=0),
+        is_draft_worker=False,
     )
+    with building("the model runner's KVIndexTranslator"):
+        model_runner.kv_index_translator = _kv_index_translator(model_runner)
     with contextlib.ExitStack() as stack:
         # Reads the MoE expert-parallel group (torch.distributed state).
         if hasattr(fbi, "enable_num_token_non_padded"):
@@ -541,7 +700,18 @@ def new_forward_batch(backend, out_cache_loc, mode="DECODE", *, seq_lens,
                 mock.patch.object(fbi, "enable_num_token_non_padded", lambda *a, **k: False)
             )
         stack.enter_context(global_server_args())
-        fb = fbi.ForwardBatch.init_new(batch, model_runner)
+        stack.enter_context(building("a ForwardBatch (ForwardBatch.init_new)"))
+        # 0.5.16+ take the per-forward hidden-state choices as keywords (none
+        # captured: no draft model reads them).
+        fb = fbi.ForwardBatch.init_new(
+            batch,
+            model_runner,
+            **accepted(
+                fbi.ForwardBatch.init_new,
+                capture_hidden_mode=fbi.CaptureHiddenMode.NULL,
+                return_hidden_states_before_norm=False,
+            ),
+        )
     for name, value in (
         ("attn_backend", backend),
         ("token_to_kv_pool", pool),

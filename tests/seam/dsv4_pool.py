@@ -15,11 +15,30 @@ What moved between releases and is absorbed here (checks never see it):
   pools (defined in ``memory_pool_host`` on every release) read them there.
 - 0.5.13+: ``memory_pool_host`` imports sgl_kernel's ``transfer_kv_direct`` only on
   CUDA/HIP.
+- 0.5.16+: server args are published with the release's own
+  ``get_context().override_server_args(**fields)``; from 0.5.17 the pool, the
+  backend and the stack read them from the config bags that publishing projects
+  (``get_spec()``, ``get_exec()``, ``get_memory()``). 0.5.20: ``ServerArgs`` is a
+  msgspec Struct (``__struct_fields__``; ``dataclasses.fields`` raises) and
+  ``get_global_server_args()`` raises.
+- 0.5.17+: ``build_deepseek_v4_hicache_stack`` reads the page size and the
+  tp/cp/pp groups off the cache params; 0.5.19+ it no longer takes
+  ``server_args`` and takes ``layer_mappings`` (derived from the pool when not
+  given, as the model runner derives them); 0.5.20 adds ``host_c128_evict_fn``.
+  0.5.18+: the SWA entry appends MTP draft layers (``params.mtp_draft_device_pools``)
+  after the stage's own. 0.5.21: the controller's ``transfer_layer_num`` became
+  ``transfer_layer_id_max``.
+- 0.5.19+: host pools ask ``host_memory_budget_bytes()`` for free host RAM;
+  0.5.20+ key ``ALLOC_MEMORY_FUNCS`` by the device-type string.
+- 0.5.21+: ``DeepSeekV4TokenToKVPool`` takes more keyword arguments (all with
+  defaults; in request-window mode the SWA pool is absent).
 
 Stable names for other test modules (keep them): ``server_args_defaults``,
 ``global_server_args``, ``build_dsv4_pool``, ``build_dsv4_hicache_stack``,
-``HiCacheStack``, ``dsv4_host_transfers``, ``stack_entry``, ``pp_stage_layers``,
-``compress_state_ring_size``; the pool/entry accessors below them.
+``HiCacheStack``, ``StateHostPoolRecorder``, ``dsv4_host_transfers``,
+``stack_entry``, ``pp_stage_layers``, ``compress_state_ring_size``; the pool/entry
+accessors below them. ``global_server_args`` takes field values (keywords or a
+dict) and yields the server args object the release reads.
 
 Call ``sglang.test.test_utils.maybe_stub_sgl_kernel()`` before importing this
 module on a machine without a GPU.
@@ -35,10 +54,11 @@ from unittest import mock
 
 import torch
 
-from seam import CannotRun, accepted, locate, require, takes
+from seam import CannotRun, accepted, building, locate, require, require_call, takes
 
 __all__ = [
     "HiCacheStack",
+    "StateHostPoolRecorder",
     "build_dsv4_hicache_stack",
     "build_dsv4_pool",
     "dsv4_host_transfers",
@@ -53,25 +73,48 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 
+def _server_args_cls():
+    return locate("ServerArgs", "sglang.srt.server_args:ServerArgs")
+
+
+def _server_args_field_names() -> set:
+    server_args = _server_args_cls()
+    if dataclasses.is_dataclass(server_args):
+        return {f.name for f in dataclasses.fields(server_args)}
+    return set(getattr(server_args, "__struct_fields__", ()))
+
+
+def _declared_defaults(server_args) -> dict:
+    """{field: default} of every ServerArgs field that declares one: a dataclass
+    up to 0.5.19, a msgspec Struct from 0.5.20 (``dataclasses.fields`` raises)."""
+    if dataclasses.is_dataclass(server_args):
+        fields = [(f.name, f.default, f.default_factory) for f in dataclasses.fields(server_args)]
+        missing = dataclasses.MISSING
+    else:
+        require(
+            hasattr(server_args, "__struct_fields__"),
+            "ServerArgs is neither a dataclass nor a msgspec Struct",
+        )
+        import msgspec
+
+        fields = [(f.name, f.default, f.default_factory) for f in msgspec.structs.fields(server_args)]
+        missing = msgspec.NODEFAULT
+    values = {}
+    for name, default, factory in fields:
+        if default is not missing:
+            values[name] = default
+        elif factory is not missing:
+            values[name] = factory()
+    return values
+
+
 def server_args_defaults(**overrides) -> types.SimpleNamespace:
     """Every ``ServerArgs`` field at its declared default, with ``overrides`` on top.
 
     A plain namespace, not a ``ServerArgs``: ``ServerArgs.__post_init__`` wants a
     model. ``speculative_algorithm`` defaults to None (no draft model), so the DSV4
     pool sizes its state rings for plain decoding."""
-    server_args = locate("ServerArgs", "sglang.srt.server_args:ServerArgs")
-    values = {
-        f.name: f.default
-        for f in dataclasses.fields(server_args)
-        if f.default is not dataclasses.MISSING
-    }
-    values.update(
-        {
-            f.name: f.default_factory()
-            for f in dataclasses.fields(server_args)
-            if f.default_factory is not dataclasses.MISSING
-        }
-    )
+    values = _declared_defaults(_server_args_cls())
     values.setdefault("speculative_algorithm", None)
     values.update(overrides)
     return types.SimpleNamespace(**values)
@@ -96,16 +139,39 @@ def _server_args_slot():
     return context, "_server_args"
 
 
+def _release_override():
+    """``get_context().override_server_args`` (0.5.16+), or None before it."""
+    try:
+        from sglang.srt.runtime_context import get_context
+    except ImportError:
+        return None
+    return getattr(get_context(), "override_server_args", None)
+
+
 @contextlib.contextmanager
 def global_server_args(args=None, **overrides):
-    """Make ``get_global_server_args()`` return ``args`` (default:
-    ``server_args_defaults(**overrides)``) inside the block; the previous value
-    (set or not) comes back afterwards. Yields the args, so a test can read or
-    change a field."""
-    if args is None:
-        args = server_args_defaults(**overrides)
-    elif overrides:
+    """Inside the block the release's code reads server args with ``overrides``
+    (or the fields of the mapping ``args``) over the defaults; what was published
+    before comes back afterwards. Yields the server args object the release reads,
+    so a stand-in model runner can carry the same one.
+
+    0.5.16+: through the release's own ``get_context().override_server_args``,
+    which publishes a real ``ServerArgs`` and, from 0.5.17, the config bags
+    (``get_spec()``, ``get_memory()``, ...) projected from it; fields this release
+    does not declare are left out (0.5.20+ refuses unknown ones). Before 0.5.16:
+    ``get_global_server_args()`` returns ``server_args_defaults(...)`` (or ``args``
+    itself when it is such a namespace)."""
+    if args is not None and overrides:
         raise TypeError("pass either args or field overrides, not both")
+    fields = dict(args) if isinstance(args, dict) else overrides
+    override = _release_override()
+    if override is not None:
+        known = _server_args_field_names()
+        with override(**{k: v for k, v in fields.items() if k in known}) as published:
+            yield published
+        return
+    if args is None or isinstance(args, dict):
+        args = server_args_defaults(**fields)
     target, attr = _server_args_slot()
     with mock.patch.object(target, attr, args):
         yield args
@@ -210,7 +276,7 @@ def build_dsv4_pool(
     )
     missing = [k for k in ("start_layer", "end_layer") if not takes(init, k)]
     require(not missing, f"DeepSeekV4TokenToKVPool takes no {', '.join(missing)}")
-    with global_server_args(**(server_args or {})):
+    with global_server_args(**(server_args or {})), building("DeepSeekV4TokenToKVPool"):
         return pool_cls(**kwargs)
 
 
@@ -228,6 +294,21 @@ class ControllerRecorder:
         self.kwargs = kwargs
 
 
+class StateHostPoolRecorder:
+    """Stands in for ``DeepSeekV4StateHostPool`` where a check only looks at the
+    KV/SWA side of the stack: keeps the state pools it was given."""
+
+    layout = "layer_first"
+    # 0.5.19+: the group asks each host pool whether it can use the write-back
+    # JIT kernels; a pool that records nothing cannot.
+    can_use_write_back_jit = False
+
+    def __init__(self, *, pool_name, state_pools, **kwargs):
+        self.pool_name = pool_name
+        self.state_pools = state_pools
+        self.layer_num = len(state_pools)
+
+
 @dataclasses.dataclass
 class HiCacheStack:
     """What ``build_deepseek_v4_hicache_stack`` returned for one stage's pool.
@@ -240,14 +321,22 @@ class HiCacheStack:
 
     @property
     def transfer_layer_num(self) -> int:
-        return self.controller.kwargs["transfer_layer_num"]
+        kwargs = self.controller.kwargs
+        # 0.5.21 renamed the keyword (same meaning: the stage's transfer layers).
+        for name in ("transfer_layer_num", "transfer_layer_id_max"):
+            if name in kwargs:
+                return kwargs[name]
+        raise CannotRun(
+            "the HybridCacheController is given neither transfer_layer_num nor "
+            "transfer_layer_id_max"
+        )
 
 
 def _memory_pool_host():
     return locate("memory_pool_host", "sglang.srt.mem_cache.memory_pool_host")
 
 
-def _alloc_unpinned(dims, dtype, device, pin_memory, allocator):
+def _alloc_unpinned(dims, dtype, device, pin_memory, allocator, **kwargs):
     return allocator.allocate(dims, dtype=dtype, device=device)
 
 
@@ -256,41 +345,50 @@ def _host_pool_patches(device: str):
     host = _memory_pool_host()
     with contextlib.ExitStack() as stack:
         # A few MB of host pools here; do not depend on the 10 GB of free host
-        # RAM that the real reserve asks for.
-        require(
-            hasattr(host, "HICACHE_HOST_MEMORY_RESERVE_BYTES"),
-            "memory_pool_host has no HICACHE_HOST_MEMORY_RESERVE_BYTES",
-        )
-        stack.enter_context(
-            mock.patch.object(host, "HICACHE_HOST_MEMORY_RESERVE_BYTES", 0)
-        )
+        # RAM that the real reserve asks for (0.5.19+ ask host_memory_budget_bytes()).
+        if hasattr(host, "host_memory_budget_bytes"):
+            stack.enter_context(
+                mock.patch.object(host, "host_memory_budget_bytes", lambda: 1 << 40)
+            )
+        else:
+            require(
+                hasattr(host, "HICACHE_HOST_MEMORY_RESERVE_BYTES"),
+                "memory_pool_host has neither host_memory_budget_bytes nor "
+                "HICACHE_HOST_MEMORY_RESERVE_BYTES",
+            )
+            stack.enter_context(
+                mock.patch.object(host, "HICACHE_HOST_MEMORY_RESERVE_BYTES", 0)
+            )
         if torch.device(device).type == "cpu":
             # Host pools pin (cudaHostRegister) their buffers, which needs a CUDA
-            # driver: allocate plainly for CPU device pools.
+            # driver: allocate plainly for CPU device pools. The table is keyed by
+            # torch.device up to 0.5.19, by the device-type string from 0.5.20.
             require(
                 hasattr(host, "ALLOC_MEMORY_FUNCS"),
                 "memory_pool_host has no ALLOC_MEMORY_FUNCS",
             )
             stack.enter_context(
                 mock.patch.dict(
-                    host.ALLOC_MEMORY_FUNCS, {torch.device("cpu"): _alloc_unpinned}
+                    host.ALLOC_MEMORY_FUNCS,
+                    {torch.device("cpu"): _alloc_unpinned, "cpu": _alloc_unpinned},
                 )
             )
         yield
 
 
-def _hicache_server_args():
-    return types.SimpleNamespace(
-        hicache_size=0,
-        hicache_ratio=2.0,
-        hicache_mem_layout="layer_first",
-        hicache_storage_backend=None,
-        hicache_write_policy="write_through",
-        hicache_io_backend="direct",
-    )
+# The HiCache settings of these stacks: write-through, "direct" io, layer-first
+# host layout, host pools sized by hicache_ratio 2, no storage backend.
+HICACHE_SERVER_ARGS = dict(
+    hicache_size=0,
+    hicache_ratio=2.0,
+    hicache_mem_layout="layer_first",
+    hicache_storage_backend=None,
+    hicache_write_policy="write_through",
+    hicache_io_backend="direct",
+)
 
 
-def _cache_init_params(full_tokens: int):
+def _cache_init_params(full_tokens: int, page_size: int, pp_rank: int, pp_size: int):
     swa_attn_allocator = types.SimpleNamespace(
         alloc=lambda need_size: None, free=lambda indices: None
     )
@@ -298,7 +396,25 @@ def _cache_init_params(full_tokens: int):
     allocator = types.SimpleNamespace(
         size_full=full_tokens, swa_attn_allocator=swa_attn_allocator
     )
-    return types.SimpleNamespace(token_to_kv_pool_allocator=allocator)
+    # 0.5.17+ read the page size and the process groups (PP included) off the
+    # params; 0.5.18+ the MTP draft pools whose SWA layers follow the stage's
+    # own (none here: no draft model).
+    return types.SimpleNamespace(
+        token_to_kv_pool_allocator=allocator,
+        page_size=page_size,
+        tp_cache_group=None,
+        attn_cp_cache_group=None,
+        attn_tp_cache_group=None,
+        pp_cache_group=_pp_group(pp_rank, pp_size),
+        pp_rank=pp_rank,
+        pp_size=pp_size,
+        mtp_draft_device_pools=(),
+    )
+
+
+def _pp_group(pp_rank: int, pp_size: int):
+    """What the stack reads off a PP group: this stage's rank and the stage count."""
+    return types.SimpleNamespace(rank_in_group=pp_rank, world_size=pp_size)
 
 
 def build_dsv4_hicache_stack(
@@ -312,27 +428,37 @@ def build_dsv4_hicache_stack(
 ) -> HiCacheStack:
     """Run the release's real ``build_deepseek_v4_hicache_stack`` on ``pool`` as
     stage ``pp_rank`` of ``pp_size``, with ``full_tokens`` device FULL tokens (the
-    ``full_tokens`` the pool was built with; write-through, "direct" io, layer-first host
-    layout, no storage backend, host pools sized by ``hicache_ratio`` 2).
+    ``full_tokens`` the pool was built with) and the settings of
+    ``HICACHE_SERVER_ARGS``.
 
     The controller is recorded, not built. ``state_host_pool_cls`` replaces
     ``DeepSeekV4StateHostPool`` (for a check of the KV side alone). On a CPU pool
-    the host pools are not pinned."""
+    the host pools are not pinned. The stack derives its layer mappings from the
+    pool (0.5.19+ take them as ``layer_mappings``; the model runner passes what
+    the same derivation gives, so none is passed here)."""
     assembler = locate(
         "the hybrid pool assembler",
         "sglang.srt.mem_cache.hybrid_cache.hybrid_pool_assembler",
     )
     build = getattr(assembler, "build_deepseek_v4_hicache_stack", None)
-    require(build is not None, "no build_deepseek_v4_hicache_stack")
+    require(
+        build is not None,
+        "hybrid_pool_assembler has no build_deepseek_v4_hicache_stack",
+    )
+    require(
+        hasattr(assembler, "HybridCacheController"),
+        "hybrid_pool_assembler builds no HybridCacheController",
+    )
+    page_size = pool.page_size if page_size is None else page_size
     if takes(build, "pp_rank"):
         # 0.5.12
         pp = dict(pp_rank=pp_rank, pp_size=pp_size)
     elif takes(build, "pp_group"):
-        # 0.5.13+: the stack reads rank_in_group / world_size off the group and
-        # hands it to the controller (recorded here).
-        pp = dict(
-            pp_group=types.SimpleNamespace(rank_in_group=pp_rank, world_size=pp_size)
-        )
+        # 0.5.13-0.5.16: the stack hands the group to the controller (recorded).
+        pp = dict(pp_group=_pp_group(pp_rank, pp_size))
+    elif takes(build, "params"):
+        # 0.5.17+: the PP group rides on the cache params.
+        pp = {}
     else:
         raise CannotRun("build_deepseek_v4_hicache_stack takes no PP stage")
     with contextlib.ExitStack() as stack:
@@ -340,25 +466,34 @@ def build_dsv4_hicache_stack(
             mock.patch.object(assembler, "HybridCacheController", ControllerRecorder)
         )
         if state_host_pool_cls is not None:
+            require(
+                hasattr(assembler, "DeepSeekV4StateHostPool"),
+                "hybrid_pool_assembler builds no DeepSeekV4StateHostPool",
+            )
             stack.enter_context(
                 mock.patch.object(
                     assembler, "DeepSeekV4StateHostPool", state_host_pool_cls
                 )
             )
         stack.enter_context(_host_pool_patches(pool.device))
-        group, controller = build(
+        # 0.5.12-0.5.18 take the server args; 0.5.17+ read them from the config
+        # bags the release publishes (get_memory()).
+        published = stack.enter_context(global_server_args(**HICACHE_SERVER_ARGS))
+        kwargs = dict(
             **accepted(
                 build,
-                params=_cache_init_params(full_tokens),
-                server_args=_hicache_server_args(),
+                params=_cache_init_params(full_tokens, page_size, pp_rank, pp_size),
+                server_args=published,
                 kvcache=pool,
-                page_size=pool.page_size if page_size is None else page_size,
+                page_size=page_size,
                 tp_group=None,
                 load_cache_event=None,
                 storage_backend=None,
             ),
             **pp,
         )
+        require_call(build, "build_deepseek_v4_hicache_stack", **kwargs)
+        group, controller = build(**kwargs)
     return HiCacheStack(group=group, controller=controller)
 
 
@@ -454,6 +589,22 @@ def kv_device_buffers(pool) -> dict:
     }
 
 
+def model_device_buffer(pool, kind: str, layer_id: int) -> torch.Tensor:
+    """The device buffer the model reads for global layer ``layer_id``'s ``kind``
+    ("swa", "c4", "c4_indexer", "c128") KV. 0.5.20 renamed the SWA accessor
+    ``get_swa_key_buffer`` to ``get_swa_key_buffer_radix``."""
+    names = {
+        "swa": ("get_swa_key_buffer", "get_swa_key_buffer_radix"),
+        "c4": ("get_extra_key_buffer",),
+        "c4_indexer": ("get_index_k_with_scale_buffer",),
+        "c128": ("get_extra_key_buffer",),
+    }[kind]
+    for name in names:
+        if hasattr(pool, name):
+            return getattr(pool, name)(layer_id)
+    raise CannotRun(f"DeepSeekV4TokenToKVPool has no {' / '.join(names)}")
+
+
 def host_layer_num(entry) -> int:
     return entry.host_pool.layer_num
 
@@ -486,18 +637,66 @@ def stack_transfers(group, host_indices, device_indices) -> list:
     ]
 
 
+def _entry_transfers(group, host_indices, device_indices, transfers) -> list:
+    """(entry, host indices, device indices) per entry a transfer moves: the
+    anchor with the group's own indices, then each pool transfer's entry. From
+    0.5.18 the group moves nothing itself: the controller resolves these (one
+    L2Transfer per entry, HybridCacheController._l2_transfers) and its transfer
+    engine calls each entry's host pool; the seam does what the engine does, in
+    order, with the entry's own layer mapper."""
+    anchor = group.anchor_entry
+    moves = [(anchor, host_indices, device_indices)] if host_indices.numel() else []
+    for transfer in transfers:
+        moves.append(
+            (group.entry_map[transfer.name], transfer.host_indices, transfer.device_indices)
+        )
+    # 0.5.21+: the engine lets each host pool resolve its indices first and then
+    # calls its *_physical copy methods.
+    prepared = []
+    for entry, host_idx, device_idx in moves:
+        prepare = getattr(entry.host_pool, "prepare_transfer_indices", None)
+        if prepare is not None:
+            host_idx, device_idx = prepare(host_idx, device_idx, "direct")
+        prepared.append((entry, host_idx, device_idx))
+    return prepared
+
+
+def _physical(host_pool, name: str):
+    return getattr(host_pool, f"{name}_physical", None) or getattr(host_pool, name)
+
+
 def backup_all_layers(group, pool, host_indices, device_indices, transfers) -> None:
     """Device -> host for every layer, "direct" io (inside dsv4_host_transfers)."""
-    group.backup_from_device_all_layer(
-        pool, host_indices, device_indices, "direct", pool_transfers=transfers
-    )
+    if hasattr(group, "backup_from_device_all_layer"):
+        # 0.5.12-0.5.17: the group routes the transfers to its entries.
+        group.backup_from_device_all_layer(
+            pool, host_indices, device_indices, "direct", pool_transfers=transfers
+        )
+        return
+    for entry, host_idx, device_idx in _entry_transfers(
+        group, host_indices, device_indices, transfers
+    ):
+        _physical(entry.host_pool, "backup_from_device_all_layer")(
+            entry.device_pool, host_idx, device_idx, "direct"
+        )
 
 
 def load_layer(group, pool, host_indices, device_indices, layer, transfers) -> None:
     """Host -> device for stage-local transfer layer ``layer``, "direct" io."""
-    group.load_to_device_per_layer(
-        pool, host_indices, device_indices, layer, "direct", pool_transfers=transfers
-    )
+    if hasattr(group, "load_to_device_per_layer"):
+        # 0.5.12-0.5.17
+        group.load_to_device_per_layer(
+            pool, host_indices, device_indices, layer, "direct", pool_transfers=transfers
+        )
+        return
+    for entry, host_idx, device_idx in _entry_transfers(
+        group, host_indices, device_indices, transfers
+    ):
+        local = entry.layer_mapper(layer) if entry.layer_mapper is not None else layer
+        if local is not None:
+            _physical(entry.host_pool, "load_to_device_per_layer")(
+                entry.device_pool, host_idx, device_idx, local, "direct"
+            )
 
 
 def spread_swa_pool_over(pool, num_layers: int) -> None:

@@ -3,22 +3,40 @@
 # wrote it: the class body is unchanged. Changed to be a file of its own here:
 # only the imports the class needs, maybe_stub_sgl_kernel() so the backend
 # imports on a machine without a GPU, and register_cpu_ci (upstream's file holds
-# CUDA classes as well and registers for CUDA; this class needs no GPU).
+# CUDA classes as well and registers for CUDA; this class needs no GPU), and
+# setUpModule: the class's stand-in pool predates what later releases ask a pool
+# first (the adapter seam says what, tests/seam/dsv4_attention.py).
 
+import contextlib
+import os
+import sys
 import unittest
 from types import SimpleNamespace
 
-from sglang.test.test_utils import maybe_stub_sgl_kernel
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+from sglang.test.test_utils import maybe_stub_sgl_kernel  # noqa: E402
 
 maybe_stub_sgl_kernel()
 
 import torch  # noqa: E402
 
+from seam import dsv4_attention as dsv4  # noqa: E402
 from sglang.srt.model_executor.forward_batch_info import ForwardMode  # noqa: E402
 from sglang.test.ci.ci_register import register_cpu_ci  # noqa: E402
 from sglang.test.test_utils import CustomTestCase  # noqa: E402
 
 register_cpu_ci(est_time=5, suite="stage-a-test-cpu")
+
+_module_stand_ins = contextlib.ExitStack()
+
+
+def setUpModule():
+    _module_stand_ins.enter_context(dsv4.stand_in_pools_without_request_window())
+
+
+def tearDownModule():
+    _module_stand_ins.close()
 
 
 class TestDSV4SwaOutCacheLocResolution(CustomTestCase):

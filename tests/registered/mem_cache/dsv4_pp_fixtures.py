@@ -2,8 +2,8 @@
 
 The real ``DeepSeekV4TokenToKVPool`` for stage ``k`` of ``N`` and the real
 ``build_deepseek_v4_hicache_stack`` run on it; how to build them on the installed
-release lives in ``seam.dsv4_pool``. The mixins at the bottom hold the checks;
-the CPU and CUDA test files bind them to a device.
+release, and every stand-in they need, live in ``seam.dsv4_pool``. The mixins at
+the bottom hold the checks; the CPU and CUDA test files bind them to a device.
 
 Call ``maybe_stub_sgl_kernel()`` before importing this module on a machine
 without a GPU.
@@ -136,18 +136,6 @@ def fill_with_seeded_bytes(tensors) -> None:
         )
 
 
-class StateHostPoolRecorder:
-    """Stands in for DeepSeekV4StateHostPool where a test only looks at the
-    KV/SWA side of the stack."""
-
-    layout = "layer_first"
-
-    def __init__(self, *, pool_name, state_pools, **kwargs):
-        self.pool_name = pool_name
-        self.state_pools = state_pools
-        self.layer_num = len(state_pools)
-
-
 def page_token_indices(pages: list[int]) -> torch.Tensor:
     return torch.cat([torch.arange(p * PAGE_SIZE, (p + 1) * PAGE_SIZE) for p in pages])
 
@@ -196,7 +184,7 @@ class LayerCountChecks(EachStage):
         # Only the KV side is checked here; the state host pools are replaced
         # so this guard does not depend on the state-pool fix.
         stack = build_stage_stack(
-            pool, pp_rank, state_host_pool_cls=StateHostPoolRecorder
+            pool, pp_rank, state_host_pool_cls=seam.StateHostPoolRecorder
         )
         group = stack.group
 
@@ -215,17 +203,17 @@ class LayerCountChecks(EachStage):
             self.assertTrue(
                 same_memory(
                     seam.host_device_tensor(swa, swa.layer_mapper(l)),
-                    pool.get_swa_key_buffer(start + l),
+                    seam.model_device_buffer(pool, "swa", start + l),
                 ),
                 f"SWA layer {l}",
             )
 
         compressed = (
-            ("DEEPSEEK_V4_C4", 4, pool.get_extra_key_buffer),
-            ("DEEPSEEK_V4_C4_INDEXER", 4, pool.get_index_k_with_scale_buffer),
-            ("DEEPSEEK_V4_C128", 128, pool.get_extra_key_buffer),
+            ("DEEPSEEK_V4_C4", 4, "c4"),
+            ("DEEPSEEK_V4_C4_INDEXER", 4, "c4_indexer"),
+            ("DEEPSEEK_V4_C128", 128, "c128"),
         )
-        for name, ratio, device_buffer_of in compressed:
+        for name, ratio, kind in compressed:
             entry = seam.stack_entry(group, name)
             self.assertIsNotNone(entry, name)
             expected = expected_compress_layer_ids(start, end, ratio)
@@ -238,7 +226,8 @@ class LayerCountChecks(EachStage):
                 # the global layer.
                 self.assertTrue(
                     same_memory(
-                        seam.host_device_tensor(entry, slot), device_buffer_of(start + l)
+                        seam.host_device_tensor(entry, slot),
+                        seam.model_device_buffer(pool, kind, start + l),
                     ),
                     (name, l),
                 )
