@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import types
 from typing import Optional, Sequence
@@ -886,6 +887,13 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
             "eagle_worker_v2 has no EAGLEWorkerV2.verify")
     tp_worker_cls = locate("TpModelWorker", "sglang.srt.managers.tp_worker:TpModelWorker")
     runner_cls = locate("ModelRunner", "sglang.srt.model_executor.model_runner:ModelRunner")
+    # 0.5.14+ run the eager forward through an EagerRunner that the model runner
+    # builds with its input buffers; this adapter drives ModelRunner's own steps.
+    require(
+        importlib.util.find_spec("sglang.srt.model_executor.runner.eager_runner") is None,
+        "the eager forward runs through model_executor.runner.eager_runner.EagerRunner, "
+        "which this verify-step adapter does not build",
+    )
     spec_algo = locate("SpeculativeAlgorithm",
                        "sglang.srt.speculative.spec_info:SpeculativeAlgorithm")
     device = backend.device
