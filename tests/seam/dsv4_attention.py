@@ -889,8 +889,12 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
     runner_cls = locate("ModelRunner", "sglang.srt.model_executor.model_runner:ModelRunner")
     # 0.5.14+ run the eager forward through an EagerRunner that the model runner
     # builds with its input buffers; this adapter drives ModelRunner's own steps.
+    try:
+        eager_runner = importlib.util.find_spec("sglang.srt.model_executor.runner.eager_runner")
+    except ImportError:  # no model_executor.runner package (0.5.12, 0.5.13)
+        eager_runner = None
     require(
-        importlib.util.find_spec("sglang.srt.model_executor.runner.eager_runner") is None,
+        eager_runner is None,
         "the eager forward runs through model_executor.runner.eager_runner.EagerRunner, "
         "which this verify-step adapter does not build",
     )
