@@ -1,13 +1,18 @@
 """DSV4 SWA write path: full -> SWA translations, torch ops and time per forward batch.
 
-For each mode (extend, decode, target-verify padded for DP after metadata init,
+For each mode (extend, decode, spec-v2 target-verify padded for DP attention,
 eager multi-step draft decode, IDLE) one forward batch runs what a DSV4 forward
 runs for its SWA KV stores, on the vanilla and on the patched build, each side in
 processes of its own:
 
   ForwardBatch.init_new (the real one: it translates out_cache_loc_swa for hybrid-SWA
-  models) -> the attention backend's eager init_forward_metadata -> (DP padding) ->
-  one SWA store per layer through MQALayer's fused norm+rope path.
+  models) -> the attention backend's eager init_forward_metadata -> one SWA store
+  per layer through MQALayer's fused norm+rope path.
+
+target_verify_dp_padded runs the EAGLE v2 worker's verify step itself
+(EAGLEWorkerV2.verify: prepare_for_v2_verify, then TpModelWorker / ModelRunner's
+target forward with its MLP-sync padding for DP attention, graphs off), wherever
+each side plans the batch's metadata; the model is one SWA store per layer.
 
 The real DeepSeekV4TokenToKVPool, DeepseekV4AttnBackend, ForwardBatch and MQALayer
 code runs (built through tests/seam); only GPU kernels are replaced (the fused
@@ -130,22 +135,22 @@ def run_side(args):
         return pool, one
 
     def target_verify_dp_padded():
+        # The EAGLE v2 worker's verify step on attention-DP rank 0, graphs off:
+        # prepare_for_v2_verify, then the target forward, whose MLP-sync padding
+        # grows the batch to rank 1's (a third more requests).
         n_draft, n_req = 3, max(reqs // 4, 1)
-        pool, backend = make(args.layers, num_draft_tokens=n_draft)
+        pool, backend = make(args.layers, topk=1, num_steps=n_draft - 1,
+                             num_draft_tokens=n_draft)
         seq = [40] * n_req
-        loc = slots([s + n_draft for s in seq], [n_draft] * n_req)
-        padded = loc.shape[0] + loc.shape[0] // 3  # another DP rank has more tokens
-        kv = kv_rows(padded)
+        dp_batch_sizes = (n_req, n_req + max(n_req // 3, 1))
+        rows = kv_rows(dp_batch_sizes[1] * n_draft)
 
         def one():
-            fb = dsv4.new_forward_batch(backend, loc, "TARGET_VERIFY", seq_lens=seq)
-            # Spec v2: metadata planned before the forward, then MLP-sync padding.
-            fb.global_num_tokens_cpu = [padded, loc.shape[0]]
-            fb.global_dp_buffer_len = None
             dsv4.new_batch_hook(pool)
-            dsv4.init_metadata(backend, fb)
-            dsv4.pad_for_dp(fb, padded)
-            store_all(fb, kv, layers)
+            dsv4.verify_step_under_dp(
+                backend, seq_lens=seq, num_draft_tokens=n_draft,
+                dp_batch_sizes=dp_batch_sizes, dp_rank=0, layer_ids=layers,
+                kv_rows=lambda n: rows[:n])
         return pool, one
 
     def draft_decode_multi_step():

@@ -37,6 +37,8 @@ import contextlib
 import dataclasses
 import functools
 import importlib
+import importlib.util
+import inspect
 import types
 from typing import Optional, Sequence
 from unittest import mock
@@ -831,3 +833,361 @@ def precomputed_swa_locations(fb):
     """The SWA locations ForwardBatch construction precomputed (see above)."""
     require_precomputed_swa_locations()
     return fb.out_cache_loc_swa
+
+
+# ---------------------------------------------------------------------------
+# Spec v2 target verify under DP attention: the EAGLE v2 worker's verify step
+# (prepare_for_v2_verify, then the target forward whose MLP-sync padding runs
+# before the model), driven through the release's own worker, TP worker and
+# model runner code; only the model is a stand-in (one SWA store per layer).
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class VerifyForward:
+    """What the target forward of one verify step saw: the batch as the model
+    ran it (after DP padding) and the attention metadata its first layer read."""
+
+    out_cache_loc: torch.Tensor
+    batch_size: int
+    num_tokens: int
+    metadata: object  # the DSV4 core attention metadata the layers read
+
+
+class _VerifyForwardDone(Exception):
+    """Ends the worker's verify after the target forward (sampling is not ours)."""
+
+
+def _with_methods(real_cls, **fields):
+    """A stand-in object carrying ``fields`` and every method the real class
+    defines (releases split and rename the steps they take); any other attribute
+    reads as None."""
+    methods = {}
+    for cls in reversed(real_cls.__mro__[:-1]):
+        methods.update({
+            name: value for name, value in vars(cls).items()
+            if inspect.isfunction(value) and not name.startswith("__")
+        })
+    return type(f"{real_cls.__name__}StandIn", (_Loose,), methods)(**fields)
+
+
+def _compression_metadata_twin(seq_lens, positions, raw_out_loc, page_table=None,
+                               page_size=0, compute_page_indices=True):
+    """Torch twin of DSV4's compression-metadata kernel: per token, the C4 / C128
+    write targets (the compressed slot when the token closes a group, else the
+    padding slot 0), positions and lengths, and the C128 page indices."""
+    i32 = dict(dtype=torch.int32, device=seq_lens.device)
+    seq_lens = seq_lens.to(torch.int64)
+    positions = positions.to(torch.int64)
+    loc = raw_out_loc.to(torch.int64)
+
+    def out_loc(ratio):
+        return torch.where(seq_lens % ratio == 0, loc // ratio, 0).to(**i32)
+
+    c4_raw = seq_lens // 4
+    c128_raw = seq_lens // 128
+    page_indices = None
+    if compute_page_indices:
+        c128_page = page_size // 128
+        offsets = torch.arange(c128_page * page_table.shape[1], device=seq_lens.device)
+        pages = page_table.to(torch.int64)[:, offsets // c128_page]
+        page_indices = pages * c128_page + offsets % c128_page
+        page_indices = torch.where(offsets[None, :] < c128_raw[:, None], page_indices, -1)
+        page_indices = page_indices.to(**i32)
+    return (
+        out_loc(4), (positions & ~3).to(**i32), c4_raw.to(**i32),
+        c4_raw.clamp(min=1).to(**i32),
+        out_loc(128), (positions & ~127).to(**i32), c128_raw.clamp(min=1).to(**i32),
+        page_indices,
+    )
+
+
+def _extend_cache_locs_twin(req_pool_indices, req_to_token, start_offset,
+                            end_offset, batch_size, draft_token_num, device):
+    """Torch twin of EAGLE's assign_extend_cache_locs kernel: each request's
+    req_to_token slots [start, end), requests in order."""
+    rows = [
+        req_to_token[int(r), int(s):int(e)]
+        for r, s, e in zip(req_pool_indices.tolist(), start_offset.tolist(), end_offset.tolist())
+    ]
+    return torch.cat(rows).to(device=device, dtype=torch.int64)
+
+
+@contextlib.contextmanager
+def _verify_step_kernels(dp_size: int, dp_rank: int):
+    """The stand-ins a verify step needs on a machine without a GPU, on top of
+    store_kernels(): the two kernels above, host-side stream and pinned-memory
+    hints that need a CUDA driver, and the DP-attention rank (dp_size ranks,
+    attention TP and CP of one) that parallel-state initialisation would set."""
+    backend = backend_module()
+    fbi = locate("forward_batch_info", "sglang.srt.model_executor.forward_batch_info")
+    dp_attention = locate("dp_attention", "sglang.srt.layers.dp_attention")
+    parallel_state = locate("parallel_state", "sglang.srt.distributed.parallel_state")
+    # The kernel's homes: eagle_info_v2 (0.5.12-0.5.14, imported there), and
+    # triton_ops.cache_locs (0.5.13+; 0.5.15's eagle_utils imports it per call).
+    kernel_homes = []
+    for module in ("sglang.srt.speculative.eagle_info_v2",
+                   "sglang.srt.speculative.triton_ops.cache_locs"):
+        try:
+            home = importlib.import_module(module)
+        except ImportError:
+            continue
+        if hasattr(home, "assign_extend_cache_locs_func"):
+            kernel_homes.append(home)
+    require(kernel_homes, "no assign_extend_cache_locs_func in eagle_info_v2 or triton_ops.cache_locs")
+    real_tensor = torch.tensor
+    real_record_stream = torch.Tensor.record_stream
+
+    def tensor(*args, pin_memory=False, **kwargs):
+        return real_tensor(*args, pin_memory=pin_memory and torch.cuda.is_available(), **kwargs)
+
+    def record_stream(self, stream):
+        if self.is_cuda:
+            real_record_stream(self, stream)
+
+    with contextlib.ExitStack() as stack:
+        patch = stack.enter_context
+        for home in kernel_homes:
+            patch(mock.patch.object(home, "assign_extend_cache_locs_func", _extend_cache_locs_twin))
+        if hasattr(backend, "_init_compression_metadata_triton"):
+            patch(mock.patch.object(backend, "_init_compression_metadata_triton",
+                                    _compression_metadata_twin))
+        patch(mock.patch.object(torch, "tensor", tensor))
+        patch(mock.patch.object(torch.Tensor, "record_stream", record_stream))
+        patch(mock.patch.object(dp_attention, "_ATTN_DP_SIZE", dp_size))
+        patch(mock.patch.object(dp_attention, "_ATTN_DP_RANK", dp_rank))
+        # Attention TP and CP of one (what their parallel groups would say).
+        for name, value in (
+            ("get_attn_tensor_model_parallel_world_size", 1),
+            ("get_attn_tensor_model_parallel_rank", 0),
+            ("get_attn_context_model_parallel_world_size", 1),
+            ("get_attn_context_model_parallel_rank", 0),
+        ):
+            # dp_attention imports them; 0.5.14+'s runtime context calls them
+            # on parallel_state.
+            for home in (dp_attention, parallel_state):
+                if hasattr(home, name):
+                    patch(mock.patch.object(home, name, lambda value=value: value))
+        # The gathered-buffer bookkeeping for the collectives (process-global).
+        for name in ("set_dp_buffer_len", "set_is_extend_in_batch"):
+            if hasattr(fbi, name):
+                patch(mock.patch.object(fbi, name, lambda *a, **k: None))
+        yield
+
+
+@contextlib.contextmanager
+def real_compression_metadata():
+    """Inside store_kernels(): DSV4's real per-batch compression metadata (the
+    C4 / C128 write targets), its kernel replaced by the torch twin above."""
+    meta_cls = locate(
+        "DSV4AttnMetadata",
+        "sglang.srt.layers.attention.deepseek_v4_backend:DSV4AttnMetadata",
+    )
+    real = _REAL_COMPRESSION_METADATA.get(meta_cls)
+    require(real is not None, "DSV4AttnMetadata has no init_compression_metadata")
+    with mock.patch.object(meta_cls, "init_compression_metadata", real):
+        yield
+
+
+def remember_compression_metadata() -> None:
+    """Keep the real init_compression_metadata before store_kernels() stubs it."""
+    meta_cls = locate(
+        "DSV4AttnMetadata",
+        "sglang.srt.layers.attention.deepseek_v4_backend:DSV4AttnMetadata",
+    )
+    real = meta_cls.__dict__.get("init_compression_metadata")
+    if real is not None and not isinstance(real, mock.Base):
+        _REAL_COMPRESSION_METADATA[meta_cls] = real
+
+
+_REAL_COMPRESSION_METADATA: dict = {}
+
+
+def _verify_input(draft_tokens: torch.Tensor, positions: torch.Tensor, *, bs, topk,
+                  num_draft_tokens, seq_lens_cpu):
+    cls = locate("EagleVerifyInput", "sglang.srt.speculative.eagle_info:EagleVerifyInput")
+    hidden = locate("CaptureHiddenMode",
+                    "sglang.srt.model_executor.forward_batch_info:CaptureHiddenMode")
+    device = draft_tokens.device
+    retrieve = torch.full((bs, num_draft_tokens), -1, dtype=torch.long, device=device)
+    return cls(**accepted(
+        cls,
+        draft_token=draft_tokens,
+        custom_mask=torch.ones(bs * num_draft_tokens ** 2, dtype=torch.bool, device=device),
+        positions=positions,
+        retrieve_index=retrieve.clone(),
+        retrieve_next_token=retrieve.clone(),
+        retrieve_next_sibling=retrieve.clone(),
+        retrieve_cum_len=None,
+        spec_steps=num_draft_tokens - 1,
+        topk=topk,
+        draft_token_num=num_draft_tokens,
+        capture_hidden_mode=hidden.FULL,
+        seq_lens_sum=int(seq_lens_cpu.sum()),
+        seq_lens_cpu=seq_lens_cpu,
+    ))
+
+
+def _server_args_with_methods(backend):
+    """The backend's server args with ServerArgs' own query methods (the verify
+    path asks e.g. ``enable_mamba_extra_buffer()``)."""
+    server_args = locate("ServerArgs", "sglang.srt.server_args:ServerArgs")
+    args = types.SimpleNamespace(**vars(_SERVER_ARGS[id(backend)]))
+    for name in ("enable_mamba_extra_buffer",):
+        if hasattr(server_args, name):
+            setattr(args, name, types.MethodType(getattr(server_args, name), args))
+    return args
+
+
+def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
+                         dp_rank, layer_ids, kv_rows) -> VerifyForward:
+    """One spec-v2 target-verify step of an EAGLE (MTP, topk 1) worker on DP rank
+    ``dp_rank`` of ``len(dp_batch_sizes)`` attention-DP ranks, graphs off: the
+    release's own ``EAGLEWorkerV2.verify`` prepares the batch
+    (``prepare_for_v2_verify``: locations from req_to_token, ``ForwardBatch``)
+    and runs the target forward through ``TpModelWorker.forward_batch_generation``
+    and ``ModelRunner.forward`` (MLP-sync padding to the DP ranks' batch, then the
+    forward path's metadata planning where the release plans there). The model
+    stores ``kv_rows(num_tokens)`` as each layer's SWA KV (``store_layer``).
+    ``seq_lens`` are the requests' lengths before the draft tokens."""
+    worker_mod = locate("eagle_worker_v2", "sglang.srt.speculative.eagle_worker_v2")
+    worker_cls = getattr(worker_mod, "EAGLEWorkerV2", None)
+    require(worker_cls is not None and hasattr(worker_cls, "verify"),
+            "eagle_worker_v2 has no EAGLEWorkerV2.verify")
+    tp_worker_cls = locate("TpModelWorker", "sglang.srt.managers.tp_worker:TpModelWorker")
+    runner_cls = locate("ModelRunner", "sglang.srt.model_executor.model_runner:ModelRunner")
+    # 0.5.14+ run the eager forward through an EagerRunner that the model runner
+    # builds with its input buffers; this adapter drives ModelRunner's own steps.
+    try:
+        eager_runner = importlib.util.find_spec("sglang.srt.model_executor.runner.eager_runner")
+    except ImportError:  # no model_executor.runner package (0.5.12, 0.5.13)
+        eager_runner = None
+    require(
+        eager_runner is None,
+        "the eager forward runs through model_executor.runner.eager_runner.EagerRunner, "
+        "which this verify-step adapter does not build",
+    )
+    spec_algo = locate("SpeculativeAlgorithm",
+                       "sglang.srt.speculative.spec_info:SpeculativeAlgorithm")
+    device = backend.device
+    pool = backend.token_to_kv_pool
+    bs = len(seq_lens)
+    seq_cpu = torch.tensor(seq_lens, dtype=torch.int64)
+    positions = (seq_cpu[:, None] + torch.arange(num_draft_tokens)).reshape(-1).to(device)
+    verify_input = _verify_input(
+        torch.zeros(bs * num_draft_tokens, dtype=torch.int64, device=device), positions,
+        bs=bs, topk=1, num_draft_tokens=num_draft_tokens, seq_lens_cpu=seq_cpu,
+    )
+    batch = _Loose(
+        forward_mode=forward_mode("DECODE"),
+        batch_size=bs,
+        input_ids=torch.zeros(bs, dtype=torch.int64, device=device),
+        req_pool_indices=torch.arange(bs, device=device),
+        seq_lens=seq_cpu.to(device),
+        seq_lens_cpu=seq_cpu,
+        orig_seq_lens=seq_cpu.to(device),
+        seq_lens_sum=int(seq_cpu.sum()),
+        spec_info=verify_input,
+        spec_algorithm=spec_algo.EAGLE,
+        global_num_tokens=list(dp_batch_sizes),
+        global_num_tokens_for_logprob=list(dp_batch_sizes),
+        is_extend_in_batch=False,
+        all_extend_in_batch=False,
+        can_run_dp_cuda_graph=False,
+        return_logprob=False,
+        is_prefill_only=False,
+        has_grammar=False,
+        lora_ids=[None] * bs,
+        reqs=[],
+        device=device,  # 0.5.13+: the ScheduleBatch's device and model config
+        model_config=_Loose(vocab_size=2, is_deepseek_v4_arch=True, is_hybrid_swa=True),
+    )
+    seen: list = []
+
+    def model_forward(input_ids, positions, forward_batch, **kwargs):
+        # What store_layer reads off the batch (0.5.13+ keep it in the context).
+        for name, value in (("attn_backend", backend), ("token_to_kv_pool", pool)):
+            if getattr(forward_batch, name, None) is None:
+                setattr(forward_batch, name, value)
+        n = forward_batch.out_cache_loc.shape[0]
+        kv = kv_rows(n)
+        for i, layer_id in enumerate(layer_ids):
+            if i == 0:
+                # The first layer materialises the batch's metadata (0.5.12
+                # upgrades it lazily there) before anything reads it.
+                attention_forward_prologue(backend)
+                seen.append(VerifyForward(
+                    out_cache_loc=forward_batch.out_cache_loc.clone(),
+                    batch_size=forward_batch.batch_size,
+                    num_tokens=input_ids.shape[0],
+                    metadata=core_metadata(backend),
+                ))
+            store_layer(layer_id, forward_batch, kv)
+        return types.SimpleNamespace(
+            next_token_logits=torch.zeros(n, 1, device=device),
+            hidden_states=torch.zeros(n, 1, device=device),
+        )
+
+    model_runner = _with_methods(
+        runner_cls,
+        device=str(device),
+        is_hybrid_swa=True,
+        is_generation=True,
+        is_draft_worker=False,
+        forward_pass_id=0,
+        spec_algorithm=spec_algo.EAGLE,
+        model_config=_Loose(is_deepseek_v4_arch=True, is_hybrid_swa=True),
+        token_to_kv_pool_allocator=types.SimpleNamespace(
+            translate_loc_from_full_to_swa=lambda loc: pool.translate_loc_from_full_to_swa(loc)
+        ),
+        token_to_kv_pool=pool,
+        req_to_token_pool=backend.req_to_token_pool,
+        attn_backend=backend,
+        model=types.SimpleNamespace(forward=model_forward),
+        pp_group=types.SimpleNamespace(is_last_rank=True, is_first_rank=True),
+        server_args=_Loose(enable_lora=False, disable_overlap_schedule=True,
+                           attention_backend="torch_native"),
+        model_is_mrope=False,
+        use_ngram_embedding=False,
+        dcp_size=1,
+    )
+    tp_worker = _with_methods(
+        tp_worker_cls,
+        model_runner=model_runner,
+        pp_group=model_runner.pp_group,
+    )
+    real_generation = tp_worker.forward_batch_generation
+
+    def forward_batch_generation(*args, **kwargs):
+        real_generation(*args, **kwargs)
+        raise _VerifyForwardDone()
+
+    tp_worker.forward_batch_generation = forward_batch_generation
+    worker = _Loose(
+        device=str(device),
+        speculative_num_steps=num_draft_tokens - 1,
+        speculative_num_draft_tokens=num_draft_tokens,
+        topk=1,
+        plan_stream=None,
+        plan_stream_ctx=contextlib.nullcontext(),
+        req_to_token_pool=backend.req_to_token_pool,
+        target_worker=tp_worker,
+        _target_worker=tp_worker,
+    )
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_verify_step_kernels(len(dp_batch_sizes), dp_rank))
+        stack.enter_context(forward_context(backend))
+        stack.enter_context(global_server_args(_server_args_with_methods(backend)))
+        fbi = locate("forward_batch_info", "sglang.srt.model_executor.forward_batch_info")
+        if hasattr(fbi, "enable_num_token_non_padded"):
+            stack.enter_context(
+                mock.patch.object(fbi, "enable_num_token_non_padded", lambda *a, **k: False)
+            )
+        try:
+            worker_cls.verify(worker, batch)
+        except _VerifyForwardDone:
+            pass
+        else:
+            raise AssertionError("verify returned without running the target forward")
+    require(len(seen) == 1, f"the target forward ran the model {len(seen)} times")
+    return seen[0]

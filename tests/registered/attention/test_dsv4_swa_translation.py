@@ -5,8 +5,7 @@ locations and by the mapping registered before the batch started (a HiCache
 commit / load-back may rebuild it between batches), on every layer of the stage,
 whichever layer stores first; and the batch's locations are translated once per
 forward batch, counted at the mapping gather whoever asks (metadata init, the
-stores), in extend, decode, target-verify padded for DP after metadata init, and
-at most once for an IDLE batch.
+stores), in extend and decode.
 
 The objects come from the adapter seam (tests/seam/dsv4_attention.py); only the
 GPU kernels are replaced.
@@ -181,52 +180,6 @@ class _OncePerBatchCases(_Base):
         self.assertEqual(self._count(pool, run), 1)
         self.assertIsNotNone(dsv4.metadata_swa_out_cache_loc(backend))
         self._assert_rows(pool, layers, self.old, state["fb"].out_cache_loc, rows(2, 3, self.device), "decode")
-
-    def test_target_verify_padded_for_dp_after_metadata_init_translates_once(self):
-        # Metadata planned ahead of the forward (skip_attn_backend_init), then
-        # MLP-sync padding rebinds out_cache_loc to a longer tensor.
-        pool, layers = self._pool(layer_num=self.num_layers)
-        backend = dsv4.make_backend(pool, num_draft_tokens=2)
-        state = {}
-
-        def run():
-            out_loc = torch.tensor(
-                [PS + 40, PS + 41, 2 * PS + 300, 2 * PS + 301], device=self.device
-            )
-            fb = dsv4.forward_batch(
-                backend, out_loc, "TARGET_VERIFY", seq_lens=(40, 300),
-                dp_padding_pending=True,
-            )
-            dsv4.init_metadata(backend, fb)
-            dsv4.pad_for_dp(fb, 7)
-            state["fb"] = fb
-            dsv4.store_layers(fb, layers, rows(7, 4, self.device))
-
-        self.assertEqual(self._count(pool, run), 1)
-        # The padding (zeros) all lands on the dummy slot; the real tokens:
-        self._assert_rows(
-            pool, layers, self.old, state["fb"].out_cache_loc[:4],
-            rows(7, 4, self.device)[:4], "padded verify",
-        )
-
-    def test_idle_translates_at_most_once(self):
-        pool, layers = self._pool(layer_num=self.num_layers)
-        backend = dsv4.make_backend(pool)
-        self._extend_batch(backend, (40, 300), (3, 2))  # metadata left behind
-        idle_loc = torch.zeros(3, dtype=torch.int64, device=self.device)
-        live = rows(5, 9, self.device)
-        fb_live = self._extend_batch(backend, (40, 300), (3, 2))
-        dsv4.store_layers(fb_live, layers, live)
-
-        def run():
-            fb = dsv4.forward_batch(backend, idle_loc, "IDLE")
-            # The model's store path (store_cache serves prefill CP only).
-            for layer_id in layers:
-                dsv4.store_layer(layer_id, fb, rows(3, 5, self.device))
-
-        self.assertLessEqual(self._count(pool, run), 1)
-        # The previous batch's rows are intact: IDLE wrote nowhere near them.
-        self._assert_rows(pool, layers, self.old, fb_live.out_cache_loc, live, "previous batch")
 
     def test_metadata_of_a_batch_copies_into_the_captured_graph_metadata(self):
         # CUDA graph replay copies each batch's metadata into the captured one;
