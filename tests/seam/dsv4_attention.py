@@ -46,7 +46,7 @@ from unittest import mock
 import torch
 
 from seam import CannotRun, accepted, applies_only_if, building, locate, require, takes
-from seam.dsv4_pool import build_dsv4_pool, global_server_args
+from seam.dsv4_pool import build_dsv4_pool, global_server_args, server_args_defaults
 
 ROW_DIM = 8  # width of one stand-in SWA KV row
 PAGE_SIZE = 256  # DeepseekV4AttnBackend asserts this page size
@@ -1032,7 +1032,7 @@ def _server_args_with_methods(backend):
     """The backend's server args with ServerArgs' own query methods (the verify
     path asks e.g. ``enable_mamba_extra_buffer()``)."""
     server_args = locate("ServerArgs", "sglang.srt.server_args:ServerArgs")
-    args = types.SimpleNamespace(**vars(_SERVER_ARGS[id(backend)]))
+    args = server_args_defaults(**_SERVER_ARGS[id(backend)])
     for name in ("enable_mamba_extra_buffer",):
         if hasattr(server_args, name):
             setattr(args, name, types.MethodType(getattr(server_args, name), args))

@@ -163,7 +163,7 @@ def global_server_args(args=None, **overrides):
     itself when it is such a namespace)."""
     if args is not None and overrides:
         raise TypeError("pass either args or field overrides, not both")
-    fields = dict(args) if isinstance(args, dict) else overrides
+    fields = dict(args) if isinstance(args, dict) else (vars(args) if args is not None else overrides)
     override = _release_override()
     if override is not None:
         known = _server_args_field_names()
