@@ -18,8 +18,9 @@ CONTINUE ?=
 COPY_TO ?=
 RELEASES ?=
 PUBLISH ?=
+LINE ?=
 
-.PHONY: apply test test-vanilla test-manual lint lint-ci prove discard clean lock lock-tools bench rebase pin queue export matrix
+.PHONY: apply test test-vanilla test-manual lint lint-ci prove discard clean lock lock-tools bench rebase pin queue export matrix lines
 
 apply:  ## fetch the pinned sglang, apply patches/series, build the patched wheel, prepare the venv
 	$(PYTHON) -m scripts.apply $(UP)
@@ -57,14 +58,17 @@ bench:  ## the benchmarks in bench/, vanilla vs patched
 pin:  ## pin sglang X (default: the newest on PyPI): wheel sha256, cut-off date, env/X.in + env/X.lock
 	$(PYTHON) -m scripts.pin $(UP)
 
-rebase:  ## report how the series fares on UPSTREAM_VERSION=X (WRITE=1: adopt the proposed series; STRICT=1: fail if a kept patch no longer applies or a guard fails; COPY_TO=docs/rebase: keep the report there)
-	$(PYTHON) -m scripts.rebase $(UP) $(if $(WRITE),--write) $(if $(STRICT),--strict) $(if $(COPY_TO),--copy-to $(COPY_TO))
+rebase:  ## report how the series fares on UPSTREAM_VERSION=X (WRITE=1: adopt the proposed series, X becomes the base; WRITE=1 LINE=1: write X's line only; STRICT=1: fail if a kept patch no longer applies or a guard fails; COPY_TO=docs/rebase: keep the report there)
+	$(PYTHON) -m scripts.rebase $(UP) $(if $(WRITE),--write) $(if $(LINE),--line) $(if $(STRICT),--strict) $(if $(COPY_TO),--copy-to $(COPY_TO))
 
 queue:  ## the series as branch `queue` of the scratch tree, one commit per patch (FORCE=1: rebuild over unexported edits; CONTINUE=1: go on after a resolved conflict)
 	$(PYTHON) -m scripts.queue $(UP) $(if $(FORCE),--force) $(if $(CONTINUE),--continue)
 
-export:  ## write branch `queue` back to patches/ + series (deterministic)
-	$(PYTHON) -m scripts.export $(UP)
+export:  ## write branch `queue` back to the series it came from (deterministic; on a release without a line: the move, LINE=1: its line only)
+	$(PYTHON) -m scripts.export $(UP) $(if $(LINE),--line)
+
+lines:  ## which patches each pinned release gets (PUBLISH=1: also the README's title and table)
+	$(PYTHON) -m scripts.lines $(if $(PUBLISH),--publish)
 
 matrix:  ## every fix's tests on each pinned vanilla release: present / fixed / cannot-run (RELEASES=a,b; PUBLISH=1 writes docs/matrix.md and the README table)
 	$(PYTHON) -m scripts.matrix $(if $(RELEASES),--releases $(RELEASES)) $(if $(PUBLISH),--publish) -- $(PYTEST_ARGS)

@@ -23,10 +23,28 @@ import sys
 from pathlib import Path
 
 from scripts import build
-from scripts.lib import config, envs, fixes, pins, pytest_run, series
+from scripts.lib import config, envs, fixes, lines, pins, pytest_run, series
 from scripts.lib.errors import SeriesError, run_main
 
 REVERTS = "tests/reverts"
+
+
+def left_out_on_purpose(paths: config.Paths, version: str, tests_root: Path) -> dict:
+    """{fix: why} for the downstream-only fixes (tests/fixes.toml upstream = "none") that
+    the release's series drops with a recorded reason (`# dropped NAME: why`): no release
+    has them, so their tests fail on vanilla by design, and the line says why it does
+    not carry them. A fix some upstream release has is always judged."""
+    registry = fixes.load(tests_root, required=False)
+    found = {}
+    for name, why in series.dropped(lines.series_file(paths, version)).items():
+        path = paths.patches / name
+        if not path.is_file():
+            continue
+        tests = set(series.parse(path).tests)
+        for f in registry:
+            if set(f.tests) == tests and f.upstream == "none":
+                found[f.pr] = why
+    return found
 
 
 def summarize(chosen: dict) -> str:
@@ -100,14 +118,20 @@ def judge(patches: list[series.Patch], before: dict, after: dict, good: int) -> 
 def prove(paths: config.Paths, rel: config.Release, venv: Path, sites: dict, tests_root: Path,
           pytest_args: list[str] = ()) -> dict:
     """Both sides of every claim, printed as tables; returns the rows by kind."""
-    patches = series.load(paths.patches)
+    patches = lines.load(paths, rel.version)
     reverts = [revert_for(tests_root, rel.version, r) for r in series.load(tests_root / REVERTS)]
     carried = [set(p.tests) for p in patches + reverts]
-    absorbed = [f for f in fixes.load(tests_root) if set(f.tests) not in carried]
+    left_out = left_out_on_purpose(paths, rel.version, tests_root)
+    registry = [f for f in fixes.load(tests_root) if set(f.tests) not in carried]
+    absorbed = [f for f in registry if f.pr not in left_out]
+    for f in registry:
+        if f.pr in left_out:
+            print(f"not judged on sglang {rel.version}: {f.pr} ({f.title}), which no upstream release has, "
+                  f"is left out of {lines.label(paths, rel.version)}: {left_out[f.pr]}")
 
     def run(site: Path, items: list) -> dict:
-        return pytest_run.outcomes(venv, site, sorted({t for p in items for t in p.tests}), tests_root,
-                                   extra=pytest_args)
+        ids = sorted({t for p in items for t in p.tests})
+        return pytest_run.outcomes(venv, site, ids, tests_root, extra=pytest_args) if ids else {}
 
     vanilla = run(sites["vanilla"], patches + reverts + absorbed)
     patched = run(sites["patched"], patches)
