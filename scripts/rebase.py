@@ -105,7 +105,8 @@ BLOCKING = (verdict.TESTS_FAIL, verdict.PORTING)
 def blocked(rows: list[dict]) -> list[dict]:
     """Kept patches WRITE=1 cannot adopt: they do not apply even 3-way, or their tests do
     not pass with the series on X."""
-    return [r for r in rows if r["category"] != verdict.ABSORBED and (not r["applies"] or r["category"] in BLOCKING)]
+    return [r for r in rows if r["category"] not in (verdict.ABSORBED, verdict.LEFT_OUT)
+            and (not r["applies"] or r["category"] in BLOCKING)]
 
 
 def refusal(version: str, stuck: list[str], failing: list[str] = ()) -> str:
@@ -184,13 +185,14 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
     with ThreadPoolExecutor(max_workers=2) as pool:
         runs = dict(zip(("base", "vanilla"), pool.map(run_side, ("base", "vanilla"))))
     outcomes = {p.name: ([runs["base"][i] for i in p.tests], [runs["vanilla"][i] for i in p.tests]) for p in patches}
+    declared = moving.left_out(paths, version, patches)
     absorbed = {p.name: moving.drop_reason(version, fixes.carried_by(registry, p.tests), p)
-                for p in patches if verdict.absorbed(*outcomes[p.name])}
-    for name, why in absorbed.items():
+                for p in patches if p.name not in declared and verdict.absorbed(*outcomes[p.name])}
+    for name, why in {**absorbed, **declared}.items():
         log(f"dropped {name} before applying anything: {why}")
 
     started = time.monotonic()
-    kept = [p for p in patches if p.name not in absorbed]
+    kept = [p for p in patches if p.name not in absorbed and p.name not in declared]
     scratch.import_base(paths, repo, base_rel, tools, patches)  # the blobs `git am --3way` merges with
     trials = {t.patch.name: t for t in trial.try_series(repo, kept, three_way=True)}
     log(f"tried {len(kept)} patches on sglang {version}: {sum(t.applies and not t.three_way for t in trials.values())} "
@@ -209,12 +211,14 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
         base_o, van_o = outcomes[p.name]
         pat_o = [runs["patched"][i] for i in p.tests] if t and t.applies else None
         category, evidence = verdict.categorize(bool(t and t.applies), base_o, van_o, pat_o, three_way=bool(t and t.three_way))
+        if p.name in declared:
+            category, evidence = verdict.LEFT_OUT, declared[p.name]
         rows.append({
             "patch": p.name, "subject": p.subject, "category": category, "evidence": _clean(evidence, paths),
             "applies": bool(t and t.applies), "three_way": bool(t and t.three_way), "tried": t is not None,
             "reverse_applies": bool(t and t.reverse_applies),
             "conflicts": [vars(h) for h in t.conflicts] if t else [],
-            "drop_reason": absorbed.get(p.name),
+            "drop_reason": absorbed.get(p.name) or declared.get(p.name),
             "tests": [{"id": i, "base": _side(b, paths), "vanilla": _side(v, paths),
                        "patched": _side(o, paths) if pat_o else None}
                       for i, b, v, o in zip(p.tests, base_o, van_o, pat_o or [None] * len(p.tests))],
@@ -224,12 +228,13 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
     out = rebase_dir(paths, version)
     proposed = proposed_series(repo, [trials[p.name] for p in kept])
     changes = patch_queue.diff_against(paths.patches, proposed, series.entries(paths.patches))
-    notes = {r["patch"]: f"{r['category']}: see report.md" for r in rows if r["category"] not in (verdict.CLEAN, verdict.ABSORBED)}
+    notes = {r["patch"]: f"{r['category']}: see report.md" for r in rows
+             if r["category"] not in (verdict.CLEAN, verdict.ABSORBED, verdict.LEFT_OUT)}
     shutil.rmtree(out / "patches", ignore_errors=True)
     (out / "patches").mkdir(parents=True)
     patch_queue.write(out / "patches", proposed, comments=notes)
     for r in rows:
-        r["proposed"] = ("dropped" if r["category"] == verdict.ABSORBED
+        r["proposed"] = ("dropped" if r["category"] in (verdict.ABSORBED, verdict.LEFT_OUT)
                          else "kept as is (does not apply)" if not r["applies"]
                          else "refreshed (3-way merged)" if r["three_way"]
                          else "refreshed" if r["patch"] in changes.refreshed else "unchanged")
@@ -265,7 +270,7 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
 
 def strict_problems(data: dict) -> list[str]:
     """What STRICT=1 fails on: a kept patch that no longer applies, a guard that fails on X."""
-    stuck = [r["patch"] for r in data["patches"] if not r["applies"] and r["category"] != verdict.ABSORBED]
+    stuck = [r["patch"] for r in data["patches"] if not r["applies"] and r["category"] not in (verdict.ABSORBED, verdict.LEFT_OUT)]
     broken = [g["fix"] for g in data["guards"] if not g["holds"]]
     return ([f"{len(stuck)} patch(es) no longer apply ({', '.join(stuck)})"] if stuck else []) + (
         [f"guard(s) {', '.join(broken)} fail"] if broken else [])

@@ -13,6 +13,7 @@ from . import config, lines, patch_queue, pins, readme, series
 from .errors import SeriesError
 
 ABSORBED = "absorbed-upstream"
+LEFT_OUT = "left-out"
 
 
 def report_path(paths: config.Paths, version: str) -> Path:
@@ -40,8 +41,19 @@ def load(paths: config.Paths, version: str, patches: list[series.Patch]) -> dict
 
 
 def drop_reasons(data: dict) -> dict:
-    """{patch: why} for every patch the report says to drop."""
-    return {r["patch"]: r["drop_reason"] for r in data["patches"] if r["category"] == ABSORBED}
+    """{patch: why} for every patch the report says to drop: absorbed upstream, or left out
+    of X's line by the maintainer."""
+    return {r["patch"]: r["drop_reason"] for r in data["patches"] if r["category"] in (ABSORBED, LEFT_OUT)}
+
+
+def left_out(paths: config.Paths, version: str, patches: list[series.Patch]) -> dict:
+    """{patch: why} for the base's patches that X's line (if X has one) drops by the
+    maintainer's word: its `# dropped NAME: why` lines. A move to X honours them."""
+    file = lines.series_file(paths, version)
+    if version == config.base_version(paths) or not file.exists():
+        return {}
+    recorded = series.dropped(file)
+    return {p.name: f"left out of the line of sglang {version}: {recorded[p.name]}" for p in patches if p.name in recorded}
 
 
 def conflicts(data: dict | None, name: str) -> str:

@@ -240,9 +240,12 @@ def write(patches_dir: Path, exported: list[Exported], series_path: Path | None 
         if path.resolve() in shared or (entry == e.name and ported is not None):
             path = (ported or patches_dir) / e.name
             entry = path.relative_to(patches_dir).as_posix()
+        if path.resolve() in shared and path.exists() and _undated(path.read_text()) != _undated(e.text):
+            raise SeriesError(f"patches/{entry} is on another line and differs from the {e.name} written here; give "
+                              f"this one another name (a `{MARKER}:` line on its queue commit) and run again")
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text() != e.text:
-            _atomic_write(path, e.text)
+            _atomic_write(path, e.text)  # at most its Last-Update: the same patch, verified again
         entry_of[e.name] = entry
     for name in changes.dropped:
         path = patches_dir / old[name]
@@ -255,6 +258,10 @@ def write(patches_dir: Path, exported: list[Exported], series_path: Path | None 
     series_path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(series_path, text)
     return changes
+
+
+def _undated(text: str) -> str:
+    return _DATE_LINE.sub("", re.sub(r"(?m)^Last-Update:.*$", "", text))
 
 
 _NEW_HEADER = "# The series, applied in this order on top of the pinned upstream.\n# One patch file per line; '#' starts a comment.\n"

@@ -22,6 +22,7 @@ from . import pytest_run
 
 CLEAN = "applies-cleanly"
 CONTEXT_MOVED = "applies-3way"
+LEFT_OUT = "left-out"
 ABSORBED = "absorbed-upstream"
 CONFLICTS = "conflicts"
 TESTS_FAIL = "applies-tests-fail"
@@ -32,6 +33,7 @@ CATEGORIES = {
     CLEAN: "applies cleanly (tests fail on vanilla X, pass with the series)",
     CONTEXT_MOVED: "context moved: applies with a 3-way merge against the base's files (tests fail on vanilla X, pass with the series): refreshed as merged",
     ABSORBED: "absorbed upstream (its tests pass on vanilla X): drop it",
+    LEFT_OUT: "left out by the maintainer: X's line records why (`# dropped NAME: why`); not applied",
     PARTIAL: "partly absorbed (some of its tests pass on vanilla X, others still fail): keep what X lacks",
     CONFLICTS: "conflicts (hunks below): refresh it",
     TESTS_FAIL: "applies, but its tests fail with the series on X",
