@@ -21,9 +21,12 @@ from scripts.lib import config, git, lines, moving, patch_queue, scratch, series
 from scripts.lib.errors import SeriesError, run_main
 
 
-def source_branch(repo, up: str = "") -> str:
+def source_branch(repo, up: str = "", state: dict | None = None) -> str:
+    """`queue`, or `applied` when it is checked out and carries commits `make apply` did not make."""
     current = git.current_branch(repo)
-    if current in (patch_queue.QUEUE, scratch.APPLIED):
+    own = git.rev(repo, scratch.APPLIED) != (state["head"] if state else git.rev(repo, scratch.BASELINE)) \
+        if git.ref_exists(repo, scratch.APPLIED) else False
+    if current == patch_queue.QUEUE or (current == scratch.APPLIED and own):
         return current
     if git.ref_exists(repo, patch_queue.QUEUE):
         return patch_queue.QUEUE
@@ -39,9 +42,9 @@ def export_series(paths: config.Paths, rel: config.Release, line: bool = False) 
     move = moving_to(paths, rel.version)
     if line and not move:
         raise SeriesError(f"LINE=1 writes a new line, and sglang {rel.version} has one already; run `make export{up}`")
-    branch = source_branch(repo, up)
-    lines.require_committed(paths)
     state = scratch.read_state(paths, rel.version)
+    branch = source_branch(repo, up, state)
+    lines.require_committed(paths)
     known = {p["commit"]: p["patch"] for p in state["patches"]} if state else {}
     file, patches = source(paths, rel.version)
     exported = patch_queue.export(repo, scratch.BASELINE, branch, known, subjects(patches))

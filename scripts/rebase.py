@@ -17,6 +17,8 @@ report for this series and these tests is there, else before the tests on patche
 """
 
 import argparse
+import hashlib
+import os
 import re
 import shutil
 import sys
@@ -149,8 +151,7 @@ def guard_row(fix: fixes.Fix, runs: dict, paths: config.Paths) -> dict:
     return row
 
 
-def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, venv_of=None, log=print,
-           write: bool = False) -> dict:
+def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, venv_of=None, log=print) -> dict:
     """The whole report as a dict (also written to build/X/rebase/). `venv_of(version)` and
     `tests_root` are the seams the tooling tests use; by default the locked venvs and this repo."""
     tests_root = tests_root or paths.root
@@ -198,9 +199,6 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
     log(f"tried {len(kept)} patches on sglang {version}: {sum(t.applies and not t.three_way for t in trials.values())} "
         f"apply as they are, {sum(t.three_way for t in trials.values())} with a 3-way merge "
         f"({time.monotonic() - started:.1f}s)")
-    stuck = [n for n, t in trials.items() if not t.applies]
-    if write and stuck:
-        raise SeriesError(refusal(version, stuck))
     if any(t.applies for t in trials.values()):
         sites["patched"] = (x_venv, trial_site(paths, rel, tools, x_venv, repo, sum(t.applies for t in trials.values())))
         runs["patched"] = run_side("patched")
@@ -246,6 +244,8 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
         "environment": {"lock": f"env/{version}.lock", "base_lock": f"env/{base}.lock"},
         "command": f"make rebase {up}",
         "tests_from": _checkout(paths.root),
+        "tests_digest": tests_digest(tests_root),
+        "pins": [rel.sha256, base_rel.sha256],
         "categories": verdict.CATEGORIES,
         "series": moving.fingerprint(patches),
         "patches": rows,
@@ -283,15 +283,24 @@ def refuse_blocked(data: dict) -> None:
                                   [r["patch"] for r in stuck if r["applies"]]))
 
 
-def current_report(paths: config.Paths, version: str) -> dict | None:
-    """X's report when it judged this series with these tests (a committed, clean checkout):
-    WRITE=1 acts on it without running a test again."""
+def tests_digest(tests_root: Path) -> str:
+    """Changes whenever a file under tests/ does: the evidence a report rests on."""
+    digest = hashlib.sha256()
+    for path in sorted((tests_root / "tests").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(tests_root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def current_report(paths: config.Paths, version: str, tests_root: Path) -> dict | None:
+    """X's report when it judged this series with these tests on these pins: WRITE=1 acts
+    on it without running a test again."""
     try:
         data = moving.load(paths, version, series.load(paths.patches))
     except SeriesError:
         return None
-    now = _checkout(paths.root)
-    fresh = now["commit"] and not now["dirty"] and data.get("tests_from") == now and "writes" in data
+    pins = [config.release(paths, version).sha256, config.release(paths, config.base_version(paths)).sha256]
+    fresh = data.get("tests_digest") == tests_digest(tests_root) and data.get("pins") == pins
     return data if fresh else None
 
 
@@ -327,16 +336,21 @@ def main(argv=None) -> None:
     config.release(paths, args.upstream)  # an unpinned X ends here, before anything is made under build/X
     if args.line and not args.write:
         raise SeriesError(f"LINE=1 says where WRITE=1 writes; run `make rebase UPSTREAM_VERSION={args.upstream} WRITE=1 LINE=1`")
+    # Seams for the tooling tests (a synthetic upstream): where the Tests: ids live, one venv for every release.
+    tests_root = args.tests_root or (Path(os.environ["SGLANG_SERIES_TESTS_ROOT"]) if os.environ.get("SGLANG_SERIES_TESTS_ROOT") else paths.root)
+    venv_of = (lambda v: Path(os.environ["SGLANG_SERIES_VENV"])) if os.environ.get("SGLANG_SERIES_VENV") else None
     data = None
-    if args.write:  # refuse early: before any test runs where the answer is known
+    if args.write:  # refuse early: on the report already made for this series, before any test runs
         lines.require_committed(paths)
-        data = current_report(paths, args.upstream) if not args.tests_root else None
+        data = current_report(paths, args.upstream, tests_root)
         if data:
-            print(f"acting on build/{args.upstream}/rebase/report.json (made for this series and these tests)")
+            print(f"acting on {rebase_dir(paths, args.upstream) / 'report.json'} (made for this series, these tests and pins)")
             refuse_blocked(data)
+        else:
+            print(f"no report for this series on sglang {args.upstream} yet: making it first (`make rebase UPSTREAM_VERSION={args.upstream}`)")
     if data is None:
         with scratch.exclusive(paths, args.upstream):  # the trial branches live in X's scratch tree
-            data = rebase(paths, args.upstream, args.tests_root, write=args.write)
+            data = rebase(paths, args.upstream, tests_root, venv_of)
     for category, names in data["summary"].items():
         if names:
             print(f"{category}: {', '.join(names)}")
