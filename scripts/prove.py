@@ -29,24 +29,6 @@ from scripts.lib.errors import SeriesError, run_main
 REVERTS = "tests/reverts"
 
 
-def left_out_on_purpose(paths: config.Paths, version: str, tests_root: Path) -> dict:
-    """{fix: why} for the downstream-only fixes (tests/fixes.toml upstream = "none") that
-    the release's series drops with a recorded reason (`# dropped NAME: why`): no release
-    has them, so their tests fail on vanilla by design, and the line says why it does
-    not carry them. A fix some upstream release has is always judged."""
-    registry = fixes.load(tests_root, required=False)
-    found = {}
-    for name, why in series.dropped(lines.series_file(paths, version)).items():
-        path = paths.patches / name
-        if not path.is_file():
-            continue
-        tests = set(series.parse(path).tests)
-        for f in registry:
-            if set(f.tests) == tests and f.upstream == "none":
-                found[f.pr] = why
-    return found
-
-
 def summarize(chosen: dict) -> str:
     """One word for a group of test results: failed > error > passed > skipped > missing."""
     kinds = {outcome for outcome, _ in chosen.values()}
@@ -121,7 +103,7 @@ def prove(paths: config.Paths, rel: config.Release, venv: Path, sites: dict, tes
     patches = lines.load(paths, rel.version)
     reverts = [revert_for(tests_root, rel.version, r) for r in series.load(tests_root / REVERTS)]
     carried = [set(p.tests) for p in patches + reverts]
-    left_out = left_out_on_purpose(paths, rel.version, tests_root)
+    left_out = lines.left_out_fixes(paths, rel.version, tests_root)
     registry = [f for f in fixes.load(tests_root) if set(f.tests) not in carried]
     absorbed = [f for f in registry if f.pr not in left_out]
     for f in registry:

@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from . import config, git, series
+from . import config, fixes, git, series
 from .pins import version_key
 from .errors import SeriesError
 
@@ -45,7 +45,12 @@ def load(paths: config.Paths, version: str) -> list[series.Patch]:
         up = f"UPSTREAM_VERSION={version}"
         raise SeriesError(f"sglang {version} has no line ({label(paths, version)}) yet; `make rebase {up}` shows which "
                           f"fixes it lacks and `make rebase {up} WRITE=1 LINE=1` writes its line")
-    return series.load(paths.patches, series_file(paths, version))
+    file = series_file(paths, version)
+    patches = series.load(paths.patches, file)
+    if not patches and version != config.base_version(paths) and series.declared_empty(file) is None:
+        raise SeriesError(f"{label(paths, version)} lists no patch and does not say that sglang {version} needs none; "
+                          f"fill it with `make rebase UPSTREAM_VERSION={version} WRITE=1 LINE=1`")
+    return patches
 
 
 def versions(paths: config.Paths) -> list[str]:
@@ -94,3 +99,26 @@ def keep_copy(paths: config.Paths, why: str) -> Path | None:
     shutil.copytree(paths.patches, copy, dirs_exist_ok=True)
     print(f"patches/ as it was is kept in {copy}")
     return copy
+
+
+def left_out_fixes(paths: config.Paths, version: str, tests_root: Path) -> dict:
+    """{fix: why} for the downstream-only fixes (tests/fixes.toml upstream = "none") that
+    the release's line drops with a recorded reason (`# dropped NAME: why`). No release has
+    them, so their tests fail on vanilla by design: they are no claim of this line (`make
+    test` deselects them, `make prove` lists them as not judged, both saying why). A fix
+    that some upstream release has is always judged."""
+    registry = fixes.load(tests_root, required=False)
+    found = {}
+    for name, why in series.dropped(series_file(paths, version)).items():
+        path = paths.patches / name
+        if path.is_file():
+            tests = set(series.parse(path).tests)
+            found.update({f.pr: why for f in registry if set(f.tests) == tests and f.upstream == "none"})
+    return found
+
+
+def left_out_tests(paths: config.Paths, version: str, tests_root: Path) -> dict:
+    """{test id: why} of left_out_fixes()."""
+    registry = {f.pr: f for f in fixes.load(tests_root, required=False)}
+    return {t: f"{pr} is left out of {label(paths, version)}: {why}"
+            for pr, why in left_out_fixes(paths, version, tests_root).items() for t in registry[pr].tests}
