@@ -23,15 +23,19 @@ def check_lines(paths: config.Paths) -> list[str]:
     """Every release's line loads, every patch file is on some line, and the README's
     table of lines says what the series files say."""
     problems, listed = [], set()
-    for version in lines.versions(paths):
+    for file in lines.all_files(paths):
+        listed |= {(paths.patches / e).resolve() for e in series.entries(paths.patches, file)}
+        if file == series.series_file(paths.patches):
+            continue  # check_series has the base's own problems
         try:
-            listed |= {p.path.resolve() for p in lines.load(paths, version)}
+            if not series.load(paths.patches, file) and series.declared_empty(file) is None:
+                problems.append(f"{series.display(paths.patches, file)} lists no patch and does not say the release needs none")
         except SeriesError as exc:
             problems.append(str(exc))
     patch_files = list(paths.patches.glob("*.patch")) + list((paths.patches / lines.LINES).glob("*/*.patch"))
-    problems += [f"patches/{p.relative_to(paths.patches)} is on no line (patches/series, patches/lines/*.series)"
+    problems += [f"patches/{p.relative_to(paths.patches)} is not in patches/series nor on any line (patches/lines/*.series)"
                  for p in sorted(patch_files) if p.resolve() not in listed]
-    text = (paths.root / "README.md").read_text() if paths.patches == paths.root / "patches" else ""
+    text = (paths.root / "README.md").read_text() if paths.patches == paths.root / "patches" and paths.releases.exists() else ""
     if "<!-- lines:begin -->" in text and readme.replace_block(text, "lines", readme.lines_table(paths)) != text:
         problems.append("README.md's table of lines is not what patches/ says; regenerate it with `make lines PUBLISH=1`")
     return problems

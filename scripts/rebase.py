@@ -106,9 +106,13 @@ BLOCKING = (verdict.TESTS_FAIL, verdict.PORTING)
 
 def blocked(rows: list[dict]) -> list[dict]:
     """Kept patches WRITE=1 cannot adopt: they do not apply even 3-way, or their tests do
-    not pass with the series on X."""
+    not pass with the series on X (a partly absorbed one is adopted as merged, keeping what
+    X lacks, once its tests pass)."""
+    def failing(r: dict) -> bool:
+        return any(t["patched"] is None or t["patched"]["status"] not in ("pass", "skip") for t in r["tests"])
+
     return [r for r in rows if r["category"] not in (verdict.ABSORBED, verdict.LEFT_OUT)
-            and (not r["applies"] or r["category"] in BLOCKING)]
+            and (not r["applies"] or r["category"] in BLOCKING or (r["category"] == verdict.PARTIAL and failing(r)))]
 
 
 def refusal(version: str, stuck: list[str], failing: list[str] = ()) -> str:
@@ -194,6 +198,8 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
 
     started = time.monotonic()
     kept = [p for p in patches if p.name not in absorbed and p.name not in declared]
+    git.checkout_fresh(repo, trial.BRANCH, scratch.BASELINE)
+    reverse = {p.name: git.reverse_applies(repo, p.path) for p in patches if p not in kept}  # a hint for the report
     scratch.import_base(paths, repo, base_rel, tools, patches)  # the blobs `git am --3way` merges with
     trials = {t.patch.name: t for t in trial.try_series(repo, kept, three_way=True)}
     log(f"tried {len(kept)} patches on sglang {version}: {sum(t.applies and not t.three_way for t in trials.values())} "
@@ -214,7 +220,7 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
         rows.append({
             "patch": p.name, "subject": p.subject, "category": category, "evidence": _clean(evidence, paths),
             "applies": bool(t and t.applies), "three_way": bool(t and t.three_way), "tried": t is not None,
-            "reverse_applies": bool(t and t.reverse_applies),
+            "reverse_applies": bool(t.reverse_applies) if t else reverse[p.name],
             "conflicts": [vars(h) for h in t.conflicts] if t else [],
             "drop_reason": absorbed.get(p.name) or declared.get(p.name),
             "tests": [{"id": i, "base": _side(b, paths), "vanilla": _side(v, paths),

@@ -2,6 +2,7 @@
 an edit on the queue comes back as a minimal diff, and nothing a maintainer did is lost."""
 
 import difflib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -218,3 +219,43 @@ def test_moving_to_a_new_release_on_the_queue(up):
     assert [l for l in old_line.splitlines() if not l.startswith("#")] == list(CHANGES)
     assert "LINE_19 = 19" in (up.patches / "0003-twenty.patch").read_text() and (up.patches / "0002-ten.patch").exists()
     assert "applied 0005-thirty-five.patch" in ok(up.run("apply", "--no-env"))  # the new base takes the series
+
+
+def test_series_comments_and_commented_out_entries_survive_queue_and_export(up):
+    """A note between entries, a commented-out entry and an entry's own note stay where the
+    maintainer put them through `make queue FORCE=1` and `make export`, also when a patch
+    is dropped (with its reason) and one is added."""
+    series = up.patches / "series"
+    text = series.read_text().replace("0003-twenty.patch\n", "# 0003 waits for a review:\n# 0003-twenty.patch\n\n")
+    text = text.replace("0004-thirty.patch\n", "0004-thirty.patch  # keep until upstream settles\n")
+    series.write_text(text)
+    ok(up.run("queue", "--force"))
+    out = ok(up.run("export"))
+    assert series.read_text() == text, out
+    # drop 0005 (a reason in the series) and add a commit: the comments keep their places
+    up.git_in(BASE, "-c", "sequence.editor=sed -i '/set line 35/d'", "rebase", "-q", "-i", "baseline")
+    series.write_text(text + "# dropped 0005-thirty-five.patch: not needed here\n")
+    ok(up.run("export"))
+    after = series.read_text()
+    assert "# 0003 waits for a review:\n# 0003-twenty.patch\n\n0004-thirty.patch  # keep until upstream settles\n" in after
+    assert "0005-thirty-five.patch\n" not in after and "# dropped 0005-thirty-five.patch: not needed here" in after
+
+
+def test_export_refuses_uncommitted_edits_in_patches(up):
+    """patches/ in git with an uncommitted edit (a Reviewed-by line): export names the file
+    and how to keep it, and writes nothing."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(up.patches), "-c", "user.name=m", "-c", "user.email=m@x", *args],
+                              capture_output=True, text=True, check=True).stdout
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "series")
+    ok(up.run("queue"))
+    edit_commit(up, "pool: set line 5", "LINE_5 = 'five'", "LINE_5 = 'FIVE'")
+    patch = up.patches / "0002-ten.patch"
+    patch.write_text(patch.read_text().replace("Forwarded: not-needed", "Forwarded: not-needed\nReviewed-by: R <r@x>"))
+    before = {f: f.read_bytes() for f in up.patches.glob("*.patch")}
+    error = one_line_error(up.run("export"))
+    assert "0002-ten.patch" in error and "git add -A patches && git commit" in error
+    assert {f: f.read_bytes() for f in up.patches.glob("*.patch")} == before
