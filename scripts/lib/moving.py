@@ -101,6 +101,16 @@ def name_release_in_env(paths: config.Paths, version: str) -> None:
         path.write_text(fixed)
 
 
+def _header_end(text: str) -> int:
+    """Where a series file's leading comment block ends."""
+    end = 0
+    for line in text.splitlines(keepends=True):
+        if not line.startswith("#"):
+            break
+        end += len(line)
+    return end
+
+
 def adopt(paths: config.Paths, version: str, exported: list, reasons: dict, line: bool,
           day: datetime.date | None = None) -> patch_queue.Changes:
     """Write what a move to `version` proposes. line=True: as version's line
@@ -120,6 +130,12 @@ def adopt(paths: config.Paths, version: str, exported: list, reasons: dict, line
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(f"# sglang {version}: the fixes of the series that sglang {version} lacks, in this order\n"
                               f"# (`make rebase UPSTREAM_VERSION={version}`); entries are paths under patches/.\n")
+        # The line says why each of the base's patches it does not hold is not there.
+        recorded = series.dropped(target)
+        missing = [f"# dropped {n}: {why}\n" for n, why in reasons.items() if n not in recorded]
+        text = target.read_text()
+        head = _header_end(text)
+        target.write_text(text[:head] + "".join(missing) + text[head:])
     else:
         target = base_series
         old_line = paths.patches / lines.LINES / f"{base}.series"
