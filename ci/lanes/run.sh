@@ -30,9 +30,10 @@ if [ "$lane" != manual ]; then
   make prove
 fi
 # The other releases' lines (patches/lines/X.series): every one on the gpu lane, one a day on the cpu lane.
+# (Which lines there are is read for real even in a dry run: it only reads patches/.)
 case "$lane" in
-  cpu) others="$("${PYTHON:-python3}" -m scripts.lines --today)" ;;
-  gpu) others="$("${PYTHON:-python3}" -m scripts.lines --others)" ;;
+  cpu) others="$(SGLANG_SERIES_DRY_RUN= "${PYTHON:-python3}" -m scripts.lines --today)" ;;
+  gpu) others="$(SGLANG_SERIES_DRY_RUN= "${PYTHON:-python3}" -m scripts.lines --others)" ;;
   *)   others="" ;;
 esac
 for version in $others; do
