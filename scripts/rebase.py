@@ -155,7 +155,11 @@ def guard_row(fix: fixes.Fix, runs: dict, paths: config.Paths) -> dict:
     return row
 
 
-def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, venv_of=None, log=print) -> dict:
+def _progress(*args) -> None:
+    print(*args, flush=True)  # a long step's progress shows while it runs, also into a file
+
+
+def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, venv_of=None, log=_progress) -> dict:
     """The whole report as a dict (also written to build/X/rebase/). `venv_of(version)` and
     `tests_root` are the seams the tooling tests use; by default the locked venvs and this repo."""
     tests_root = tests_root or paths.root
