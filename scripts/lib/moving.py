@@ -52,7 +52,8 @@ def left_out(paths: config.Paths, version: str, patches: list[series.Patch]) -> 
     file = lines.series_file(paths, version)
     if version == config.base_version(paths) or not file.exists():
         return {}
-    recorded = series.dropped(file)
+    # A record a move wrote for an absorbed patch is evidence, judged again; only the maintainer's word stands.
+    recorded = {n: why for n, why in series.dropped(file).items() if not why.startswith("absorbed upstream")}
     return {p.name: f"left out of the line of sglang {version}: {recorded[p.name]}" for p in patches if p.name in recorded}
 
 
