@@ -28,7 +28,8 @@ def lines_table(paths: config.Paths) -> str:
             continue
         file = lines.series_file(paths, version)
         patches = series.load(paths.patches, file)
-        gets = ", ".join(f"`{p.entry}`" if p.entry != p.name else p.name.split("-", 1)[0] for p in patches)
+        gets = ", ".join(p.name.split("-", 1)[0] + (f" (`{p.entry.rsplit('/', 1)[0]}/`)" if "/" in p.entry else "")
+                         for p in patches)
         if not patches:
             gets = "none: " + (series.declared_empty(file) or "no patch listed")
         rows.append(f"| {name} | `{lines.label(paths, version)}` | {gets} |")
