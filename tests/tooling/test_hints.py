@@ -128,3 +128,23 @@ def test_a_move_to_a_release_that_lacks_nothing_writes_a_line_that_says_so(up):
     applied = up.run("apply", "--no-env", "--upstream", "3.0.0")
     assert applied.returncode == 0, applied.stderr
     assert "sglang 3.0.0 needs no patch of the series" in applied.stdout
+
+
+def test_write_refuses_uncommitted_patches_before_any_test(up):
+    """An uncommitted edit in patches/ (a series comment): WRITE=1 names it and how to keep
+    it, runs no test and writes nothing."""
+    def git(*args):
+        subprocess.run(["git", "-C", str(up.patches), "-c", "user.name=m", "-c", "user.email=m@x", *args],
+                       capture_output=True, text=True, check=True)
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "series")
+    series = up.patches / "series"
+    series.write_text(series.read_text() + "# 0006 comes after review\n")
+    before = snapshot(up.patches)
+    proc = make(up, f"make rebase {UP} WRITE=1")
+    error = error_line(proc)
+    assert "patches/ has uncommitted changes (series)" in error and "git add -A patches && git commit" in error
+    assert "ran " not in proc.stdout and not (up.build / NEW / "rebase" / "report.json").exists()
+    assert snapshot(up.patches) == before
