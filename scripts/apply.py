@@ -1,21 +1,27 @@
-"""make apply: fetch the pinned upstream, apply the series (all or nothing), build the
-patched wheel and prepare the test environment."""
+"""make apply: fetch the pinned upstream, apply its series (all or nothing), build the
+patched wheel and prepare the test environment. The series is the release's line
+(lib/lines.py): patches/series on the base, patches/lines/X.series on release X."""
 
 import argparse
 import re
 from pathlib import Path
 
 from scripts import build
-from scripts.lib import config, envs, git, scratch, series
+from scripts.lib import config, envs, git, lines, scratch, series
 from scripts.lib.errors import SeriesError, run_main
 
 
 def apply_series(paths: config.Paths, rel: config.Release, tools: envs.Tools) -> dict:
-    """Apply patches/series on a fresh `applied` branch; returns the recorded state.
+    """Apply the release's series on a fresh `applied` branch; returns the recorded state.
     The caller holds the tree (scratch.exclusive)."""
-    patches = series.load(paths.patches)  # every entry checked before the tree is touched
+    patches = lines.load(paths, rel.version)  # every entry checked before the tree is touched
     _refuse_paths_outside_python(patches)
-    fp = series.fingerprint(paths.patches, patches)
+    file = lines.series_file(paths, rel.version)
+    fp = series.fingerprint(paths.patches, patches, file)
+    empty = series.declared_empty(file) if not patches else None
+    if empty:
+        print(f"sglang {rel.version} needs no patch of the series ({lines.label(paths, rel.version)}: {empty}); "
+              "the build is vanilla's files with the record of an empty series, and `make prove` proves the guards")
     repo = scratch.ensure_baseline(paths, rel, tools)
     if scratch.recover_interrupted(paths, rel.version, repo):
         print("the previous `make apply` was interrupted; starting again from the baseline")
@@ -41,7 +47,7 @@ def apply_series(paths: config.Paths, rel: config.Release, tools: envs.Tools) ->
         applied.append({"patch": patch.name, "subject": patch.subject, "commit": git.rev(repo, "HEAD"), **patch.headers})
         print(f"applied {patch.name}", flush=True)
     state = {"upstream": rel.version, "wheel_sha256": rel.sha256, "fingerprint": fp,
-             "head": git.rev(repo, "HEAD"), "patches": applied}
+             "series": lines.label(paths, rel.version), "head": git.rev(repo, "HEAD"), "patches": applied}
     scratch.write_state(paths, rel.version, state)
     scratch.applying(paths, rel.version).unlink()
     return state
@@ -105,7 +111,8 @@ def main(argv=None) -> None:
         if args.no_env:
             return
         build.install_sites(paths, rel)
-    print("test environment ready; run `make test`")
+    up = "" if rel.version == config.base_version(paths) else f" UPSTREAM_VERSION={rel.version}"
+    print(f"test environment ready; run `make test{up}`")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from scripts.lib.errors import SeriesError, run_main
 
 # the variables the Makefile exports, and the flag each one turns into
 FLAGS = {"WRITE": "--write", "STRICT": "--strict", "FORCE": "--force", "CONTINUE": "--continue",
-         "REQUIRE_CUDA": "--require-cuda", "PUBLISH": "--publish"}
+         "REQUIRE_CUDA": "--require-cuda", "PUBLISH": "--publish", "LINE": "--line"}
 VALUES = {"UPSTREAM_VERSION": "--upstream", "COPY_TO": "--copy-to", "RELEASES": "--releases"}
 OURS = {*FLAGS, *VALUES, "PYTEST_ARGS", "PYTHON", "SGLANG_SERIES_DRY_RUN"}
 
@@ -35,9 +35,10 @@ TARGETS = {
     "lock-tools": ("lock", ["--tools"], []),
     "bench": ("bench", [], ["UPSTREAM_VERSION"]),
     "pin": ("pin", [], ["UPSTREAM_VERSION"]),
-    "rebase": ("rebase", [], ["UPSTREAM_VERSION", "WRITE", "STRICT", "COPY_TO"]),
+    "rebase": ("rebase", [], ["UPSTREAM_VERSION", "WRITE", "LINE", "STRICT", "COPY_TO"]),
     "queue": ("queue", [], ["UPSTREAM_VERSION", "FORCE", "CONTINUE"]),
-    "export": ("export", [], ["UPSTREAM_VERSION"]),
+    "export": ("export", [], ["UPSTREAM_VERSION", "LINE"]),
+    "lines": ("lines", [], ["PUBLISH"]),
     "matrix": ("matrix", [], ["RELEASES", "PUBLISH", "PYTEST_ARGS"]),
 }
 

@@ -1,7 +1,9 @@
-"""make discard: drop local edits and commits in the scratch tree; it goes back to the baseline."""
+"""make discard: drop local edits and commits in the scratch tree, the queue branch
+included; it goes back to the baseline. patches/ is not touched."""
 
 import argparse
 
+from scripts.queue import moving_to, up_of
 from scripts.lib import config, scratch
 from scripts.lib.errors import run_main
 
@@ -14,7 +16,10 @@ def main(argv=None) -> None:
     rel = config.release(paths, args.upstream)
     with scratch.exclusive(paths, rel.version):
         scratch.discard(paths, rel.version)
-    print(f"{scratch.tree(paths, rel.version)} is back at the baseline; run `make apply`")
+    up = up_of(paths, rel.version)
+    then = (f"start the move again with `make queue{up}`" if moving_to(paths, rel.version)
+            else f"run `make apply{up}` (or `make queue{up}` to edit the series)")
+    print(f"{scratch.tree(paths, rel.version)} is back at the baseline and has no queue; {then}")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,30 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from scripts.lib import config, fixes, series
+from scripts.lib import config, fixes, lines, readme, series
 from scripts.lib.errors import SeriesError, run_main
+
+
+def check_lines(paths: config.Paths) -> list[str]:
+    """Every release's line loads, every patch file is on some line, and the README's
+    table of lines says what the series files say."""
+    problems, listed = [], set()
+    for file in lines.all_files(paths):
+        listed |= {(paths.patches / e).resolve() for e in series.entries(paths.patches, file)}
+        if file == series.series_file(paths.patches):
+            continue  # check_series has the base's own problems
+        try:
+            if not series.load(paths.patches, file) and series.declared_empty(file) is None:
+                problems.append(f"{series.display(paths.patches, file)} lists no patch and does not say the release needs none")
+        except SeriesError as exc:
+            problems.append(str(exc))
+    patch_files = list(paths.patches.glob("*.patch")) + list((paths.patches / lines.LINES).glob("*/*.patch"))
+    problems += [f"patches/{p.relative_to(paths.patches)} is not in patches/series nor on any line (patches/lines/*.series)"
+                 for p in sorted(patch_files) if p.resolve() not in listed]
+    text = (paths.root / "README.md").read_text() if paths.patches == paths.root / "patches" and paths.releases.exists() else ""
+    if "<!-- lines:begin -->" in text and readme.replace_block(text, "lines", readme.lines_table(paths)) != text:
+        problems.append("README.md's table of lines is not what patches/ says; regenerate it with `make lines PUBLISH=1`")
+    return problems
 
 
 def check_series(paths: config.Paths) -> list[str]:
@@ -26,8 +48,7 @@ def check_series(paths: config.Paths) -> list[str]:
     for name in names:
         if not (paths.patches / name).is_file():
             problems.append(f"patches/series lists {name}, which does not exist")
-    listed = set(names)
-    problems += [f"patches/{p.name} is not in patches/series" for p in sorted(paths.patches.glob("*.patch")) if p.name not in listed]
+    problems += check_lines(paths)
     for name in names:
         if not (paths.patches / name).is_file():
             continue

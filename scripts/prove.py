@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from scripts import build
-from scripts.lib import config, envs, fixes, pins, pytest_run, series
+from scripts.lib import config, envs, fixes, lines, pins, pytest_run, series
 from scripts.lib.errors import SeriesError, run_main
 
 REVERTS = "tests/reverts"
@@ -100,14 +100,20 @@ def judge(patches: list[series.Patch], before: dict, after: dict, good: int) -> 
 def prove(paths: config.Paths, rel: config.Release, venv: Path, sites: dict, tests_root: Path,
           pytest_args: list[str] = ()) -> dict:
     """Both sides of every claim, printed as tables; returns the rows by kind."""
-    patches = series.load(paths.patches)
+    patches = lines.load(paths, rel.version)
     reverts = [revert_for(tests_root, rel.version, r) for r in series.load(tests_root / REVERTS, allow_empty=True)]
     carried = [set(p.tests) for p in patches + reverts]
-    absorbed = [f for f in fixes.load(tests_root) if set(f.tests) not in carried]
+    left_out = lines.left_out_fixes(paths, rel.version, tests_root)
+    registry = [f for f in fixes.load(tests_root) if set(f.tests) not in carried]
+    absorbed = [f for f in registry if f.pr not in left_out]
+    for f in registry:
+        if f.pr in left_out:
+            print(f"not judged on sglang {rel.version}: {f.pr} ({f.title}), which no upstream release has, "
+                  f"is left out of {lines.label(paths, rel.version)}: {left_out[f.pr]}")
 
     def run(site: Path, items: list) -> dict:
-        return pytest_run.outcomes(venv, site, sorted({t for p in items for t in p.tests}), tests_root,
-                                   extra=pytest_args)
+        ids = sorted({t for p in items for t in p.tests})
+        return pytest_run.outcomes(venv, site, ids, tests_root, extra=pytest_args) if ids else {}
 
     vanilla = run(sites["vanilla"], patches + reverts + absorbed)
     patched = run(sites["patched"], patches)

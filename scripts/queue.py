@@ -2,29 +2,49 @@
 patch with its full message and headers. Edit, reorder, squash or rebase it with plain git
 (`git rebase -i baseline`, `git commit --amend`), then `make export` writes it back.
 
-On a release other than the base (UPSTREAM_VERSION=X) the queue acts on the verdicts of
-`make rebase UPSTREAM_VERSION=X` (build/X/rebase/report.json): a patch upstream absorbed is
-not replayed, and `make export` drops it with the report's reason. A patch that does not
-apply stops the import with `git am --3way`'s conflict markers in the tree, for a person to
-resolve; `make queue UPSTREAM_VERSION=X CONTINUE=1` then goes on with the rest."""
+On a release with a line (patches/lines/X.series) the queue holds that line, and
+`make export UPSTREAM_VERSION=X` writes it back. On a release without one the queue
+moves the base's series there, acting on the verdicts of `make rebase UPSTREAM_VERSION=X`
+(build/X/rebase/report.json): a patch upstream absorbed is not replayed, and `make export`
+drops it with the report's reason. A patch that does not apply stops the import with
+`git am --3way`'s conflict markers in the tree (merged against the base's blobs, taken
+from the base's wheel), for a person to resolve; `make queue UPSTREAM_VERSION=X CONTINUE=1`
+then goes on with the rest."""
 
 import argparse
 
 from scripts.apply import describe_failure
-from scripts.lib import config, envs, git, moving, patch_queue, scratch, series
+from scripts.lib import config, envs, git, lines, moving, patch_queue, scratch, series
 from scripts.lib.errors import SeriesError, run_main
 
 
-def unexported(paths: config.Paths, repo, names: list[str]) -> patch_queue.Changes:
-    """What `make export` would change in patches/ if run now (`names`: the patches the queue holds)."""
-    exported = patch_queue.export(repo, scratch.BASELINE, patch_queue.QUEUE, old_names=subjects(paths, names))
-    return patch_queue.diff_against(paths.patches, exported, names)
+def up_of(paths: config.Paths, version: str) -> str:
+    """' UPSTREAM_VERSION=X' for every hint about a release other than the base."""
+    return "" if version == config.base_version(paths) else f" UPSTREAM_VERSION={version}"
+
+
+def moving_to(paths: config.Paths, version: str) -> bool:
+    """A queue on `version` moves the base's series there (no line of its own yet)."""
+    return version != config.base_version(paths) and not lines.exists(paths, version)
+
+
+def source(paths: config.Paths, version: str) -> tuple:
+    """(series file, its patches) a queue on `version` starts from."""
+    if moving_to(paths, version):
+        return series.series_file(paths.patches), series.load(paths.patches)
+    return lines.series_file(paths, version), lines.load(paths, version)
+
+
+def unexported(paths: config.Paths, repo, patches: list[series.Patch]) -> patch_queue.Changes:
+    """What `make export` would change in patches/ if run now (`patches`: the ones the queue holds)."""
+    exported = patch_queue.export(repo, scratch.BASELINE, patch_queue.QUEUE, old_names=subjects(patches))
+    return patch_queue.diff_against(paths.patches, exported, [p.entry for p in patches])
 
 
 def replayed(paths: config.Paths, rel: config.Release, patches: list[series.Patch]) -> tuple[list[series.Patch], dict | None]:
-    """The patches a queue on rel holds (all on the base; on X, those its rebase report
-    keeps) and that report."""
-    if rel.version == config.base_version(paths):
+    """The patches a queue on rel holds (a line: all of them; a move to X: those X's rebase
+    report keeps) and that report."""
+    if not moving_to(paths, rel.version):
         return patches, None
     report = moving.load(paths, rel.version, patches)
     reasons = moving.drop_reasons(report)
@@ -33,8 +53,8 @@ def replayed(paths: config.Paths, rel: config.Release, patches: list[series.Patc
     return [p for p in patches if p.name not in reasons], report
 
 
-def subjects(paths: config.Paths, names: list[str]) -> dict:
-    return {series.parse(paths.patches / n).subject: n for n in names if (paths.patches / n).is_file()}
+def subjects(patches: list[series.Patch]) -> dict:
+    return {p.subject: p.name for p in patches}
 
 
 def require_idle(repo, hint: str) -> None:
@@ -44,35 +64,30 @@ def require_idle(repo, hint: str) -> None:
     scratch.require_clean(repo)
 
 
-def fetch_base_objects(paths: config.Paths, rel: config.Release, repo) -> None:
-    """Give X's tree the blobs the patches were made against (the base's scratch tree), so
-    `git am --3way` can merge a patch that no longer applies instead of only refusing it."""
-    base = config.base_version(paths)
-    base_repo = scratch.tree(paths, base)
-    if rel.version != base and git.is_repo(base_repo):
-        git.git(repo, "fetch", "-q", "--no-tags", str(base_repo), "+refs/heads/*:refs/base/*", "+refs/tags/baseline:refs/base/baseline")
-
-
 def build_queue(paths: config.Paths, rel: config.Release, force: bool = False) -> int:
-    up = "" if rel.version == config.base_version(paths) else f" UPSTREAM_VERSION={rel.version}"
-    patches, report = replayed(paths, rel, series.load(paths.patches))
-    repo = scratch.ensure_baseline(paths, rel, envs.tools(paths))
+    up = up_of(paths, rel.version)
+    _, patches = source(paths, rel.version)
+    patches, report = replayed(paths, rel, patches)
+    tools = envs.tools(paths)
+    repo = scratch.ensure_baseline(paths, rel, tools)
     require_idle(repo, f"`make queue{up}`")
     if git.ref_exists(repo, patch_queue.QUEUE) and not force:
-        pending = unexported(paths, repo, [p.name for p in patches])
+        pending = unexported(paths, repo, patches)
         if pending.any:
             raise SeriesError(f"branch queue in {repo} differs from patches/ ({pending.summary()}); keep it with "
                               f"`make export{up}`, or rebuild it from patches/ with `make queue{up} FORCE=1`")
-    fetch_base_objects(paths, rel, repo)
+    if rel.version != config.base_version(paths):  # the blobs a patch made on the base names, for `git am --3way`
+        base = config.release(paths, config.base_version(paths))
+        scratch.import_base(paths, repo, base, tools, series.load(paths.patches))
     git.checkout_fresh(repo, patch_queue.QUEUE, scratch.BASELINE)
     if not patches:
         return 0
     proc = patch_queue.am_series(repo, [(p.path, p.name) for p in patches], three_way=True)
-    stop_on_conflict(proc, patches, report, rel, repo, up)
+    stop_on_conflict(paths, proc, patches, report, rel, repo, up)
     return len(patches)
 
 
-def stop_on_conflict(proc, patches: list[series.Patch], report: dict | None, rel: config.Release, repo, up: str) -> None:
+def stop_on_conflict(paths: config.Paths, proc, patches: list[series.Patch], report: dict | None, rel: config.Release, repo, up: str) -> None:
     """A patch that needs a person: name it, its hunk, and the command that goes on.
     The am session stays open on purpose: this is the person's workspace."""
     if proc.returncode == 0:
@@ -83,21 +98,30 @@ def stop_on_conflict(proc, patches: list[series.Patch], report: dict | None, rel
     what = f"{patch.name} does not apply: {where}" if where else describe_failure(patch, proc.stdout + proc.stderr).split(";")[0]
     raise SeriesError(f"{what} on sglang {rel.version}; "
                       f"resolve it in {repo} (`git status`, edit the files, `git add -A`), then "
-                      f"`make queue{up} CONTINUE=1` applies the rest; `make discard{up}` drops the queue")
+                      f"`make queue{up} CONTINUE=1` applies the rest and `make export{up}` writes the series "
+                      f"({export_writes(paths, rel.version)}); `make discard{up}` drops the queue instead")
+
+
+def export_writes(paths: config.Paths, version: str) -> str:
+    """What `make export` on this queue writes, said in every hint that leads there."""
+    up = up_of(paths, version)
+    if not moving_to(paths, version):
+        return f"into {lines.label(paths, version)}"
+    return f"the base moves to {version}; `make export{up} LINE=1` writes only the line of {version}"
 
 
 def continue_queue(paths: config.Paths, rel: config.Release) -> int:
     """Go on with a queue import that stopped on a conflict the person has resolved and staged."""
-    up = "" if rel.version == config.base_version(paths) else f" UPSTREAM_VERSION={rel.version}"
+    up = up_of(paths, rel.version)
     repo = scratch.tree(paths, rel.version)
     if not git.is_repo(repo) or not patch_queue.am_in_progress(repo):
         raise SeriesError(f"no stopped queue import for sglang {rel.version}; start one with `make queue{up}`")
     if git.git(repo, "diff", "--name-only", "--diff-filter=U", check=False).stdout.strip():
         raise SeriesError(f"{repo} still has unmerged files (`git status`); resolve and `git add` them, "
                           f"then `make queue{up} CONTINUE=1`")
-    patches, report = replayed(paths, rel, series.load(paths.patches))
+    patches, report = replayed(paths, rel, source(paths, rel.version)[1])
     proc = patch_queue.am_continue(repo)
-    stop_on_conflict(proc, patches, report, rel, repo, up)
+    stop_on_conflict(paths, proc, patches, report, rel, repo, up)
     return int(git.git(repo, "rev-list", "--count", f"{scratch.BASELINE}..HEAD").stdout)
 
 
@@ -113,8 +137,9 @@ def main(argv=None) -> None:
     with scratch.exclusive(paths, rel.version):
         count = continue_queue(paths, rel) if args.resume else build_queue(paths, rel, args.force)
     repo = scratch.tree(paths, rel.version)
+    up = up_of(paths, rel.version)
     print(f"branch queue in {repo}: {count} commits on baseline (sglang {rel.version}); "
-          "edit with git (e.g. `git rebase -i baseline`), then `make export`")
+          f"edit with git (e.g. `git rebase -i baseline`), then `make export{up}` ({export_writes(paths, rel.version)})")
 
 
 if __name__ == "__main__":

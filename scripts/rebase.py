@@ -1,16 +1,24 @@
 """make rebase UPSTREAM_VERSION=X: how the series fares on sglang X, sorted by evidence.
 
 1. fetch X's pinned wheel (sha256-checked) and build its pristine scratch tree;
-2. try each patch in order, cumulatively, exactly (lib/trial.py);
-3. run each patch's `Tests:` on the base's vanilla wheel, on X's vanilla wheel and on X
-   with the patches that applied, each in its own release's locked venv;
-4. sort every patch (lib/verdict.py), write report.md + report.json and a proposed
+2. evidence first: run each patch's `Tests:` on the base's vanilla wheel and on X's,
+   each in its own release's locked venv; a patch whose fix X has is dropped, with its
+   reason, before anything is applied;
+3. try the others in order, cumulatively (lib/trial.py): as they are, else with a 3-way
+   merge against the base's blobs (taken from the base's wheel);
+4. run the tests on X with the patches that applied;
+5. sort every patch (lib/verdict.py), write report.md + report.json and a proposed
    series (absorbed patches dropped, the rest refreshed) under build/X/rebase/.
 
-patches/ changes only with --write (WRITE=1), and only when every kept patch applies.
+patches/ changes only with --write (WRITE=1: X becomes the base; with --line, LINE=1:
+X's line only), and only when every kept patch applies and its tests pass on X. A
+WRITE=1 that cannot adopt says so as soon as the evidence shows it: at once when a
+report for this series and these tests is there, else before the tests on patched X.
 """
 
 import argparse
+import hashlib
+import os
 import re
 import shutil
 import sys
@@ -19,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from scripts import build
-from scripts.lib import config, envs, fixes, git, moving, patch_queue, pins, pytest_run, report, scratch, series, trial, verdict, wheels
+from scripts.lib import config, envs, fixes, git, lines, moving, patch_queue, pytest_run, report, scratch, series, trial, verdict, wheels
 from scripts.lib.errors import SeriesError, run_main
 
 PROPOSED = "rebase-proposed"
@@ -79,22 +87,41 @@ def _file(node_id: str) -> str:
     return node_id.split("::")[0]
 
 
-def proposed_series(repo: Path, trials: list[trial.Trial], keep: list[bool]) -> list[patch_queue.Exported]:
-    """The kept patches re-applied without the dropped ones and re-exported; a kept patch that
-    does not apply is carried as it is (a person ports it on `make queue UPSTREAM_VERSION=X`)."""
-    git.checkout_fresh(repo, PROPOSED, scratch.BASELINE)
+def proposed_series(repo: Path, trials: list[trial.Trial]) -> list[patch_queue.Exported]:
+    """The kept patches (the trial never applied a dropped one) as their trial commits
+    re-export them; a kept patch that does not apply is carried as it is (a person ports
+    it on `make queue UPSTREAM_VERSION=X`)."""
     out = []
-    for t, k in zip(trials, keep):
-        if not k:
-            continue
-        if patch_queue.am_named(repo, t.patch.path, t.patch.name).returncode != 0:
-            git.am_abort(repo)
+    for t in trials:
+        if t.applies:
+            (exported,) = patch_queue.export(repo, f"{t.commit}~1", t.commit)
+            out.append(exported)
+        else:
             out.append(patch_queue.Exported(t.patch.name, t.patch.subject, t.patch.path.read_text()))
-            continue
-        (exported,) = patch_queue.export(repo, "HEAD~1", "HEAD")
-        out.append(exported)
-    git.checkout_fresh(repo, trial.BRANCH, git.rev(repo, trial.BRANCH))
     return out
+
+
+BLOCKING = (verdict.TESTS_FAIL, verdict.PORTING)
+
+
+def blocked(rows: list[dict]) -> list[dict]:
+    """Kept patches WRITE=1 cannot adopt: they do not apply even 3-way, or their tests do
+    not pass with the series on X (a partly absorbed one is adopted as merged, keeping what
+    X lacks, once its tests pass)."""
+    def failing(r: dict) -> bool:
+        return any(t["patched"] is None or t["patched"]["status"] not in ("pass", "skip") for t in r["tests"])
+
+    return [r for r in rows if r["category"] not in (verdict.ABSORBED, verdict.LEFT_OUT)
+            and (not r["applies"] or r["category"] in BLOCKING or (r["category"] == verdict.PARTIAL and failing(r)))]
+
+
+def refusal(version: str, stuck: list[str], failing: list[str] = ()) -> str:
+    up = f"UPSTREAM_VERSION={version}"
+    why = ([f"{', '.join(stuck)} do(es) not apply on sglang {version}, not even 3-way"] if stuck else []) + (
+        [f"the tests of {', '.join(failing)} do not pass with the series on sglang {version}"] if failing else [])
+    return (f"WRITE=1 cannot adopt the series on sglang {version}: {'; '.join(why)}; port them on the queue: "
+            f"`make queue {up}`, resolve in build/{version}/tree and `git add -A`, `make queue {up} CONTINUE=1`, "
+            f"then `make export {up}` (it moves the base to {version}; add LINE=1 to write only the line of {version})")
 
 
 def _clean(text: str, paths: config.Paths) -> str:
@@ -128,7 +155,11 @@ def guard_row(fix: fixes.Fix, runs: dict, paths: config.Paths) -> dict:
     return row
 
 
-def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, venv_of=None, log=print) -> dict:
+def _progress(*args) -> None:
+    print(*args, flush=True)  # a long step's progress shows while it runs, also into a file
+
+
+def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, venv_of=None, log=_progress) -> dict:
     """The whole report as a dict (also written to build/X/rebase/). `venv_of(version)` and
     `tests_root` are the seams the tooling tests use; by default the locked venvs and this repo."""
     tests_root = tests_root or paths.root
@@ -149,11 +180,6 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
                           f"`make queue UPSTREAM_VERSION={version} CONTINUE=1`), then run the report again")
     scratch.require_clean(repo)
 
-    started = time.monotonic()
-    trials = trial.try_series(repo, patches)
-    log(f"tried {len(patches)} patches on sglang {version}: {sum(t.applies for t in trials)} apply "
-        f"({time.monotonic() - started:.1f}s)")
-
     registry = fixes.load(tests_root, required=False)
     guards = [f for f in registry if not any(set(f.tests) == set(p.tests) for p in patches)]
     ids = sorted({t for p in patches for t in p.tests} | {t for g in guards for t in g.tests})
@@ -162,9 +188,7 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
         "base": (venv_of(base), envs.install_site(paths, venv_of(base), scratch.upstream_wheel(paths, base_rel), build.site(paths, base, "vanilla"))),
         "vanilla": (x_venv, envs.install_site(paths, x_venv, scratch.upstream_wheel(paths, rel), build.site(paths, version, "vanilla"))),
     }
-    applied = [t for t in trials if t.applies]
-    if applied:
-        sites["patched"] = (x_venv, trial_site(paths, rel, tools, x_venv, repo, len(applied)))
+
     def run_side(side: str) -> dict:
         t0 = time.monotonic()
         venv, site = sites[side]
@@ -172,42 +196,62 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
         log(f"ran {len(ids)} test ids on {side} ({time.monotonic() - t0:.1f}s)")
         return found
 
-    # The sides are independent pytest processes, mostly importing torch and sglang: run them together.
-    with ThreadPoolExecutor(max_workers=len(sites)) as pool:
-        runs = dict(zip(sites, pool.map(run_side, sites)))
+    # Evidence first: the vanilla sides are independent pytest processes (mostly importing
+    # torch and sglang): run them together, before anything is applied.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = dict(zip(("base", "vanilla"), pool.map(run_side, ("base", "vanilla"))))
+    outcomes = {p.name: ([runs["base"][i] for i in p.tests], [runs["vanilla"][i] for i in p.tests]) for p in patches}
+    declared = moving.left_out(paths, version, patches)
+    absorbed = {p.name: moving.drop_reason(version, fixes.carried_by(registry, p.tests), p)
+                for p in patches if p.name not in declared and verdict.absorbed(*outcomes[p.name])}
+    for name, why in {**absorbed, **declared}.items():
+        log(f"dropped {name} before applying anything: {why}")
 
-    rows, keep = [], []
-    for t in trials:
-        tests = t.patch.tests
-        base_o = [runs["base"][i] for i in tests]
-        van_o = [runs["vanilla"][i] for i in tests]
-        pat_o = [runs["patched"][i] for i in tests] if t.applies else None
-        category, evidence = verdict.categorize(t.applies, base_o, van_o, pat_o)
-        keep.append(category != verdict.ABSORBED)
+    started = time.monotonic()
+    kept = [p for p in patches if p.name not in absorbed and p.name not in declared]
+    git.checkout_fresh(repo, trial.BRANCH, scratch.BASELINE)
+    reverse = {p.name: git.reverse_applies(repo, p.path) for p in patches if p not in kept}  # a hint for the report
+    scratch.import_base(paths, repo, base_rel, tools, patches)  # the blobs `git am --3way` merges with
+    trials = {t.patch.name: t for t in trial.try_series(repo, kept, three_way=True)}
+    log(f"tried {len(kept)} patches on sglang {version}: {sum(t.applies and not t.three_way for t in trials.values())} "
+        f"apply as they are, {sum(t.three_way for t in trials.values())} with a 3-way merge "
+        f"({time.monotonic() - started:.1f}s)")
+    if any(t.applies for t in trials.values()):
+        sites["patched"] = (x_venv, trial_site(paths, rel, tools, x_venv, repo, sum(t.applies for t in trials.values())))
+        runs["patched"] = run_side("patched")
+
+    rows = []
+    for p in patches:
+        t = trials.get(p.name)
+        base_o, van_o = outcomes[p.name]
+        pat_o = [runs["patched"][i] for i in p.tests] if t and t.applies else None
+        category, evidence = verdict.categorize(bool(t and t.applies), base_o, van_o, pat_o, three_way=bool(t and t.three_way))
+        if p.name in declared:
+            category, evidence = verdict.LEFT_OUT, declared[p.name]
         rows.append({
-            "patch": t.patch.name, "subject": t.patch.subject, "category": category, "evidence": _clean(evidence, paths),
-            "applies": t.applies, "reverse_applies": t.reverse_applies,
-            "conflicts": [vars(h) for h in t.conflicts],
-            "drop_reason": (moving.drop_reason(version, fixes.carried_by(registry, tests), t.patch)
-                            if category == verdict.ABSORBED else None),
+            "patch": p.name, "subject": p.subject, "category": category, "evidence": _clean(evidence, paths),
+            "applies": bool(t and t.applies), "three_way": bool(t and t.three_way), "tried": t is not None,
+            "reverse_applies": bool(t.reverse_applies) if t else reverse[p.name],
+            "conflicts": [vars(h) for h in t.conflicts] if t else [],
+            "drop_reason": absorbed.get(p.name) or declared.get(p.name),
             "tests": [{"id": i, "base": _side(b, paths), "vanilla": _side(v, paths),
-                       "patched": _side(p, paths) if pat_o else None}
-                      for i, b, v, p in zip(tests, base_o, van_o, pat_o or [None] * len(tests))],
+                       "patched": _side(o, paths) if pat_o else None}
+                      for i, b, v, o in zip(p.tests, base_o, van_o, pat_o or [None] * len(p.tests))],
         })
 
     guard_rows = [guard_row(g, runs, paths) for g in guards]
     out = rebase_dir(paths, version)
-    proposed = proposed_series(repo, trials, keep)
-    old = series.entries(paths.patches)
-    changes = patch_queue.diff_against(paths.patches, proposed, old)
-    notes = {r["patch"]: f"{r['category']}: see report.md" for r in rows if r["category"] != verdict.CLEAN and r["category"] != verdict.ABSORBED}
+    proposed = proposed_series(repo, [trials[p.name] for p in kept])
+    changes = patch_queue.diff_against(paths.patches, proposed, series.entries(paths.patches))
+    notes = {r["patch"]: f"{r['category']}: see report.md" for r in rows
+             if r["category"] not in (verdict.CLEAN, verdict.ABSORBED, verdict.LEFT_OUT)}
     shutil.rmtree(out / "patches", ignore_errors=True)
     (out / "patches").mkdir(parents=True)
-    shutil.copy(series.series_file(paths.patches), out / "patches" / "series")  # keeps the header comments
-    patch_queue.write(out / "patches", proposed, [], notes)
+    patch_queue.write(out / "patches", proposed, comments=notes)
     for r in rows:
-        r["proposed"] = ("dropped" if r["category"] == verdict.ABSORBED
+        r["proposed"] = ("dropped" if r["category"] in (verdict.ABSORBED, verdict.LEFT_OUT)
                          else "kept as is (does not apply)" if not r["applies"]
+                         else "refreshed (3-way merged)" if r["three_way"]
                          else "refreshed" if r["patch"] in changes.refreshed else "unchanged")
 
     up = f"UPSTREAM_VERSION={version}"
@@ -217,6 +261,8 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
         "environment": {"lock": f"env/{version}.lock", "base_lock": f"env/{base}.lock"},
         "command": f"make rebase {up}",
         "tests_from": _checkout(paths.root),
+        "tests_digest": tests_digest(tests_root),
+        "pins": [rel.sha256, base_rel.sha256],
         "categories": verdict.CATEGORIES,
         "series": moving.fingerprint(patches),
         "patches": rows,
@@ -224,6 +270,9 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
         "summary": {c: [r["patch"] for r in rows if r["category"] == c] for c in verdict.CATEGORIES},
         "proposed_series": f"build/{version}/rebase/patches",
         "proposed_changes": changes.summary(),
+        "writes": {f"make rebase {up} WRITE=1": f"patches/series, with sglang {version} the base "
+                                                  f"(patches/lines/{base}.series keeps the sglang {base} series)",
+                   f"make rebase {up} WRITE=1 LINE=1": f"patches/lines/{version}.series only; the base stays sglang {base}"},
         "rerun": [
             f"make pin {up}        # only if not pinned yet: records the wheel and writes env/{version}.lock",
             f"make rebase {up}     # this report",
@@ -238,26 +287,51 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
 
 def strict_problems(data: dict) -> list[str]:
     """What STRICT=1 fails on: a kept patch that no longer applies, a guard that fails on X."""
-    stuck = [r["patch"] for r in data["patches"] if not r["applies"] and r["category"] != verdict.ABSORBED]
+    stuck = [r["patch"] for r in data["patches"] if not r["applies"] and r["category"] not in (verdict.ABSORBED, verdict.LEFT_OUT)]
     broken = [g["fix"] for g in data["guards"] if not g["holds"]]
     return ([f"{len(stuck)} patch(es) no longer apply ({', '.join(stuck)})"] if stuck else []) + (
         [f"guard(s) {', '.join(broken)} fail"] if broken else [])
 
 
-def write_to_patches(paths: config.Paths, data: dict) -> patch_queue.Changes:
+def refuse_blocked(data: dict) -> None:
+    stuck = blocked(data["patches"])
+    if stuck:
+        raise SeriesError(refusal(data["upstream"], [r["patch"] for r in stuck if not r["applies"]],
+                                  [r["patch"] for r in stuck if r["applies"]]))
+
+
+def tests_digest(tests_root: Path) -> str:
+    """Changes whenever a file under tests/ does: the evidence a report rests on."""
+    digest = hashlib.sha256()
+    for path in sorted((tests_root / "tests").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(tests_root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def current_report(paths: config.Paths, version: str, tests_root: Path) -> dict | None:
+    """X's report when it judged this series with these tests on these pins: WRITE=1 acts
+    on it without running a test again."""
+    try:
+        data = moving.load(paths, version, series.load(paths.patches))
+    except SeriesError:
+        return None
+    pins = [config.release(paths, version).sha256, config.release(paths, config.base_version(paths)).sha256]
+    fresh = data.get("tests_digest") == tests_digest(tests_root) and data.get("pins") == pins
+    return data if fresh else None
+
+
+def write_to_patches(paths: config.Paths, data: dict, line: bool = False) -> patch_queue.Changes:
     version = data["upstream"]
     moving.load(paths, version, series.load(paths.patches))  # the report judged patches/ as it is now
-    blocked = [r["patch"] for r in data["patches"] if r["category"] != verdict.ABSORBED and not r["applies"]]
-    if blocked:
-        raise SeriesError(f"{', '.join(blocked)} do(es) not apply on sglang {version}; port them first "
-                          f"(`make queue UPSTREAM_VERSION={version}`, resolve, `make export UPSTREAM_VERSION={version}`)")
+    refuse_blocked(data)
     proposed_dir = paths.build / version / "rebase" / "patches"
-    exported = [patch_queue.Exported(n, "", (proposed_dir / n).read_text()) for n in series.entries(proposed_dir)]
-    changes = patch_queue.write(paths.patches, exported, series.entries(paths.patches), reasons=moving.drop_reasons(data))
+    exported = [patch_queue.Exported(Path(n).name, "", (proposed_dir / n).read_text()) for n in series.entries(proposed_dir)]
+    changes = moving.adopt(paths, version, exported, moving.drop_reasons(data), line)
     message = rebase_dir(paths, version) / "COMMIT_MSG"
-    message.write_text(moving.commit_message(version, data["base"], changes))
-    pins.set_base(paths, version)
-    print(f"commit it with: git add -A patches upstream env && git commit -F {message.relative_to(paths.root) if message.is_relative_to(paths.root) else message}")
+    message.write_text(moving.commit_message(version, data["base"], changes, line))
+    shown = message.relative_to(paths.root) if message.is_relative_to(paths.root) else message
+    print(f"commit it with: git add -A patches upstream env README.md && git commit -F {shown}")
     return changes
 
 
@@ -265,6 +339,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--upstream", help="pinned release to move to (see `make pin`)")
     parser.add_argument("--write", action="store_true", help="also write the proposed series to patches/ and make X the base")
+    parser.add_argument("--line", action="store_true", help="with --write: write X's line (patches/lines/X.series); the base stays")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a patch no longer applies (for CI)")
     parser.add_argument("--copy-to", type=Path, help="also copy report.md/.json there as <X>.md/<X>.json")
     parser.add_argument("--tests-root", type=Path, help="where the Tests: ids live (default: this repo)")
@@ -276,8 +351,23 @@ def main(argv=None) -> None:
     if args.upstream == config.base_version(paths):
         raise SeriesError(f"sglang {args.upstream} is already the base; pick a newer pinned release")
     config.release(paths, args.upstream)  # an unpinned X ends here, before anything is made under build/X
-    with scratch.exclusive(paths, args.upstream):  # the trial branches live in X's scratch tree
-        data = rebase(paths, args.upstream, args.tests_root)
+    if args.line and not args.write:
+        raise SeriesError(f"LINE=1 says where WRITE=1 writes; run `make rebase UPSTREAM_VERSION={args.upstream} WRITE=1 LINE=1`")
+    # Seams for the tooling tests (a synthetic upstream): where the Tests: ids live, one venv for every release.
+    tests_root = args.tests_root or (Path(os.environ["SGLANG_SERIES_TESTS_ROOT"]) if os.environ.get("SGLANG_SERIES_TESTS_ROOT") else paths.root)
+    venv_of = (lambda v: Path(os.environ["SGLANG_SERIES_VENV"])) if os.environ.get("SGLANG_SERIES_VENV") else None
+    data = None
+    if args.write:  # refuse early: on the report already made for this series, before any test runs
+        lines.require_committed(paths)
+        data = current_report(paths, args.upstream, tests_root)
+        if data:
+            print(f"acting on {rebase_dir(paths, args.upstream) / 'report.json'} (made for this series, these tests and pins)")
+            refuse_blocked(data)
+        else:
+            print(f"no report for this series on sglang {args.upstream} yet: making it first (`make rebase UPSTREAM_VERSION={args.upstream}`)")
+    if data is None:
+        with scratch.exclusive(paths, args.upstream):  # the trial branches live in X's scratch tree
+            data = rebase(paths, args.upstream, tests_root, venv_of)
     for category, names in data["summary"].items():
         if names:
             print(f"{category}: {', '.join(names)}")
@@ -287,7 +377,9 @@ def main(argv=None) -> None:
         for ext in ("md", "json"):
             shutil.copy(out / f"report.{ext}", args.copy_to / f"{args.upstream}.{ext}")
     if args.write:
-        print(write_to_patches(paths, data).summary() + f"; base is now sglang {args.upstream}")
+        changes = write_to_patches(paths, data, args.line)
+        print(changes.summary() + (f"; wrote {lines.label(paths, args.upstream)}" if args.line
+                                   else f"; base is now sglang {args.upstream}"))
     problems = strict_problems(data)
     if problems:
         print(f"{'error' if args.strict else 'warning'}: on sglang {args.upstream}: {'; '.join(problems)}; "

@@ -2,8 +2,10 @@
 # The steps of every CI lane, in one place: ci/cpu.yml, ci/gpu.yml and this repository's
 # own .ci/run all run this script, so a step that fails on a runner fails .ci/run first.
 #
-#   cpu     make apply; make test (CUDA tests skip, with their reason); make prove
-#   gpu     the same with REQUIRE_CUDA=1: a test skipped for lack of CUDA fails the lane
+#   cpu     make apply; make test (CUDA tests skip, with their reason); make prove; then the
+#           line of one other release a day, in turn: make apply, make prove with UPSTREAM_VERSION
+#   gpu     the same with REQUIRE_CUDA=1: a test skipped for lack of CUDA fails the lane; and
+#           every other release's line: make apply, make test, make prove
 #   manual  make apply; make test-manual (tests/manual: a DSV4 model on GPUs), REQUIRE_CUDA=1
 #
 # Every command exits non-zero on failure (pytest collecting no tests included), and
@@ -27,3 +29,15 @@ esac
 if [ "$lane" != manual ]; then
   make prove
 fi
+# The other releases' lines (patches/lines/X.series): every one on the gpu lane, one a day on the cpu lane.
+# (Which lines there are is read for real even in a dry run: it only reads patches/.)
+case "$lane" in
+  cpu) others="$(SGLANG_SERIES_DRY_RUN= "${PYTHON:-python3}" -m scripts.lines --today)" ;;
+  gpu) others="$(SGLANG_SERIES_DRY_RUN= "${PYTHON:-python3}" -m scripts.lines --others)" ;;
+  *)   others="" ;;
+esac
+for version in $others; do
+  make apply UPSTREAM_VERSION="$version"
+  if [ "$lane" = gpu ]; then make test REQUIRE_CUDA=1 UPSTREAM_VERSION="$version"; fi
+  make prove UPSTREAM_VERSION="$version"
+done

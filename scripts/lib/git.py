@@ -40,9 +40,10 @@ def environ(fixed_identity: bool = False) -> dict:
     return {**os.environ, **ISOLATED, **(FIXED_ENV if fixed_identity else {})}
 
 
-def git(repo: Path, *args: str, check: bool = True, fixed_identity: bool = False) -> subprocess.CompletedProcess:
+def git(repo: Path, *args: str, check: bool = True, fixed_identity: bool = False,
+        env: dict | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run(["git", "-C", str(repo), *CONFIG, *args], capture_output=True, text=True,
-                          env=environ(fixed_identity))
+                          env={**environ(fixed_identity), **(env or {})})
     if check and proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         raise SeriesError(f"git {args[0]} failed in {repo}: {detail[-1] if detail else proc.returncode}")

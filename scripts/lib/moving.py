@@ -1,15 +1,19 @@
 """The verdicts of `make rebase UPSTREAM_VERSION=X`, as the other verbs that move the
 series to X act on them: `make rebase WRITE=1`, `make queue` / `make export` on X.
-One reading of report.json, so every verb drops the same patches for the same reason."""
+One reading of report.json, so every verb drops the same patches for the same reason,
+and one way to adopt what a move proposes (adopt())."""
 
+import datetime
 import hashlib
 import json
+import re
 from pathlib import Path
 
-from . import config, series
+from . import config, lines, patch_queue, pins, readme, series
 from .errors import SeriesError
 
 ABSORBED = "absorbed-upstream"
+LEFT_OUT = "left-out"
 
 
 def report_path(paths: config.Paths, version: str) -> Path:
@@ -37,8 +41,20 @@ def load(paths: config.Paths, version: str, patches: list[series.Patch]) -> dict
 
 
 def drop_reasons(data: dict) -> dict:
-    """{patch: why} for every patch the report says to drop."""
-    return {r["patch"]: r["drop_reason"] for r in data["patches"] if r["category"] == ABSORBED}
+    """{patch: why} for every patch the report says to drop: absorbed upstream, or left out
+    of X's line by the maintainer."""
+    return {r["patch"]: r["drop_reason"] for r in data["patches"] if r["category"] in (ABSORBED, LEFT_OUT)}
+
+
+def left_out(paths: config.Paths, version: str, patches: list[series.Patch]) -> dict:
+    """{patch: why} for the base's patches that X's line (if X has one) drops by the
+    maintainer's word: its `# dropped NAME: why` lines. A move to X honours them."""
+    file = lines.series_file(paths, version)
+    if version == config.base_version(paths) or not file.exists():
+        return {}
+    # A record a move wrote for an absorbed patch is evidence, judged again; only the maintainer's word stands.
+    recorded = {n: why for n, why in series.dropped(file).items() if not why.startswith("absorbed upstream")}
+    return {p.name: f"left out of the line of sglang {version}: {recorded[p.name]}" for p in patches if p.name in recorded}
 
 
 def conflicts(data: dict | None, name: str) -> str:
@@ -57,8 +73,89 @@ def drop_reason(version: str, fix, patch: series.Patch) -> str:
     return f"absorbed upstream: sglang {version} has {pr}{first}; its tests pass on vanilla {version}"
 
 
-def commit_message(version: str, base: str, changes) -> str:
-    lines = [f"Move the series from sglang {base} to sglang {version}", ""]
-    lines += [f"Dropped {n}: {changes.reasons.get(n, 'no reason recorded')}" for n in changes.dropped]
-    lines += [f"Refreshed {n}" for n in changes.refreshed] + [f"Added {n}" for n in changes.added]
-    return "\n".join(lines) + "\n"
+def commit_message(version: str, base: str, changes, line: bool = False) -> str:
+    title = (f"The line of sglang {version}: the fixes of the sglang {base} series it lacks" if line
+             else f"Move the series from sglang {base} to sglang {version}")
+    out = [title, ""]
+    out += [f"Dropped {n}: {changes.reasons.get(n, 'no reason recorded')}" for n in changes.dropped]
+    out += [f"Refreshed {n}" for n in changes.refreshed] + [f"Added {n}" for n in changes.added]
+    return "\n".join(out) + "\n"
+
+
+_LAST_UPDATE = re.compile(r"(?m)^Last-Update:[ \t]*\S+[ \t]*$")
+
+
+def last_updated(text: str, day: datetime.date) -> str:
+    """The patch with its Last-Update trailer (and so its Date:) set to `day`."""
+    text = _LAST_UPDATE.sub(f"Last-Update: {day.isoformat()}", text, count=1)
+    return patch_queue.dated(text)
+
+
+def name_release_in_env(paths: config.Paths, version: str) -> None:
+    """env/X.in's header comments name X (pin copies them from the base's .in)."""
+    path = paths.env / f"{version}.in"
+    if not path.exists():
+        return
+    text = path.read_text()
+    fixed = re.sub(r"(?m)^(#.*\bsglang(?: |==))\d+\.\d+\.\d+(?:\.post\d+)?", lambda m: m.group(1) + version, text)
+    if fixed != text:
+        path.write_text(fixed)
+
+
+def _header_end(text: str) -> int:
+    """Where a series file's leading comment block ends."""
+    end = 0
+    for line in text.splitlines(keepends=True):
+        if not line.startswith("#"):
+            break
+        end += len(line)
+    return end
+
+
+def adopt(paths: config.Paths, version: str, exported: list, reasons: dict, line: bool,
+          day: datetime.date | None = None) -> patch_queue.Changes:
+    """Write what a move to `version` proposes. line=True: as version's line
+    (patches/lines/X.series), the base stays. Otherwise version becomes the base: its
+    series is patches/series, and the old base keeps its series as its own line. Every kept
+    patch's Last-Update is the day of the move; a changed patch is written as a copy ported
+    to X under patches/lines/X/ wherever another line still uses the file."""
+    lines.require_committed(paths)
+    lines.keep_copy(paths, f"before-{version}")
+    day = day or datetime.datetime.now(datetime.timezone.utc).date()
+    exported = [patch_queue.Exported(e.name, e.subject, last_updated(e.text, day)) for e in exported]
+    base = config.base_version(paths)
+    base_series = series.series_file(paths.patches)
+    if line:
+        target = lines.series_file(paths, version)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(f"# sglang {version}: the fixes of the series that sglang {version} lacks, in this order\n"
+                              f"# (`make rebase UPSTREAM_VERSION={version}`); entries are paths under patches/.\n")
+        # The line says why each of the base's patches it does not hold is not there.
+        recorded = series.dropped(target)
+        missing = [f"# dropped {n}: {why}\n" for n, why in reasons.items() if n not in recorded]
+        text = target.read_text()
+        head = _header_end(text)
+        target.write_text(text[:head] + "".join(missing) + text[head:])
+    else:
+        target = base_series
+        old_line = paths.patches / lines.LINES / f"{base}.series"
+        if not old_line.exists():  # the teams on the old base keep their series
+            old_line.parent.mkdir(parents=True, exist_ok=True)
+            old_line.write_text(base_series.read_text())
+            print(f"the sglang {base} series stays as its line: {series.display(paths.patches, old_line)}")
+    changes = patch_queue.write(paths.patches, exported, target, reasons=reasons, ported=lines.ported_dir(paths, version),
+                                shared=lines.referenced(paths, skip=target))
+    if not exported and series.declared_empty(target) is None:
+        target.write_text(target.read_text() + f"{series.NO_PATCHES} sglang {version} has every fix of the series\n")
+    if not line:
+        own = paths.patches / lines.LINES / f"{version}.series"
+        if own.exists():
+            own.unlink()
+            print(f"{series.display(paths.patches, own)} removed: sglang {version} is the base now and its series is "
+                  "patches/series (git keeps the old file)")
+        pins.set_base(paths, version)
+        name_release_in_env(paths, version)
+    if readme.refresh(paths):
+        print("README.md: title and the table of lines regenerated")
+    return changes

@@ -142,19 +142,27 @@ def export(repo: Path, base: str, head: str, known: dict | None = None, old_name
     return result
 
 
+def dated(text: str) -> str:
+    """The patch with its Date: header taken from its Last-Update trailer (see _normalise)."""
+    message, rest = series.split_message(text)
+    return _DATE_LINE.sub(f"Date: {_date_of(message)}", message, count=1) + rest
+
+
+def _date_of(message: str) -> str:
+    m = _LAST_UPDATE.search(message)
+    if not m:
+        return _FALLBACK_DATE
+    day = datetime.date(*map(int, m.groups()))
+    return f"{_DAYS[day.weekday()]}, {day.day} {_MONTHS[day.month - 1]} {day.year} 00:00:00 +0000"
+
+
 def _normalise(text: str, name: str) -> str:
     """Strip the queue's name line; date the patch by its Last-Update trailer, not the clock."""
     message, rest = series.split_message(text)
     gap = message[len(message.rstrip("\n")):]
     message = re.sub(rf"\n*\n{MARKER}: {re.escape(name)}[ \t]*$", "", message.rstrip("\n"))
     message = re.sub(rf"(?m)^{MARKER}: .*\n?", "", message)  # a stale line after a rename
-    m = _LAST_UPDATE.search(message)
-    if m:
-        day = datetime.date(*map(int, m.groups()))
-        date = f"{_DAYS[day.weekday()]}, {day.day} {_MONTHS[day.month - 1]} {day.year} 00:00:00 +0000"
-    else:
-        date = _FALLBACK_DATE
-    return _DATE_LINE.sub(f"Date: {date}", message + gap + rest, count=1)
+    return _DATE_LINE.sub(f"Date: {_date_of(message)}", message + gap + rest, count=1)
 
 
 # ---- write: patch texts -> patches/ ---------------------------------------------------------
@@ -179,56 +187,123 @@ class Changes:
         return bool(self.added or self.dropped or self.refreshed or self.reordered)
 
 
-def diff_against(patches_dir: Path, exported: list[Exported], old_names: list[str]) -> Changes:
+def diff_against(patches_dir: Path, exported: list[Exported], old_entries: list[str]) -> Changes:
+    """What writing `exported` over a series of `old_entries` (paths under patches_dir) changes."""
+    old = {Path(e).name: e for e in old_entries}
     new_names = [e.name for e in exported]
     changes = Changes(
-        added=[n for n in new_names if n not in old_names],
-        dropped=[n for n in old_names if n not in new_names],
+        added=[n for n in new_names if n not in old],
+        dropped=[n for n in old if n not in new_names],
     )
     for e in exported:
-        path = patches_dir / e.name
-        if e.name in old_names and (not path.exists() or path.read_text() != e.text):
+        path = patches_dir / old.get(e.name, e.name)
+        if e.name in old and (not path.exists() or path.read_text() != e.text):
             changes.refreshed.append(e.name)
-    kept_old = [n for n in old_names if n in new_names]
-    changes.reordered = kept_old != [n for n in new_names if n in old_names]
+    kept_old = [n for n in old if n in new_names]
+    changes.reordered = kept_old != [n for n in new_names if n in old]
     return changes
 
 
-def write(patches_dir: Path, exported: list[Exported], old_names: list[str], comments: dict | None = None,
-          reasons: dict | None = None) -> Changes:
-    """Make patches_dir hold exactly `exported` (and a series listing them in order).
-    Only changed files are rewritten; dropped patch files are removed. `comments`:
-    {name: text} appended to that series line. `reasons`: {dropped name: why}, kept as
-    `# dropped NAME: why` lines in the series header, so a drop is never silent."""
-    changes = diff_against(patches_dir, exported, old_names)
-    changes.reasons = {n: reasons[n] for n in changes.dropped if reasons and n in reasons}
+def write(patches_dir: Path, exported: list[Exported], series_path: Path | None = None, comments: dict | None = None,
+          reasons: dict | None = None, ported: Path | None = None, shared: set | None = None) -> Changes:
+    """Make the series file `series_path` (default patches_dir/series) list exactly `exported`,
+    in order, and write their patch files.
+
+    - An unchanged patch keeps its entry. A changed or new one is written to its entry's
+      file, unless another series uses that file (`shared`: resolved paths): then to
+      `ported`/name, and the entry names that copy.
+    - Every dropped patch needs a reason, from `reasons` or from a `# dropped NAME: why`
+      line the maintainer put in the series; without one nothing is written. Its file is
+      removed only when no other series names it.
+    - Comments, commented-out entries and blank lines stay where they were; `comments`:
+      {name: text} for `name  # text` (default: the ones the series has)."""
+    series_path = series_path or (patches_dir / "series")
+    shared = shared or set()
+    old_entries = _entries(series_path)
+    changes = diff_against(patches_dir, exported, old_entries)
+    recorded = series.dropped(series_path)
+    missing = [n for n in changes.dropped if not (reasons or {}).get(n) and n not in recorded]
+    if missing:
+        where = series_path.relative_to(patches_dir.parent) if series_path.is_relative_to(patches_dir.parent) else series_path
+        raise SeriesError(f"this would drop {', '.join(missing)} without a reason; if that is meant, say why in {where} "
+                          f"with a line `# dropped {missing[0]}: <why>` and run the same command again")
+    changes.reasons = {n: (reasons or {}).get(n) or recorded[n] for n in changes.dropped}
+    old = {Path(e).name: e for e in old_entries}
+    entry_of = {}
     patches_dir.mkdir(parents=True, exist_ok=True)
     for e in exported:
-        path = patches_dir / e.name
+        entry = old.get(e.name, e.name)
+        path = patches_dir / entry
+        if path.exists() and path.read_text() == e.text:
+            entry_of[e.name] = entry
+            continue
+        if path.resolve() in shared or (entry == e.name and ported is not None):
+            path = (ported or patches_dir) / e.name
+            entry = path.relative_to(patches_dir).as_posix()
+        if path.resolve() in shared and path.exists() and _undated(path.read_text()) != _undated(e.text):
+            raise SeriesError(f"patches/{entry} is on another line and differs from the {e.name} written here; give "
+                              f"this one another name (a `{MARKER}:` line on its queue commit) and run again")
+        path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text() != e.text:
-            _atomic_write(path, e.text)
+            _atomic_write(path, e.text)  # at most its Last-Update: the same patch, verified again
+        entry_of[e.name] = entry
     for name in changes.dropped:
-        (patches_dir / name).unlink(missing_ok=True)
-    series = patches_dir / "series"
-    header, kept = _header(series), _line_comments(series)
-    header += "".join(f"# dropped {n}: {why}\n" for n, why in changes.reasons.items())
-    if comments is not None:
-        kept = comments
-    lines = [e.name + (f"  # {kept[e.name]}" if e.name in kept else "") for e in exported]
-    _atomic_write(series, header + "".join(line + "\n" for line in lines))
+        path = patches_dir / old[name]
+        if path.resolve() not in shared:
+            path.unlink(missing_ok=True)
+    lines = series_path.read_text().splitlines() if series_path.exists() else _NEW_HEADER.splitlines()
+    kept = _line_comments(series_path) if comments is None else comments
+    records = [f"# dropped {n}: {why}" for n, why in changes.reasons.items() if n not in recorded]
+    text = _render(lines, [e.name for e in exported], entry_of, kept, records)
+    series_path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(series_path, text)
     return changes
 
 
-def _header(series: Path) -> str:
-    """The series file's leading comment block, kept as the maintainer wrote it."""
-    if not series.exists():
-        return "# The series, applied in this order on top of the pinned upstream.\n# One patch file per line; '#' starts a comment.\n"
-    head = []
-    for line in series.read_text().splitlines(keepends=True):
-        if not line.startswith("#"):
-            break
-        head.append(line)
-    return "".join(head)
+def _undated(text: str) -> str:
+    return _DATE_LINE.sub("", re.sub(r"(?m)^Last-Update:.*$", "", text))
+
+
+_NEW_HEADER = "# The series, applied in this order on top of the pinned upstream.\n# One patch file per line; '#' starts a comment.\n"
+
+
+def _entries(series_path: Path) -> list[str]:
+    return [l.split("#", 1)[0].strip() for l in (series_path.read_text().splitlines() if series_path.exists() else [])
+            if l.split("#", 1)[0].strip()]
+
+
+def _render(lines: list[str], names: list[str], entry_of: dict, comments: dict, records: list[str]) -> str:
+    """The series file with `names` as its entries, every other line of the old file where it was.
+    Kept entries fill the places of the old ones in the new order; an added one goes right
+    after the one before it; new `# dropped` records go at the end of the leading comments."""
+    out, slots = [], []
+    wanted = set(names)
+    for line in lines:
+        name = Path(line.split("#", 1)[0].strip()).name if line.split("#", 1)[0].strip() else None
+        if name is None:
+            out.append(line)
+        elif name in wanted:
+            slots.append(len(out))
+            out.append(None)
+    kept = [n for n in names if n in {Path(l.split("#", 1)[0].strip()).name for l in lines if l.split("#", 1)[0].strip()}]
+    for slot, name in zip(slots, kept):
+        out[slot] = name
+    for i, name in enumerate(names):
+        if name in kept:
+            continue
+        before = names[i - 1] if i else None
+        at = out.index(before) + 1 if before in out else (min(slots) if slots else len(out))
+        out.insert(at, name)
+        slots = [s + (s >= at) for s in slots]
+    header_end = next((i for i, l in enumerate(out) if not (isinstance(l, str) and l.startswith("#") and l not in names)), len(out))
+    out[header_end:header_end] = records
+    text = []
+    for line in out:
+        if line in wanted:
+            text.append(entry_of[line] + (f"  # {comments[line]}" if line in comments else ""))
+        else:
+            text.append(line)
+    return "".join(l + "\n" for l in text)
 
 
 def _line_comments(series: Path) -> dict:
@@ -237,7 +312,7 @@ def _line_comments(series: Path) -> dict:
     for line in series.read_text().splitlines() if series.exists() else []:
         name, sep, comment = line.partition("#")
         if name.strip() and sep:
-            found[name.strip()] = comment.strip()
+            found[Path(name.strip()).name] = comment.strip()
     return found
 
 
@@ -245,4 +320,3 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
-

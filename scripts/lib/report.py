@@ -42,7 +42,9 @@ def markdown(d: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for i, p in enumerate(d["patches"], 1):
-        applies = "yes" if p["applies"] else ("no, reverse-applies" if p["reverse_applies"] else "no")
+        applies = ("yes, 3-way (context moved)" if p.get("three_way") else "yes" if p["applies"]
+                   else "not tried (dropped first)" if p.get("tried") is False
+                   else "no, reverse-applies" if p["reverse_applies"] else "no")
         lines.append(
             f"| {i} | `{p['patch']}` | **{p['category']}** | {applies} | {_cell(_summ(p, 'base'))} | "
             f"{_cell(_summ(p, 'vanilla'))} | {_cell(_summ(p, 'patched'))} | {p['proposed']} |"
@@ -67,6 +69,7 @@ def markdown(d: dict) -> str:
         f"In `{d['proposed_series']}` (absorbed patches dropped, the others refreshed with `git format-patch` "
         f"from the trial branch): {d['proposed_changes']}. `patches/` is untouched; "
         f"`make rebase UPSTREAM_VERSION={x} WRITE=1` copies it there when every kept patch applies.",
+        *[f"- `{cmd}` writes {what}." for cmd, what in d.get("writes", {}).items()],
         "",
         "## Re-run",
         "",

@@ -13,6 +13,7 @@ Layout under build/<version>/:
 import json
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -78,6 +79,37 @@ def ensure_baseline(paths: Paths, rel: Release, tools: Tools) -> Path:
     git.git(staging, "tag", BASELINE)
     staging.rename(repo)  # the tree appears only once it is complete
     return repo
+
+
+def import_base(paths: Paths, repo: Path, base: Release, tools: Tools, patches: list) -> str:
+    """The base release's pristine files, and every blob its series makes patch after patch,
+    as objects of `repo` (another release's scratch tree), so that `git am --3way` there can
+    merge a patch whose context moved. Made from the base's wheel: the base's own scratch
+    tree (its `make apply`) is not needed. Returns the ref of the base's commit."""
+    ref = f"refs/base/{base.version}"
+    if not git.ref_exists(repo, ref):
+        work = Path(tempfile.mkdtemp(prefix=".base-", dir=repo.parent))
+        try:
+            root = wheels.unpack(tools.wheel, upstream_wheel(paths, base), work / "wheel")
+            files = work / "tree"
+            (files / "python").mkdir(parents=True)
+            for entry in root.iterdir():
+                if not entry.name.endswith(".dist-info"):
+                    entry.rename(files / "python" / entry.name)
+            index = {"GIT_INDEX_FILE": str(work / "index")}  # a temporary index: the tree's checkout stays as it is
+            git.git(repo, "--work-tree", str(files), "add", "-A", env=index)
+            tree_id = git.git(repo, "write-tree", env=index).stdout.strip()
+            message = f"sglang {base.version} from {base.wheel}\n\nsha256: {base.sha256}"
+            commit = git.git(repo, "commit-tree", tree_id, "-m", message, fixed_identity=True).stdout.strip()
+            git.git(repo, "update-ref", ref, commit)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        index = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        git.git(repo, "read-tree", ref, env=index)
+        for patch in patches:  # `apply --cached` writes each post-image blob; a later patch's pre-image is one
+            git.git(repo, "apply", "--cached", str(patch.path), env=index, check=False)
+    return ref
 
 
 def _retag_baseline(repo: Path, rel: Release) -> bool:
@@ -183,7 +215,8 @@ def recover_interrupted(paths: Paths, version: str, repo: Path) -> bool:
 
 
 def discard(paths: Paths, version: str) -> None:
-    """Drop every local edit and commit in the scratch tree: back to the baseline."""
+    """Drop every local edit and commit in the scratch tree, the queue branch too (a queue
+    left behind would later read as edits to export): back to the baseline."""
     repo = tree(paths, version)
     write_state(paths, version, None)
     applying(paths, version).unlink(missing_ok=True)
@@ -197,3 +230,4 @@ def discard(paths: Paths, version: str) -> None:
     git.git(repo, "reset", "-q", "--hard")
     git.git(repo, "clean", "-q", "-fdx")
     git.checkout_fresh(repo, APPLIED, BASELINE)
+    git.git(repo, "branch", "-q", "-D", "queue", check=False)

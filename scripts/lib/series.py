@@ -13,12 +13,21 @@ _TRAILER = re.compile(r"^([A-Z][A-Za-z-]+):\s*(.*)$")
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
 
+# A series that holds no patch on purpose says so in a comment line that starts with this
+# (a release that has every fix: `# no patches: sglang X has every fix of the series`).
+NO_PATCHES = "# no patches:"
+# `# dropped NAME: why`: a patch left out of this series, and the reason (written by a
+# move for an absorbed patch, or by the maintainer for a patch dropped on purpose).
+_DROPPED = re.compile(r"^#\s*dropped\s+(\S+):\s*(.*\S)\s*$")
+
+
 @dataclass
 class Patch:
     name: str
     path: Path
     subject: str = ""
     headers: dict = field(default_factory=dict)
+    entry: str = ""  # the series line naming it: its path relative to patches/ (a file name for most)
 
     @property
     def tests(self) -> list[str]:
@@ -27,11 +36,6 @@ class Patch:
 
 def series_file(patches_dir: Path) -> Path:
     return patches_dir / "series"
-
-
-# A series that lists no patch is a mistake (the files sit unlisted) unless it says it is
-# on purpose: a comment line `# no patch: <why>` (e.g. `# no patch: sglang 0.5.16 has every fix`).
-NO_PATCH = re.compile(r"^#\s*no patch:\s*\S", re.MULTILINE)
 
 
 def read_text(path: Path) -> str:
@@ -50,9 +54,11 @@ def read_text(path: Path) -> str:
     return text
 
 
-def entries(patches_dir: Path) -> list[str]:
-    """Patch names in order; '#' comments and blank lines are skipped."""
-    path = series_file(patches_dir)
+def entries(patches_dir: Path, file: Path | None = None) -> list[str]:
+    """Series entries in order (paths relative to patches/, most of them plain file names);
+    '#' comments and blank lines are skipped. `file`: another series than patches/series
+    over the same patch files (a release's line, see lines.py)."""
+    path = file or series_file(patches_dir)
     if not path.exists():
         raise SeriesError(f"{path} is missing; restore it with `git checkout -- {path}`")
     names = []
@@ -63,37 +69,66 @@ def entries(patches_dir: Path) -> list[str]:
     return names
 
 
-def require_listed(patches_dir: Path) -> None:
+def require_listed(patches_dir: Path, file: Path | None = None) -> None:
     """An empty series must say so on purpose: otherwise the build would silently carry no patch."""
-    path = series_file(patches_dir)
-    if entries(patches_dir) or NO_PATCH.search(read_text(path)):
+    path = file or series_file(patches_dir)
+    if entries(patches_dir, path) or declared_empty(path) is not None:
         return
     unlisted = sorted(p.name for p in patches_dir.glob("*.patch"))
     held = f"; patches/ holds {len(unlisted)} patch file(s) ({', '.join(unlisted[:3])}{', ...' if len(unlisted) > 3 else ''})" \
         if unlisted else ""
-    raise SeriesError(f"{path} lists no patch{held}; list them in it, one file name a line, or, if the release needs "
-                      "none, say so with a line `# no patch: <why>`")
+    raise SeriesError(f"{display(patches_dir, path)} lists no patch{held}; list them in it, one file name a line, or, "
+                      f"if the release needs none, say so with a line `{NO_PATCHES} <why>`")
 
 
-def load(patches_dir: Path, allow_empty: bool = False) -> list[Patch]:
+def load(patches_dir: Path, file: Path | None = None, allow_empty: bool = False) -> list[Patch]:
     """The series' patches, each checked to exist and to look like a git patch. An empty
     series is refused unless it says so on purpose (or the caller allows it)."""
+    file = file or series_file(patches_dir)
+    label = display(patches_dir, file)
     if not allow_empty:
-        require_listed(patches_dir)
+        require_listed(patches_dir, file)
     patches, seen = [], set()
-    for name in entries(patches_dir):
+    for entry in entries(patches_dir, file):
+        name = Path(entry).name
         if name in seen:
-            raise SeriesError(f"patches/series lists {name} twice; remove the second entry (a patch is applied once)")
+            raise SeriesError(f"{label} lists {name} twice; remove the second entry (a patch is applied once)")
         seen.add(name)
-        path = patches_dir / name
-        if "/" in name or name.startswith("."):
-            raise SeriesError(f"patches/series: entry {name!r} must be a file name inside patches/")
+        parts = Path(entry).parts
+        if entry.startswith("/") or any(part in ("..", "") or part.startswith(".") for part in parts):
+            raise SeriesError(f"{label}: entry {entry!r} must be a file inside patches/ (a name, or lines/X/name)")
+        path = patches_dir / entry
         if not path.is_file():
             raise SeriesError(
-                f"patches/series names {name}, but patches/{name} does not exist; add the file or remove the entry"
+                f"{label} names {entry}, but patches/{entry} does not exist; add the file or remove the entry"
             )
-        patches.append(parse(path))
+        patch = parse(path)
+        patch.entry = entry
+        patches.append(patch)
     return patches
+
+
+def display(patches_dir: Path, file: Path) -> str:
+    """'patches/series', 'patches/lines/X.series': how messages name a series file."""
+    return f"patches/{file.relative_to(patches_dir)}" if file.is_relative_to(patches_dir) else str(file)
+
+
+def declared_empty(file: Path) -> str | None:
+    """The reason a series holds no patch on purpose (its `# no patches:` line), else None."""
+    for line in file.read_text().splitlines() if file.exists() else []:
+        if line.startswith(NO_PATCHES):
+            return line[len(NO_PATCHES):].strip() or "declared"
+    return None
+
+
+def dropped(file: Path) -> dict:
+    """{name: why} of the series' `# dropped NAME: why` lines."""
+    found = {}
+    for line in file.read_text().splitlines() if file.exists() else []:
+        m = _DROPPED.match(line)
+        if m:
+            found[m.group(1)] = m.group(2)
+    return found
 
 
 def parse(path: Path) -> Patch:
@@ -157,9 +192,9 @@ def hunks(patch_text: str) -> list[tuple[str, int, str]]:
     return found
 
 
-def fingerprint(patches_dir: Path, patches: list[Patch]) -> str:
+def fingerprint(patches_dir: Path, patches: list[Patch], file: Path | None = None) -> str:
     """Changes whenever the series or any of its patches changes."""
-    digest = hashlib.sha256(series_file(patches_dir).read_bytes())
+    digest = hashlib.sha256((file or series_file(patches_dir)).read_bytes())
     for patch in patches:
         digest.update(patch.name.encode() + b"\0" + patch.path.read_bytes())
     return digest.hexdigest()

@@ -1,9 +1,11 @@
 """Try a series on another release's pristine tree, patch by patch, and say where it breaks.
 
-Cumulative and exact: each patch goes on top of the ones before it that applied,
-with `git am` (git never fuzzes, and no 3-way merge here: the report must say
-what applies as it is). A patch that does not apply is checked hunk by hunk, and
-in reverse (quilt's hint that upstream already has the change).
+Cumulative: each patch goes on top of the ones before it that applied, with `git am`
+(git never fuzzes). A patch that does not apply as it is is tried again with
+`git am --3way` against the base's blobs (scratch.import_base): when that merges
+without a conflict only its context moved, and the report says so apart from a patch
+that applies as it is. A patch that does not apply either way is checked hunk by hunk,
+and in reverse (quilt's hint that upstream already has the change).
 """
 
 import re
@@ -30,12 +32,15 @@ class Trial:
     patch: series.Patch
     applies: bool
     commit: str | None = None
+    three_way: bool = False  # applies only with a 3-way merge: its context moved
     reverse_applies: bool = False
     conflicts: list = field(default_factory=list)  # [Hunk]
 
 
-def try_series(repo: Path, patches: list[series.Patch]) -> list[Trial]:
-    """Leaves branch rebase-trial = baseline + the patches that applied, one commit each."""
+def try_series(repo: Path, patches: list[series.Patch], three_way: bool = False) -> list[Trial]:
+    """Leaves branch rebase-trial = baseline + the patches that applied, one commit each.
+    three_way: retry a patch that does not apply as it is with `git am --3way` (the repo
+    must hold the blobs the patches were made against)."""
     git.checkout_fresh(repo, BRANCH, scratch.BASELINE)
     results = []
     for patch in patches:
@@ -44,6 +49,11 @@ def try_series(repo: Path, patches: list[series.Patch]) -> list[Trial]:
             results.append(Trial(patch, applies=True, commit=git.rev(repo, "HEAD")))
             continue
         git.am_abort(repo)
+        if three_way and patch_queue.am_named(repo, patch.path, patch.name, three_way=True).returncode == 0:
+            results.append(Trial(patch, applies=True, commit=git.rev(repo, "HEAD"), three_way=True))
+            continue
+        git.am_abort(repo)
+        git.git(repo, "reset", "-q", "--hard")  # a failed 3-way merge leaves its markers behind
         results.append(Trial(patch, applies=False, reverse_applies=git.reverse_applies(repo, patch.path),
                              conflicts=failing_hunks(repo, patch.path.read_text())))
     return results

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from . import pytest_run
 
 CLEAN = "applies-cleanly"
+CONTEXT_MOVED = "applies-3way"
+LEFT_OUT = "left-out"
 ABSORBED = "absorbed-upstream"
 CONFLICTS = "conflicts"
 TESTS_FAIL = "applies-tests-fail"
@@ -29,7 +31,9 @@ PARTIAL = "partly-absorbed"
 
 CATEGORIES = {
     CLEAN: "applies cleanly (tests fail on vanilla X, pass with the series)",
+    CONTEXT_MOVED: "context moved: applies with a 3-way merge against the base's files (tests fail on vanilla X, pass with the series): refreshed as merged",
     ABSORBED: "absorbed upstream (its tests pass on vanilla X): drop it",
+    LEFT_OUT: "left out by the maintainer: X's line records why (`# dropped NAME: why`); not applied",
     PARTIAL: "partly absorbed (some of its tests pass on vanilla X, others still fail): keep what X lacks",
     CONFLICTS: "conflicts (hunks below): refresh it",
     TESTS_FAIL: "applies, but its tests fail with the series on X",
@@ -106,15 +110,24 @@ def summary(outcomes: list[Outcome]) -> str:
     return "pass" if "pass" in statuses else "skip"
 
 
-def categorize(applies: bool, base: list[Outcome], vanilla: list[Outcome], patched: list[Outcome] | None) -> tuple[str, str]:
+def absorbed(base: list[Outcome], vanilla: list[Outcome]) -> bool:
+    """X has the fix, judged before anything is applied: its tests pass on vanilla X, and not
+    already on the vanilla base (a patch that keeps the base's behaviour is judged by the
+    series on X instead)."""
+    return summary(vanilla) == "pass" and not (bool(base) and all(b.status == "pass" for b in base))
+
+
+def categorize(applies: bool, base: list[Outcome], vanilla: list[Outcome], patched: list[Outcome] | None,
+               three_way: bool = False) -> tuple[str, str]:
     """(category, one sentence of evidence). Precedence: absorbed (upstream fixed it: drop,
-    whatever its text does) > tests that cannot run > conflicts > tests that fail > clean."""
+    whatever its text does) > tests that cannot run > conflicts > tests that fail > clean
+    (applied as it is, or with a 3-way merge: context moved)."""
     # A patch whose tests pass on the vanilla base keeps the base's behaviour where another
     # patch changes it: vanilla X passing them too is no sign that X has the patch.
     keeps_base = bool(base) and all(b.status == "pass" for b in base)
+    if absorbed(base, vanilla):
+        return ABSORBED, "every test that ran passes on vanilla X"
     if summary(vanilla) == "pass":
-        if not keeps_base:
-            return ABSORBED, "every test that ran passes on vanilla X"
         if not applies:
             return CONFLICTS, ("does not apply; its tests pass on the vanilla base and on vanilla X alike, so only "
                                "the series on X can show whether X still needs it: refresh it")
@@ -130,11 +143,12 @@ def categorize(applies: bool, base: list[Outcome], vanilla: list[Outcome], patch
         failing = [o for o in patched or [] if o.status in ("fail", "error")]
         if failing:
             return TESTS_FAIL, f"applies; with the series on X a test still fails: {failing[0].message}"
+        clean, how = (CONTEXT_MOVED, "applies with a 3-way merge (its context moved)") if three_way else (CLEAN, "applies")
         if summary(patched or []) == "skip":
-            return CLEAN, "applies; its tests are skipped here (no evidence on this machine: run them where they can run)"
+            return clean, f"{how}; its tests are skipped here (no evidence on this machine: run them where they can run)"
         if keeps_base and summary(vanilla) == "pass":
-            return CLEAN, "applies; its tests pass on the vanilla base, on vanilla X and with the series on X"
-        return CLEAN, "applies; its tests fail on vanilla X and pass with the series"
+            return clean, f"{how}; its tests pass on the vanilla base, on vanilla X and with the series on X"
+        return clean, f"{how}; its tests fail on vanilla X and pass with the series"
     # Not applied: only vanilla evidence. A failure like the base's is the bug still there;
     # an error or cannot-run the base did not have is a test that no longer runs on X.
     for b, v in zip(base, vanilla):

@@ -98,22 +98,34 @@ def test_ci_run_and_the_cpu_workflow_run_one_lane_script():
     assert re.search(rf"^exec .*{re.escape(LANE)}\" cpu$", ci_run, re.M), ci_run
 
 
-@pytest.mark.parametrize("lane, expected", [
-    ("cpu", ["apply", "lint", "lint_ci", "test", "prove"]),
-    ("gpu", ["apply", "lint", "lint_ci", "test", "prove"]),
-    ("manual", ["apply", "test"]),
-])
-def test_lane_runs_its_steps(lane, expected):
-    proc = subprocess.run([str(REPO / LANE), lane], env=dry_env(), capture_output=True, text=True, timeout=120)
+def other_lines(flag: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-m", "scripts.lines", flag], cwd=REPO, capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+BASE_STEPS = ["apply", "lint", "lint_ci", "test", "prove"]
+# the base's line, then the other releases' lines: one a day on the cpu lane, every one on the gpu lane
+LANE_STEPS = {
+    "cpu": lambda: BASE_STEPS + ["apply", "prove"] * len(other_lines("--today")),
+    "gpu": lambda: BASE_STEPS + BASE_STEPS * len(other_lines("--others")),
+    "manual": lambda: ["apply", "test"],
+}
+
+
+@pytest.mark.parametrize("lane", list(LANE_STEPS))
+def test_lane_runs_its_steps(lane):
+    proc = subprocess.run([str(REPO / LANE), lane], env=dry_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert re.findall(r"^dry run: (\w+)", proc.stdout, re.M) == expected
+    assert re.findall(r"^dry run: (\w+)", proc.stdout, re.M) == LANE_STEPS[lane]()
     assert ("'require_cuda': True" in proc.stdout) == (lane != "cpu")
+    for version in {"cpu": other_lines("--today"), "gpu": other_lines("--others")}.get(lane, []):
+        assert f"'upstream': '{version}'" in proc.stdout
 
 
 def test_ci_run_is_the_cpu_lane_and_fails_when_a_step_fails():
-    ok = subprocess.run([str(REPO / ".ci/run")], env=dry_env(), capture_output=True, text=True, timeout=120)
+    ok = subprocess.run([str(REPO / ".ci/run")], env=dry_env(), capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
-    assert re.findall(r"^dry run: (\w+)", ok.stdout, re.M) == ["apply", "lint", "lint_ci", "test", "prove"]
+    assert re.findall(r"^dry run: (\w+)", ok.stdout, re.M) == LANE_STEPS["cpu"]()
     # a step that fails (here: a misspelt variable every make step refuses) stops the lane there,
     # with make's non-zero exit
     broken = subprocess.run([str(REPO / ".ci/run")], env={**dry_env(), "MAKEFLAGS": "-- UPSTREAM_VERISON=0.5.12"},

@@ -152,18 +152,28 @@ def test_a_guard_failing_on_the_new_release_is_reported_and_fails_strict(moved):
     assert "guard(s) #40 fail" in rebase.strict_problems(data)
 
 
-def test_write_refuses_while_the_partly_absorbed_patch_does_not_apply(moved):
-    _, paths, data = moved
-    with pytest.raises(SeriesError, match="0002-twelve-fourteen.patch do"):
-        rebase.write_to_patches(paths, data)
+def test_write_keeps_what_the_new_release_lacks_of_a_partly_absorbed_patch(moved):
+    """0002's hunk no longer applies as it is (2.0.0 has line 12); the 3-way merge keeps
+    line 14 only, its tests pass with the series, and WRITE=1 adopts it as merged."""
+    up, paths, data = moved
+    partial = next(r for r in data["patches"] if r["patch"] == "0002-twelve-fourteen.patch")
+    assert partial["applies"] and partial["three_way"]
+    assert [t["patched"]["status"] for t in partial["tests"]] == ["pass", "pass"]
+    rebase.write_to_patches(paths, data)
+    (entry,) = [l for l in (up.patches / "series").read_text().splitlines() if "0002" in l and not l.startswith("#")]
+    diff = (up.patches / entry).read_text().split("\ndiff --git", 1)[1]
+    assert "+LINE_14 = 'fourteen'" in diff and "LINE_12 = 'twelve'" not in diff.replace(" LINE_12 = 'twelve'", "")
 
 
 def test_write_drops_the_absorbed_patch_with_its_reason(moved_applying):
     up, paths, data = moved_applying
     changes = rebase.write_to_patches(paths, data)
     assert changes.dropped == ["0001-ten.patch"]
-    assert sorted(p.name for p in up.patches.glob("*.patch")) == ["0003-five.patch"]
     series = (up.patches / "series").read_text()
+    assert [l for l in series.splitlines() if l and not l.startswith("#")] == [f"lines/{NEW}/0003-five.patch"]
+    # The 1.0.0 series stays whole as its line, so no patch file goes away.
+    assert sorted(p.name for p in up.patches.glob("*.patch")) == ["0001-ten.patch", "0003-five.patch"]
+    assert (up.patches / "lines" / f"{BASE}.series").is_file()
     assert "# dropped 0001-ten.patch: absorbed upstream: sglang 2.0.0 has #10" in series
     message = (paths.build / NEW / "rebase" / "COMMIT_MSG").read_text()
     assert "Dropped 0001-ten.patch: absorbed upstream: sglang 2.0.0 has #10" in message

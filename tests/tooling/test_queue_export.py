@@ -2,13 +2,14 @@
 an edit on the queue comes back as a minimal diff, and nothing a maintainer did is lost."""
 
 import difflib
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rebase_fixtures import BASE, Releases  # noqa: E402
+from rebase_fixtures import BASE, CHANGES, Releases  # noqa: E402
 
 
 @pytest.fixture
@@ -110,11 +111,19 @@ def test_reorder_drop_and_add_are_reported(up):
     pool.write_text(pool.read_text().replace("LINE_40 = 40", "LINE_40 = 'forty'"))
     up.git_in(BASE, "-c", "user.name=m", "-c", "user.email=m@x", "commit", "-qa", "-m", "pool: set line 40",
               "-m", "Origin: vendor\nLast-Update: 2026-11-22\nTests: tests/test_synthetic_pool.py")
+    # A drop needs a reason in the series; without one nothing is written.
+    before = {f.name: f.read_bytes() for f in up.patches.iterdir()}
+    error = one_line_error(up.run("export"))
+    assert "would drop 0002-ten.patch without a reason" in error and "# dropped 0002-ten.patch: <why>" in error
+    assert {f.name: f.read_bytes() for f in up.patches.iterdir()} == before
+    series = up.patches / "series"
+    series.write_text(series.read_text() + "# dropped 0002-ten.patch: line ten is right as upstream has it\n")
     out = ok(up.run("export"))
     # the later patches of the same file get a new pre-image blob id once 0002 is gone
-    assert ("Added 0005-pool-set-line-40.patch / Dropped 0002-ten.patch / "
+    assert ("Added 0005-pool-set-line-40.patch / Dropped 0002-ten.patch (line ten is right as upstream has it) / "
             "Refreshed 0003-twenty.patch, 0004-thirty.patch, 0005-thirty-five.patch") in out
     assert not (up.patches / "0002-ten.patch").exists()
+    assert "# dropped 0002-ten.patch: line ten is right as upstream has it" in series.read_text()
     names = [l for l in (up.patches / "series").read_text().splitlines() if not l.startswith("#")]
     assert names == ["0001-five.patch", "0003-twenty.patch", "0004-thirty.patch",
                      "0005-thirty-five.patch", "0005-pool-set-line-40.patch"]
@@ -179,8 +188,9 @@ def test_moving_to_a_new_release_on_the_queue(up):
     series for X, dropping the absorbed patch with the report's reason."""
     from rebase_fixtures import NEW
 
-    ok(up.run("queue"))  # the base's tree holds the blobs the patches were made against
+    # No `make queue`/`make apply` on the base first: the 3-way merge takes the base's blobs from its wheel.
     report_on(up, NEW)
+    assert not up.tree_of(BASE).exists()
     proc = up.run("queue", "--upstream", NEW)
     assert "not replayed 0002-ten.patch: absorbed upstream" in proc.stdout
     error = one_line_error(proc)
@@ -202,5 +212,50 @@ def test_moving_to_a_new_release_on_the_queue(up):
     message = (up.build / NEW / "rebase" / "COMMIT_MSG").read_text()
     assert message.startswith("Move the series from sglang 1.0.0 to sglang 2.0.0")
     assert "Dropped 0002-ten.patch: absorbed upstream: sglang 2.0.0 has" in message and "git commit -F" in out
-    assert "LINE_19 = 'nineteen'" in (up.patches / "0003-twenty.patch").read_text()
+    # The ported patch is a copy for 2.0.0; the 1.0.0 series stays as that release's line.
+    assert "LINE_19 = 'nineteen'" in (up.patches / "lines" / NEW / "0003-twenty.patch").read_text()
+    assert "lines/2.0.0/0003-twenty.patch" in (up.patches / "series").read_text()
+    old_line = (up.patches / "lines" / f"{BASE}.series").read_text()
+    assert [l for l in old_line.splitlines() if not l.startswith("#")] == list(CHANGES)
+    assert "LINE_19 = 19" in (up.patches / "0003-twenty.patch").read_text() and (up.patches / "0002-ten.patch").exists()
     assert "applied 0005-thirty-five.patch" in ok(up.run("apply", "--no-env"))  # the new base takes the series
+
+
+def test_series_comments_and_commented_out_entries_survive_queue_and_export(up):
+    """A note between entries, a commented-out entry and an entry's own note stay where the
+    maintainer put them through `make queue FORCE=1` and `make export`, also when a patch
+    is dropped (with its reason) and one is added."""
+    series = up.patches / "series"
+    text = series.read_text().replace("0003-twenty.patch\n", "# 0003 waits for a review:\n# 0003-twenty.patch\n\n")
+    text = text.replace("0004-thirty.patch\n", "0004-thirty.patch  # keep until upstream settles\n")
+    series.write_text(text)
+    ok(up.run("queue", "--force"))
+    out = ok(up.run("export"))
+    assert series.read_text() == text, out
+    # drop 0005 (a reason in the series) and add a commit: the comments keep their places
+    up.git_in(BASE, "-c", "sequence.editor=sed -i '/set line 35/d'", "rebase", "-q", "-i", "baseline")
+    series.write_text(text + "# dropped 0005-thirty-five.patch: not needed here\n")
+    ok(up.run("export"))
+    after = series.read_text()
+    assert "# 0003 waits for a review:\n# 0003-twenty.patch\n\n0004-thirty.patch  # keep until upstream settles\n" in after
+    assert "0005-thirty-five.patch\n" not in after and "# dropped 0005-thirty-five.patch: not needed here" in after
+
+
+def test_export_refuses_uncommitted_edits_in_patches(up):
+    """patches/ in git with an uncommitted edit (a Reviewed-by line): export names the file
+    and how to keep it, and writes nothing."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(up.patches), "-c", "user.name=m", "-c", "user.email=m@x", *args],
+                              capture_output=True, text=True, check=True).stdout
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "series")
+    ok(up.run("queue"))
+    edit_commit(up, "pool: set line 5", "LINE_5 = 'five'", "LINE_5 = 'FIVE'")
+    patch = up.patches / "0002-ten.patch"
+    patch.write_text(patch.read_text().replace("Forwarded: not-needed", "Forwarded: not-needed\nReviewed-by: R <r@x>"))
+    before = {f: f.read_bytes() for f in up.patches.glob("*.patch")}
+    error = one_line_error(up.run("export"))
+    assert "0002-ten.patch" in error and "git add -A patches && git commit" in error
+    assert {f: f.read_bytes() for f in up.patches.glob("*.patch")} == before

@@ -1,0 +1,49 @@
+"""The generated parts of README.md: its title and the table release -> the patches it
+gets, each between `<!-- name:begin -->` and `<!-- name:end -->` markers (the matrix
+table is written the same way by `make matrix PUBLISH=1`)."""
+
+import re
+
+from . import config, lines, pins, series
+from .errors import SeriesError
+
+TITLE = "# sglang DSV4 / HiCache fix series for sglang {base}"
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if begin not in text or end not in text:
+        raise SeriesError(f"README.md lacks the {begin} ... {end} block; add it where the {name} belongs")
+    return re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{body}{end}", text, flags=re.S)
+
+
+def lines_table(paths: config.Paths) -> str:
+    """Every pinned release, its series file and the patches it gets."""
+    base = config.base_version(paths)
+    rows = ["| release | series | patches it gets |", "|---|---|---|"]
+    for version in sorted(config.load_releases(paths)["releases"], key=pins.version_key):
+        name = f"{version} (base)" if version == base else version
+        if not lines.exists(paths, version):
+            rows.append(f"| {name} | none yet | not judged: `make rebase UPSTREAM_VERSION={version}` |")
+            continue
+        file = lines.series_file(paths, version)
+        patches = series.load(paths.patches, file)
+        gets = ", ".join(p.name.split("-", 1)[0] + (f" (`{p.entry.rsplit('/', 1)[0]}/`)" if "/" in p.entry else "")
+                         for p in patches)
+        if not patches:
+            gets = "none: " + (series.declared_empty(file) or "no patch listed")
+        rows.append(f"| {name} | `{lines.label(paths, version)}` | {gets} |")
+    return "\n".join(rows) + "\n"
+
+
+def refresh(paths: config.Paths) -> bool:
+    """Rewrite the README's title and lines table from the pins and the series; False when
+    this checkout has no README with the markers (a synthetic upstream in the tooling tests)."""
+    readme = paths.root / "README.md"
+    if paths.patches != paths.root / "patches" or not readme.exists():
+        return False
+    text = readme.read_text()
+    text = replace_block(text, "title", TITLE.format(base=config.base_version(paths)) + "\n")
+    text = replace_block(text, "lines", lines_table(paths))
+    readme.write_text(text)
+    return True

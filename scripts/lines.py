@@ -1,0 +1,32 @@
+"""make lines: which patches each pinned release gets (its line, lib/lines.py), as a
+table; PUBLISH=1 also writes it and the title into README.md (a move does that itself)."""
+
+import argparse
+import datetime
+
+from scripts.lib import config, lines, readme
+from scripts.lib.errors import SeriesError, run_main
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--publish", action="store_true", help="also write the table and the title into README.md")
+    parser.add_argument("--others", action="store_true", help="only list the releases with a line other than the base")
+    parser.add_argument("--today", action="store_true", help="only the release whose line the CPU lane proves today, in turn")
+    args = parser.parse_args(argv)
+    paths = config.Paths.from_env()
+    others = lines.versions(paths)[1:]
+    if args.others or args.today:
+        day = datetime.datetime.now(datetime.timezone.utc).date().toordinal()
+        for version in ([others[day % len(others)]] if args.today and others else others if args.others else []):
+            print(version)
+        return
+    print(readme.lines_table(paths), end="")
+    if args.publish:
+        if not readme.refresh(paths):
+            raise SeriesError("no README.md with the lines block next to this patches/; nothing to publish")
+        print("wrote the README's title and table of lines")
+
+
+if __name__ == "__main__":
+    run_main(main)
