@@ -170,3 +170,16 @@ class RecordingHostPool(radix.LogicalHostPool):
         n = super().free(indices)
         self.freed.append(indices)
         return n
+
+
+class OnCopyDevice:
+    """A device pool as the copy path sees it: on `device` (where the controller moves
+    transfer indices), everything else the real pool's. The host pool group (0.5.17+)
+    moves indices to their device pool's device itself; on CPU that device is simulated."""
+
+    def __init__(self, pool, device):
+        self._pool = pool
+        self.device = device
+
+    def __getattr__(self, name):
+        return getattr(self._pool, name)

@@ -161,7 +161,7 @@ def server_args(**fields):
     with override(**fields) as args:
         # The mamba state's caching grain comes from the model's config; a dummy model
         # has none, so seed it as upstream's own fixtures do (the FLA chunk, 64 tokens).
-        object.__setattr__(args, "_mamba_cache_chunk_size", MAMBA_CACHE_CHUNK_SIZE)
+        args._mamba_cache_chunk_size = MAMBA_CACHE_CHUNK_SIZE
         yield
 
 
@@ -356,7 +356,8 @@ def _l2_transfer():
 
 def device_module_holders() -> tuple:
     """Modules that bind torch's device module at import time; a CPU run replaces it there."""
-    return tuple(m for m in (hybrid_cache_controller, cache_controller, _l2_transfer()) if m is not None)
+    modules = (hybrid_cache_controller, cache_controller, _l2_transfer())
+    return tuple(m for m in modules if m is not None and hasattr(m, "device_module"))
 
 
 @builds("a HybridCacheController without its CUDA __init__")

@@ -337,10 +337,12 @@ def attach_hicache(
     host_swa_size: int = 4096,
     host_mamba_size: int = 512,
     host_pool_cls=LogicalHostPool,
+    copy_view=lambda pool: pool,
 ):
     """Wire host pools + a controller the way the hybrid pool assembler does.
 
-    ``make_controller(host_pool_group, write_policy)`` builds the controller.
+    ``make_controller(host_pool_group, write_policy)`` builds the controller;
+    ``copy_view(device_pool)`` is the device pool as the group's copy path sees it.
     """
     cache = h.cache
     kvcache = h.allocator.get_kvcache()
@@ -350,14 +352,14 @@ def attach_hicache(
         seam.pool_entry(
             name=PoolName.KV,
             host_pool=kv_host,
-            device_pool=kvcache.full_kv_pool,
+            device_pool=copy_view(kvcache.full_kv_pool),
             layer_mapper=lambda i: i,
             is_primary_index_anchor=True,
         ),
         seam.pool_entry(
             name=PoolName.SWA,
             host_pool=swa_host,
-            device_pool=kvcache.swa_kv_pool,
+            device_pool=copy_view(kvcache.swa_kv_pool),
             layer_mapper=lambda i: i,
             host_evict_fn=lambda n: cache.evict_host(n, SWA),
             device_evict_fn=lambda n: cache.evict(EvictParams(swa_num_tokens=n)),
@@ -372,7 +374,7 @@ def attach_hicache(
             seam.pool_entry(
                 name=PoolName.MAMBA,
                 host_pool=mamba_host,
-                device_pool=seam.mamba_device_pool(h.req_to_token_pool),
+                device_pool=copy_view(seam.mamba_device_pool(h.req_to_token_pool)),
                 layer_mapper=lambda i: i,
                 host_evict_fn=lambda n: cache.evict_host(n, MAMBA),
                 device_evict_fn=lambda n: cache.evict(EvictParams(mamba_num=n)),

@@ -26,7 +26,12 @@ import radix_fixtures as rf  # noqa: E402
 import torch  # noqa: E402
 from radix_fixtures import EvictParams, PoolName, seam  # noqa: E402
 from sglang.test.ci.ci_register import register_cpu_ci  # noqa: E402
-from seam.hicache_standins import CpuStream, RecordingHostPool, cpu_device_module_patches  # noqa: E402
+from seam.hicache_standins import (  # noqa: E402
+    CpuStream,
+    OnCopyDevice,
+    RecordingHostPool,
+    cpu_device_module_patches,
+)
 
 register_cpu_ci(est_time=30, suite="stage-a-test-cpu")
 
@@ -60,6 +65,7 @@ class TestHybridControllerMoveIndices(rf.RadixTestCase):
                 group, policy, h.allocator, device=MOVED_TO, stream=CpuStream()
             ),
             host_pool_cls=RecordingHostPool,
+            copy_view=lambda pool: OnCopyDevice(pool, MOVED_TO),
         )
         h.cache.load_back_threshold = 1
         return h
