@@ -212,6 +212,17 @@ def unified_cache(*, req_pool, allocator, page_size, window, components, mamba_e
     return cache
 
 
+def insert_params(*, key, value, mamba_value, prev_prefix_len, swa_evicted_seqlen):
+    """InsertParams of a finished request. SWA's evicted prefix length is
+    swa_evicted_seqlen until 0.5.20, one entry of component_evicted_seqlens from 0.5.21."""
+    fields = dict(key=key, value=value, mamba_value=mamba_value, prev_prefix_len=prev_prefix_len)
+    if takes(InsertParams, "swa_evicted_seqlen"):
+        return InsertParams(**fields, swa_evicted_seqlen=swa_evicted_seqlen)
+    require(takes(InsertParams, "component_evicted_seqlens"),
+            "InsertParams takes neither swa_evicted_seqlen nor component_evicted_seqlens")
+    return InsertParams(**fields, component_evicted_seqlens={ComponentType.SWA: swa_evicted_seqlen})
+
+
 # -- the tree, by node ------------------------------------------------------------
 # Until 0.5.16 the cache hands out node objects; from 0.5.17 it hands out integer node
 # ids and keeps the nodes in its tree core. The checks hold node objects (parent,

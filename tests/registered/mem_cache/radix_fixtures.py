@@ -30,7 +30,6 @@ from seam.radix import (  # noqa: E402
     ComponentType,
     EvictParams,
     HostPoolGroup,
-    InsertParams,
     LogicalHostPool,
     MatchPrefixParams,
     PoolName,
@@ -118,7 +117,7 @@ class RadixHarness:
         if swa_evicted_seqlen > prefix_len:
             self.allocator.free_swa(kv[prefix_len:swa_evicted_seqlen])
         result = self.cache.insert(
-            InsertParams(
+            seam.insert_params(
                 key=RadixKey(list(tokens)),
                 value=kv,
                 mamba_value=mamba_value,
