@@ -209,3 +209,49 @@ def test_the_registry_refuses_a_hand_written_first_release(tmp_path):
     (tmp_path / "tests/fixes.toml").write_text('[[fix]]\npr = "#1"\ntitle = "t"\nupstream = "0.5.13"\ntests = ["a"]\n')
     with pytest.raises(SeriesError, match="comes from the matrix"):
         fixes.load(tmp_path)
+
+
+CORES = '''"""Stands in for tests/seam/radix.py: a release with two tree cores."""
+_core = [None]
+
+
+def tree_cores():
+    return ["python", "rust"]
+
+
+def use_core(core):
+    _core[0] = core
+
+
+def current_core():
+    return _core[0]
+'''
+
+ON_EVERY_CORE = '''import unittest
+
+from seam import radix
+
+
+class TestOnTheTree(unittest.TestCase):
+    runs_on_every_tree_core = True
+
+    def test_sees_its_core(self):
+        self.assertEqual(radix.current_core(), self.tree_core)
+        print("ran on", radix.current_core())
+'''
+
+
+def test_a_radix_check_runs_once_per_tree_core_the_core_in_its_id(tmp_path):
+    from scripts.lib import pytest_run
+
+    (tmp_path / "tests" / "seam").mkdir(parents=True)
+    (tmp_path / "tests" / "seam" / "radix.py").write_text(CORES)
+    (tmp_path / "tests" / "test_tree.py").write_text(ON_EVERY_CORE)
+    proc = run_suite(tmp_path, "-v", "-s", "--junitxml", str(tmp_path / "j.xml"), target=tmp_path / "tests" / "test_tree.py")
+    assert proc.returncode == 0, proc.stdout
+    assert "test_tree.py::TestOnTheTree[python]::test_sees_its_core" in proc.stdout
+    assert "test_tree.py::TestOnTheTree[rust]::test_sees_its_core" in proc.stdout and "2 passed" in proc.stdout
+    assert "ran on python" in proc.stdout and "ran on rust" in proc.stdout
+    results = pytest_run.read_report(tmp_path / "j.xml")
+    assert sorted(pytest_run.select(results, "tests/test_tree.py::TestOnTheTree")) == [
+        "tests.test_tree.TestOnTheTree[python]::test_sees_its_core", "tests.test_tree.TestOnTheTree[rust]::test_sees_its_core"]
