@@ -86,6 +86,12 @@ class FakeHiCacheController:
         self.write_log.append((node_id, len(host_indices), {x.name: len(s) for x, _, s in taken}))
         return host_indices
 
+    def start_writing(self) -> None:
+        """Nothing is copied: the writes are queued as acks by write() already."""
+
+    def start_loading(self) -> int:
+        return -1
+
     def pending_writes(self) -> int:
         return sum(1 for ack in self.ack_write_queue if not ack.finish_event.done)
 
@@ -149,7 +155,8 @@ def cpu_device_module_patches() -> list:
 
 
 class RecordingHostPool(radix.LogicalHostPool):
-    """Real index pool that also records what the controller copies and frees."""
+    """Real index pool that also records what the controller copies and frees (in place
+    of the copies, which a CPU run cannot make)."""
 
     def __init__(self, size, page_size):
         super().__init__(size, page_size)
@@ -163,6 +170,10 @@ class RecordingHostPool(radix.LogicalHostPool):
     def load_to_device_per_layer(self, device_pool, host_indices, device_indices, layer_id, io_backend,
                                  *args, **kwargs):
         self.loads.append((host_indices, device_indices, layer_id))
+
+    # 0.5.23's transfer engine calls the copies by their physical-index names.
+    backup_from_device_all_layer_physical = backup_from_device_all_layer
+    load_to_device_per_layer_physical = load_to_device_per_layer
 
     def free(self, indices):
         # The real free() moves to CPU first: a device tensor fails here,

@@ -18,6 +18,7 @@ from sglang.test.test_utils import maybe_stub_sgl_kernel
 
 maybe_stub_sgl_kernel()
 
+import array  # noqa: E402
 import contextlib  # noqa: E402
 import importlib  # noqa: E402
 import os  # noqa: E402
@@ -212,6 +213,25 @@ def unified_cache(*, req_pool, allocator, page_size, window, components, mamba_e
     return cache
 
 
+def radix_key(tokens) -> "RadixKey":
+    """A RadixKey of token ids: a list, or an array('q') where the release keeps token ids
+    so (its Rust tree core asserts 8-byte items: utils.common.assert_int64_array)."""
+    common = importlib.import_module("sglang.srt.utils.common")
+    if hasattr(common, "assert_int64_array"):
+        return RadixKey(array.array("q", tokens))
+    return RadixKey(list(tokens))
+
+
+def matched_device_indices(cache, match) -> torch.Tensor:
+    """The device KV indices of a match's prefix: MatchResult.device_indices until 0.5.22;
+    from 0.5.23 the result names the last device node and the cache reads its path."""
+    if hasattr(match, "device_indices"):
+        return match.device_indices
+    path = getattr(cache, "path_device_indices", None)
+    require(path is not None, "MatchResult has no device_indices and the cache no path_device_indices")
+    return path(match.last_device_node)[: match.device_prefix_len]
+
+
 def insert_params(*, key, value, mamba_value, prev_prefix_len, swa_evicted_seqlen):
     """InsertParams of a finished request. SWA's evicted prefix length is
     swa_evicted_seqlen until 0.5.20, one entry of component_evicted_seqlens from 0.5.21."""
@@ -395,4 +415,5 @@ def bare_hybrid_controller(group, write_policy, allocator, *, device, stream, la
     l2 = _l2_transfer()
     if l2 is not None:
         ctrl.l2_transfer_engine = l2.L2TransferEngine("kernel")
+        ctrl.write_fence_stream = None  # 0.5.23: no forward to fence a copy against here
     return ctrl

@@ -33,7 +33,6 @@ from seam.radix import (  # noqa: E402
     LogicalHostPool,
     MatchPrefixParams,
     PoolName,
-    RadixKey,
     ReqToTokenPool,
     SWATokenToKVPoolAllocator,
     UnifiedRadixCache,
@@ -118,7 +117,7 @@ class RadixHarness:
             self.allocator.free_swa(kv[prefix_len:swa_evicted_seqlen])
         result = self.cache.insert(
             seam.insert_params(
-                key=RadixKey(list(tokens)),
+                key=seam.radix_key(tokens),
                 value=kv,
                 mamba_value=mamba_value,
                 prev_prefix_len=prefix_len,
@@ -130,7 +129,7 @@ class RadixHarness:
         return result
 
     def match(self, tokens: list):
-        return self.cache.match_prefix(MatchPrefixParams(key=RadixKey(list(tokens))))
+        return self.cache.match_prefix(MatchPrefixParams(key=seam.radix_key(tokens)))
 
     def node(self, handle):
         """The node a match result names (a node, or its id from 0.5.17)."""
@@ -248,7 +247,7 @@ def serve_request(
     swa_evicted_seqlen = min(swa_evicted_seqlen, len(tokens) - h.page_size)
     stats.requests += 1
     m = h.match(tokens)
-    prefix = m.device_indices.to(torch.int64)
+    prefix = seam.matched_device_indices(h.cache, m).to(torch.int64)
     stats.device_hit_tokens += len(prefix)
     stats.host_hit_tokens += m.host_hit_length
     node, root = h.node(m.best_match_node), h.root
