@@ -415,5 +415,7 @@ def bare_hybrid_controller(group, write_policy, allocator, *, device, stream, la
     l2 = _l2_transfer()
     if l2 is not None:
         ctrl.l2_transfer_engine = l2.L2TransferEngine("kernel")
-        ctrl.write_fence_stream = None  # 0.5.23: no forward to fence a copy against here
+        # 0.5.23: no forward to fence a copy against here
+        ctrl.write_fence_stream = ctrl.load_fence_stream = None
+    ctrl.transfer_layer_id_max = layer_num  # 0.5.21 renamed transfer_layer_num
     return ctrl
