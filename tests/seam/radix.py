@@ -293,6 +293,15 @@ def load_back(cache, node_obj):
     return cache.load_back(handle(cache, node_obj))
 
 
+def submit_backups(cache) -> None:
+    """What the scheduler does after a batch: submit the tree's queued device->host
+    backups. Until 0.5.20 every write starts at once; from 0.5.21 write-through queues
+    them (write(flush=False)) for flush_pending_backups()."""
+    flush = getattr(cache, "flush_pending_backups", None)
+    if flush is not None:
+        flush()
+
+
 def back_up(cache, node_obj, *, write_back: bool = False) -> int:
     """Back a device node up to host the way the cache does on its own: under
     write-through with the un-backed-up ancestors it needs first (#25065), under

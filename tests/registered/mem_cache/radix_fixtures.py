@@ -150,6 +150,10 @@ class RadixHarness:
         """Back a node up as write-back eviction does (the node alone, no lock)."""
         return seam.back_up(self.cache, node, write_back=True)
 
+    def submit_backups(self) -> None:
+        """Submit the queued device->host backups, as the scheduler does after a batch."""
+        seam.submit_backups(self.cache)
+
     def load_back(self, node):
         return seam.load_back(self.cache, node)
 

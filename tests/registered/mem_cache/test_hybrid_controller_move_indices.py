@@ -141,6 +141,7 @@ class TestHybridControllerMoveIndices(rf.RadixTestCase):
         kv = h.alloc_kv(len(tokens))
         mamba_value = h.alloc_mamba()
         h.insert_finished(tokens, kv, 0, 0, mamba_value)
+        h.submit_backups()
         # The request's tokens may be held by one node or a chain of them.
         chain = h.nodes()
         self.assertEqual(sum(len(n.key) for n in chain), len(tokens))
