@@ -75,7 +75,11 @@ def outcomes_per_file(venv: Path, site: Path, node_ids: list[str], cwd: Path, ex
 
     results = run(node_ids)
     stuck = [t for t in node_ids if not select(results, t) and not collection_problem(results, t)]
-    if not stuck or len({_file(t) for t in node_ids}) == 1:
+    # Without a collection error nothing was refused: an id without a result is not found
+    # (or deselected by -k), and running it again would tell nothing new.
+    refused = "__run__" in results or any(outcome == "error" and key.startswith("::")
+                                          for key, (outcome, _) in results.items())
+    if not stuck or not refused or len({_file(t) for t in node_ids}) == 1:
         return results
     merged = {k: v for k, v in results.items() if k != "__run__"}
     again = run(stuck)
