@@ -9,7 +9,8 @@ each fix's state from them:
   cannot-run  its tests cannot reach their checks on that release (the reason says why)
 
 Writes build/matrix/matrix.json ([{"fix", "release", "state", "why"}]) and
-build/matrix/matrix.md; --publish also writes docs/matrix.md and the README's copy.
+build/matrix/matrix.md; --publish also writes docs/matrix.md, the README's copy and
+docs/matrix.json, the evidence each fix's first release is read from.
 """
 
 import argparse
@@ -31,7 +32,7 @@ def release_results(paths: config.Paths, version: str, tests: list[str], extra: 
     rel = config.release(paths, version)
     venv = envs.venv(paths, version)
     site = envs.install_site(paths, venv, scratch.upstream_wheel(paths, rel), build.site(paths, version, "vanilla"))
-    return pytest_run.outcomes(venv, site, tests, paths.root, extra=extra, extra_env=pytest_run.ALLOW_CANNOT_RUN)
+    return pytest_run.outcomes_per_file(venv, site, tests, paths.root, extra=extra, extra_env=pytest_run.ALLOW_CANNOT_RUN)
 
 
 def render(fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds: float) -> str:
@@ -52,7 +53,9 @@ def render(fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds:
     return text + f"\n`make matrix` over {len(versions)} releases took {seconds:.0f} s.\n"
 
 
-def publish(paths: config.Paths, table: str) -> None:
+def publish(paths: config.Paths, table: str, records: list[dict]) -> None:
+    # the evidence itself too: "first released in" is read off it (scripts/lib/fixes.py)
+    (paths.root / fixes.EVIDENCE).write_text(json.dumps(records, indent=2) + "\n")
     doc = paths.root / DOC
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(
@@ -67,7 +70,7 @@ def publish(paths: config.Paths, table: str) -> None:
         raise SeriesError(f"README.md lacks the {begin} ... {end} block; add it where the table belongs")
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     readme.write_text(pattern.sub(lambda _: f"{begin}\n{table}{end}", text))
-    print(f"wrote {DOC} and the README's table")
+    print(f"wrote {DOC}, {fixes.EVIDENCE} and the README's table")
 
 
 def main(argv=None) -> None:
@@ -110,7 +113,7 @@ def main(argv=None) -> None:
     (out / "matrix.md").write_text(table)
     print("\n" + table + f"\nwrote {out / 'matrix.json'}")
     if args.publish:
-        publish(paths, table)
+        publish(paths, table, records)
 
 
 if __name__ == "__main__":

@@ -57,34 +57,9 @@ def trial_site(paths: config.Paths, rel: config.Release, tools: envs.Tools, venv
 
 
 def run_tests(venv: Path, site: Path, ids: list[str], cwd: Path) -> dict:
-    """{test id: verdict.Outcome}. All ids in one pytest run (one import of torch and sglang).
-    pytest refuses the whole command line when a named file cannot be imported, after
-    recording that file's collection error; the other ids then run again together, and
-    file by file only if that still leaves some without a result."""
-    if not ids:
-        return {}
-
-    def run(batch: list[str]) -> dict:
-        results = pytest_run.outcomes(venv, site, batch, cwd, extra=["--continue-on-collection-errors"],
-                                      extra_env=pytest_run.ALLOW_CANNOT_RUN)
-        found.update({t: verdict.outcomes_for(results, t) for t in batch})
-        return results
-
-    found: dict = {}
-    results = run(ids)
-    stuck = [t for t in ids if not pytest_run.select(results, t)]
-    if not stuck or len({_file(t) for t in ids}) == 1:
-        return found
-    rest = [t for t in stuck if not verdict.collection_error(results, t)]
-    if rest:
-        again = run(rest)
-        for file in sorted({_file(t) for t in rest if not pytest_run.select(again, t)}):
-            run([t for t in rest if _file(t) == file])
-    return found
-
-
-def _file(node_id: str) -> str:
-    return node_id.split("::")[0]
+    """{test id: verdict.Outcome}; one file's import or collection error hides no other's."""
+    results = pytest_run.outcomes_per_file(venv, site, ids, cwd, extra_env=pytest_run.ALLOW_CANNOT_RUN)
+    return {t: verdict.outcomes_for(results, t) for t in ids}
 
 
 def proposed_series(repo: Path, trials: list[trial.Trial]) -> list[patch_queue.Exported]:
@@ -151,7 +126,10 @@ def guard_row(fix: fixes.Fix, runs: dict, paths: config.Paths) -> dict:
             row[side] = {"state": state, "why": _clean(why, paths)}
         else:
             row[side] = None
-    row["holds"] = all(row[s] is None or row[s]["state"] == verdict.FIXED for s in ("vanilla", "patched"))
+    states = [row[s]["state"] for s in ("vanilla", "patched") if row[s] is not None]
+    # holds: True, False (a check fails on X), or None (its tests cannot run on X: no verdict)
+    row["holds"] = (False if verdict.PRESENT in states else None if verdict.CANNOT in states
+                    else all(s == verdict.FIXED for s in states))
     return row
 
 
@@ -288,9 +266,18 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
 def strict_problems(data: dict) -> list[str]:
     """What STRICT=1 fails on: a kept patch that no longer applies, a guard that fails on X."""
     stuck = [r["patch"] for r in data["patches"] if not r["applies"] and r["category"] not in (verdict.ABSORBED, verdict.LEFT_OUT)]
-    broken = [g["fix"] for g in data["guards"] if not g["holds"]]
+    broken = [g["fix"] for g in data["guards"] if g["holds"] is False]
+    unjudged = [g for g in data["guards"] if g["holds"] is None]
     return ([f"{len(stuck)} patch(es) no longer apply ({', '.join(stuck)})"] if stuck else []) + (
-        [f"guard(s) {', '.join(broken)} fail"] if broken else [])
+        [f"guard(s) {', '.join(broken)} fail"] if broken else []) + (
+        [f"guard(s) {', '.join(g['fix'] for g in unjudged)} cannot run (not a failure: "
+         + "; ".join(guard_advice(g) for g in unjudged) + ")"] if unjudged else [])
+
+
+def guard_advice(g: dict) -> str:
+    """Which adapter to port so a guard's tests run on X again."""
+    side = next(g[s] for s in ("vanilla", "patched") if g[s] is not None and g[s]["state"] == verdict.CANNOT)
+    return f"{g['fix']}: {verdict.port_advice(verdict.Outcome('cannot-run', side['why']))}"
 
 
 def refuse_blocked(data: dict) -> None:

@@ -10,8 +10,12 @@
 
 import os
 import sys
+import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
+# No test reaches the network: a default ServerArgs (0.5.16+ builds one for the global
+# server args) must not look its dummy model up on the Hugging Face hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from seam import CANNOT_RUN  # noqa: E402
 
@@ -52,3 +56,37 @@ def pytest_sessionfinish(session, exitstatus):
     allowed = session.config.getoption("allow_cannot_run") or os.environ.get("SGLANG_SERIES_ALLOW_CANNOT_RUN")
     if _cannot_run and not allowed and exitstatus == 0:
         session.exitstatus = 1
+
+
+def pytest_pycollect_makeitem(collector, name, obj):
+    """A radix-tree check class (``runs_on_every_tree_core``) is collected once per tree
+    core the release has, the core in its id (``TestX[rust]::test_y``); on a release
+    with one tree only, as written."""
+    if not (isinstance(obj, type) and issubclass(obj, unittest.TestCase)
+            and getattr(obj, "runs_on_every_tree_core", False) and not obj.__name__.startswith("_")):
+        return None
+    from seam import radix
+
+    cores = radix.tree_cores()
+    if cores == [None]:
+        return None
+    from _pytest.unittest import UnitTestCase
+
+    items = []
+    for core in cores:
+        variant = f"{name}[{core}]"
+        # pytest resolves a class collector's object by its name in the module
+        setattr(collector.obj, variant, _on_core(obj, core))
+        items.append(UnitTestCase.from_parent(collector, name=variant))
+    return items
+
+
+def _on_core(cls, core):
+    def setUp(self):
+        from seam import radix
+
+        radix.use_core(core)
+        self.addCleanup(radix.use_core, None)
+        cls.setUp(self)
+
+    return type(cls.__name__, (cls,), {"setUp": setUp, "__module__": cls.__module__, "tree_core": core})

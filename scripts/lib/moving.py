@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-from . import config, lines, patch_queue, pins, readme, series
+from . import config, fixes, lines, patch_queue, pins, readme, series
 from .errors import SeriesError
 
 ABSORBED = "absorbed-upstream"
@@ -69,7 +69,8 @@ def conflicts(data: dict | None, name: str) -> str:
 def drop_reason(version: str, fix, patch: series.Patch) -> str:
     """Names the release and the upstream PR that made the patch unnecessary."""
     pr = fix.pr if fix else (patch.headers.get("Applied-Upstream", "").split(",")[-1].strip() or "upstream")
-    first = f", first released in {fix.upstream}" if fix else ""
+    # the first release comes from the matrix's evidence (fixes.first_released); none without it
+    first = f", first released in {fix.upstream}" if fix and fix.upstream not in ("", fixes.DOWNSTREAM) else ""
     return f"absorbed upstream: sglang {version} has {pr}{first}; its tests pass on vanilla {version}"
 
 

@@ -118,6 +118,52 @@ def outcomes(venv: Path, site: Path, node_ids: list[str], cwd: Path, timeout: in
         return _parse(report)
 
 
+def outcomes_per_file(venv: Path, site: Path, node_ids: list[str], cwd: Path, extra: list[str] = (),
+                      extra_env: dict | None = None) -> dict:
+    """outcomes() of every id, one file's import or collection error never hiding another
+    file's results. All ids run in one pytest process (one import of torch and sglang).
+    pytest refuses the whole command line when a named file cannot be imported, after
+    recording that file's collection error; the ids of the other files then run again
+    together, and file by file only if that still leaves some without a result."""
+    if not node_ids:
+        return {}
+    extra = ["--continue-on-collection-errors", *extra]
+
+    def run(batch: list[str]) -> dict:
+        return outcomes(venv, site, batch, cwd, extra=extra, extra_env=extra_env)
+
+    results = run(node_ids)
+    stuck = [t for t in node_ids if not select(results, t) and not collection_problem(results, t)]
+    # Without a collection error nothing was refused: an id without a result is not found
+    # (or deselected by -k), and running it again would tell nothing new.
+    refused = "__run__" in results or any(outcome == "error" and key.startswith("::")
+                                          for key, (outcome, _) in results.items())
+    if not stuck or not refused or len({_file(t) for t in node_ids}) == 1:
+        return results
+    merged = {k: v for k, v in results.items() if k != "__run__"}
+    again = run(stuck)
+    merged.update({k: v for k, v in again.items() if k != "__run__"})
+    for file in sorted({_file(t) for t in stuck if not select(again, t) and not collection_problem(again, t)}):
+        merged.update(run([t for t in stuck if _file(t) == file]))
+    return merged
+
+
+def _file(node_id: str) -> str:
+    return node_id.split("::")[0]
+
+
+def collection_problem(results: dict, node_id: str) -> tuple[str, str] | None:
+    """(outcome, message) of the test's file when pytest could not collect it: an import
+    error ("error"), or a skip of the whole module (the seam's CannotRun at import).
+    pytest reports it against the module (`::tests.x.test_y`), not against a test."""
+    module = _file(node_id)[:-3].replace("/", ".")
+    for key, (outcome, message) in results.items():
+        classname, _, name = key.partition("::")
+        if outcome in ("error", "skipped") and (name == module or (classname == module and not name)):
+            return outcome, message
+    return None
+
+
 def _parse(report: Path) -> dict:
     """{"module.Class::test": (outcome, first line of the message)}."""
     results = {}
@@ -130,7 +176,12 @@ def _parse(report: Path) -> dict:
                 text = (node.get("message") or node.text or "").strip()
                 message = _unwrap(text.splitlines()[0] if text else "", node.text or "")
                 break
-        results[f"{case.get('classname')}::{case.get('name')}"] = (outcome, message)
+        classname, name = case.get("classname"), case.get("name")
+        # junit puts a class collected per variant into the name ("TestX[rust]::test_y")
+        head, sep, tail = name.rpartition("::")
+        if sep:
+            classname, name = f"{classname}.{head}", tail
+        results[f"{classname}::{name}"] = (outcome, message)
     return results
 
 
@@ -144,6 +195,10 @@ def _unwrap(message: str, longrepr: str) -> str:
     whose last word is always 'Exception: retry() exceed maximum number of retries.'
     chained to what the test raised; pytest's report holds the whole chain. A collection
     failure says only that; the import error that caused it is the report's last E line."""
+    if message == "collection skipped":
+        # the longrepr of a skipped module is the repr of (path, line, "<exception type>: reason")
+        reason = re.search(r"(?:Skipped|SkipTest|CannotRun): (.*)['\"]\)\s*$", longrepr.strip(), re.S)
+        return reason.group(1) if reason else message
     if message == "collection failure":
         raised = [line[1:].strip() for line in longrepr.splitlines() if line.startswith("E ")]
         return f"collection failure: {raised[-1]}" if raised else message
@@ -168,7 +223,8 @@ def select(results: dict, node_id: str) -> dict:
     chosen = {}
     for key, value in results.items():
         classname, name = key.split("::", 1)
-        if classname != dotted and not classname.startswith(dotted + "."):
+        # a class collected once per variant (TestX[rust]) belongs to TestX
+        if classname != dotted and not classname.startswith((dotted + ".", dotted + "[")):
             continue
         if method is None or name == method or name.startswith(method + "["):
             chosen[key] = value

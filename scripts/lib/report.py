@@ -96,8 +96,13 @@ def guards(d: dict) -> list[str]:
     ]
     for g in d["guards"]:
         cells = [_cell(_state(g[s])) for s in ("base", "vanilla", "patched")]
-        lines.append(f"| {g['fix']} {_cell(g['title'])} | " + " | ".join(cells) + f" | {'yes' if g['holds'] else '**NO**'} |")
+        lines.append(f"| {g['fix']} {_cell(g['title'])} | " + " | ".join(cells) + f" | {_holds(g['holds'])} |")
     return lines + [""]
+
+
+def _holds(holds: bool | None) -> str:
+    """A guard whose tests cannot run on X is not judged there: no verdict, not a failure."""
+    return "cannot-run" if holds is None else "yes" if holds else "**NO**"
 
 
 def _state(s: dict | None) -> str:

@@ -37,7 +37,7 @@ CATEGORIES = {
     PARTIAL: "partly absorbed (some of its tests pass on vanilla X, others still fail): keep what X lacks",
     CONFLICTS: "conflicts (hunks below): refresh it",
     TESTS_FAIL: "applies, but its tests fail with the series on X",
-    PORTING: "tests no longer run on X (API changed: they stop before their checks, unlike on the base): port the patch and its tests",
+    PORTING: "tests no longer run on X (API changed: they stop before their checks, unlike on the base): port the adapter the evidence names (tests/seam/<file>)",
 }
 
 CANNOT_RUN = "cannot run on sglang"  # tests/seam/__init__.py gives this reason
@@ -87,13 +87,10 @@ def _status(outcome: str, message: str) -> Outcome:
 
 
 def collection_error(results: dict, node_id: str) -> str | None:
-    """The collection error of the test's file, if it had one: pytest reports it against
-    the module (`::tests.x.test_y`), not against a test."""
-    module = node_id.split("::")[0][:-3].replace("/", ".")
-    for key, (outcome, message) in results.items():
-        if outcome == "error" and key.split("::", 1)[-1] == module:
-            return message
-    return None
+    """Why the test's file could not be collected, if it could not: its import error, or
+    the seam's CannotRun raised while importing it (verbatim)."""
+    problem = pytest_run.collection_problem(results, node_id)
+    return problem[1] if problem else None
 
 
 def _first_line(text: str) -> str:
@@ -139,7 +136,8 @@ def categorize(applies: bool, base: list[Outcome], vanilla: list[Outcome], patch
     if applies:
         for b, o in zip(base, patched or []):
             if o.status == "cannot-run" or (o.status == "error" and o.kind() != b.kind()):
-                return PORTING, f"applies, but with the series on X a test cannot run ({o.message}); on the base it was {_said(b)}"
+                return PORTING, (f"applies, but with the series on X a test cannot run ({o.message}); on the base it "
+                                 f"was {_said(b)}; {port_advice(o)}")
         failing = [o for o in patched or [] if o.status in ("fail", "error")]
         if failing:
             return TESTS_FAIL, f"applies; with the series on X a test still fails: {failing[0].message}"
@@ -153,11 +151,24 @@ def categorize(applies: bool, base: list[Outcome], vanilla: list[Outcome], patch
     # an error or cannot-run the base did not have is a test that no longer runs on X.
     for b, v in zip(base, vanilla):
         if v.status in ("cannot-run", "error") and v.kind() != b.kind():
-            return PORTING, f"does not apply, and a test cannot run on vanilla X ({v.message}); on the base it was {_said(b)}"
+            return PORTING, (f"does not apply, and a test cannot run on vanilla X ({v.message}); on the base it "
+                             f"was {_said(b)}; {port_advice(v)}")
     if keeps_base:
         return CONFLICTS, ("does not apply; its tests fail on vanilla X though they pass on the vanilla base "
                            "(X changed what the patch keeps as the base had it)")
     return CONFLICTS, "does not apply; its tests fail on vanilla X as they do on the base (the bug is still there)"
+
+
+_ADAPTER = re.compile(r"tests/seam/\w+\.py")
+
+
+def port_advice(o: Outcome) -> str:
+    """What to port when a test that runs elsewhere cannot run here: the adapter the
+    seam's reason names (tests/seam/<file>), else the seam."""
+    found = _ADAPTER.findall(o.message)
+    if found:
+        return f"port the adapter {found[-1]} to this release"
+    return "port the adapter in tests/seam/ that builds this test's fixtures to this release"
 
 
 def _ids(indexes: list[int]) -> str:
@@ -183,7 +194,7 @@ def fix_state(outcomes: list[Outcome]) -> tuple[str, str]:
         extra = f"; {len(cannot)} cannot run" if cannot else ""
         return PRESENT, f"{len(failed)} of {len(outcomes)} test ids fail ({_clip(failed[0].message)}){extra}"
     if cannot:
-        return CANNOT, _clip(cannot[0].message)
+        return CANNOT, " ".join(cannot[0].message.split())  # the seam's reason, verbatim
     if passed:
         skipped = len(outcomes) - len(passed)
         return FIXED, f"{len(passed)} of {len(outcomes)} test ids pass" + (f", {skipped} skipped" if skipped else "")

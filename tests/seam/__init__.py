@@ -15,8 +15,10 @@ a pass and never as a failing check.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import inspect
+import os
 import unittest
 from functools import lru_cache
 
@@ -42,10 +44,53 @@ def release_tuple() -> tuple[int, ...]:
 
 
 class CannotRun(unittest.SkipTest):
-    """The installed release lacks something a test needs to reach its checks."""
+    """The installed release lacks something a test needs to reach its checks. The reason
+    names the adapter that could not build it (tests/seam/<file>): the one to port."""
 
     def __init__(self, why: str):
-        super().__init__(f"{CANNOT_RUN} {release()}: {why}")
+        where = _adapter()
+        super().__init__(f"{CANNOT_RUN} {release()}: {why}" + (f" [{where}]" if where else ""))
+
+
+_SEAM = os.path.dirname(os.path.abspath(__file__))
+
+
+def _adapter() -> str | None:
+    """tests/seam/<file> of the innermost adapter on the stack, if any."""
+    for frame in inspect.stack(context=0)[2:]:
+        path = os.path.abspath(frame.filename)
+        if os.path.dirname(path) == _SEAM and os.path.basename(path) != "__init__.py":
+            return f"tests/seam/{os.path.basename(path)}"
+    return None
+
+
+def builds(what: str):
+    """For an adapter function that builds a fixture: whatever the release raises while
+    building it (a moved argument, a missing attribute, a type that changed) is the
+    adapter not fitting this release, never a failing check: CannotRun naming the
+    release, what was being built and the error."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def building(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except unittest.SkipTest:
+                raise
+            except Exception as exc:
+                raise _cannot_build(fn, what, exc) from exc
+
+        return building
+
+    return wrap
+
+
+def _cannot_build(fn, what: str, exc: Exception) -> CannotRun:
+    err = CannotRun.__new__(CannotRun)
+    where = f"tests/seam/{os.path.basename(inspect.getsourcefile(fn) or '')}"
+    unittest.SkipTest.__init__(err, f"{CANNOT_RUN} {release()}: cannot build {what} "
+                                    f"({type(exc).__name__}: {exc}) [{where}]")
+    return err
 
 
 def require(condition: bool, why: str) -> None:

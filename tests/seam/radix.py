@@ -18,9 +18,15 @@ from sglang.test.test_utils import maybe_stub_sgl_kernel
 
 maybe_stub_sgl_kernel()
 
+import array  # noqa: E402
+import contextlib  # noqa: E402
+import importlib  # noqa: E402
+import os  # noqa: E402
+from unittest import mock  # noqa: E402
+
 import torch  # noqa: E402
 
-from seam import accepted, locate  # noqa: E402
+from seam import CannotRun, accepted, builds, locate, require, takes  # noqa: E402
 
 _MC = "sglang.srt.mem_cache"
 EvictParams = locate("EvictParams", f"{_MC}.base_prefix_cache:EvictParams")
@@ -33,6 +39,7 @@ ReqToTokenPool = locate("ReqToTokenPool", f"{_MC}.memory_pool:ReqToTokenPool")
 LogicalHostPool = locate("LogicalHostPool", f"{_MC}.memory_pool_host:LogicalHostPool")
 RadixKey = locate("RadixKey", f"{_MC}.radix_cache:RadixKey")
 SWAKVPool = locate("SWAKVPool", f"{_MC}.swa_memory_pool:SWAKVPool")
+# The host pool group moved to mem_cache/pool_host/group.py in 0.5.19.
 HostPoolGroup = locate(
     "HostPoolGroup", f"{_MC}.memory_pool_host:HostPoolGroup", f"{_MC}.pool_host.group:HostPoolGroup"
 )
@@ -42,13 +49,19 @@ SWATokenToKVPoolAllocator = locate(
     f"{_MC}.swa_memory_pool:SWATokenToKVPoolAllocator",
     f"{_MC}.allocator.swa:SWATokenToKVPoolAllocator",
 )
-ComponentType = locate("ComponentType", f"{_MC}.unified_cache_components:ComponentType")
+# 0.5.17 moved the radix tree logic into mem_cache/unified_cache/ (a tree core behind the cache).
+ComponentType = locate(
+    "ComponentType",
+    f"{_MC}.unified_cache_components:ComponentType",
+    f"{_MC}.unified_cache.component_type:ComponentType",
+)
 UnifiedRadixCache = locate("UnifiedRadixCache", f"{_MC}.unified_radix_cache:UnifiedRadixCache")
 
 
 # -- device side --------------------------------------------------------------
 
 
+@builds("the SWA token-to-KV allocator over SWAKVPool")
 def swa_allocator(*, page_size, full_size, swa_size):
     """A real SWATokenToKVPoolAllocator over a real SWAKVPool (layer 0 SWA, layer 1 full)."""
     # SWAKVPool hands its **kwargs to the inner full/SWA pools (MHATokenToKVPool).
@@ -80,6 +93,7 @@ def swa_allocator(*, page_size, full_size, swa_size):
     )
 
 
+@builds("the request-to-token pool")
 def req_to_token_pool(*, size, max_context_len, mamba_size=None):
     """ReqToTokenPool, or HybridReqToTokenPool with a real one-layer mamba pool."""
     if mamba_size is None:
@@ -118,29 +132,214 @@ def mamba_device_pool(req_pool):
     return req_pool.mamba_pool
 
 
-def unified_cache(*, req_pool, allocator, page_size, window, components, mamba_extra_buffer):
-    params = CacheInitParams(
-        **accepted(
-            CacheInitParams,
-            disable=False,
-            req_to_token_pool=req_pool,
-            token_to_kv_pool_allocator=allocator,
-            page_size=page_size,
-            sliding_window_size=window,
-            tree_components=components,
-            enable_mamba_extra_buffer=mamba_extra_buffer,
-        )
+def tree_cores() -> list:
+    """The radix tree cores this release can run the cache on: [None] before 0.5.17 (one
+    tree, no choice); "python" from 0.5.17 and "rust" where the release ships it (0.5.19+,
+    the default from 0.5.21)."""
+    try:
+        registry = importlib.import_module(f"{_MC}.unified_cache.tree_core_registry")
+    except ImportError:
+        return [None]
+    return [name for name in ("python", "rust") if registry.get_tree_core_factory(name) is not None]
+
+
+MAMBA_CACHE_CHUNK_SIZE = 64
+
+
+@contextlib.contextmanager
+def server_args(**fields):
+    """Global server args at their defaults (plus `fields`) while the cache is built: the
+    0.5.17+ mamba component reads them (get_exec()). Set through the release's own
+    override, get_context().override_server_args (0.5.16+); older releases read none here."""
+    try:
+        get_context = importlib.import_module("sglang.srt.runtime_context").get_context
+    except (ImportError, AttributeError):
+        get_context = None
+    override = getattr(get_context(), "override_server_args", None) if get_context else None
+    if override is None:
+        yield
+        return
+    with override(**fields) as args:
+        # The mamba state's caching grain comes from the model's config; a dummy model
+        # has none, so seed it as upstream's own fixtures do (the FLA chunk, 64 tokens).
+        args._mamba_cache_chunk_size = MAMBA_CACHE_CHUNK_SIZE
+        yield
+
+
+_current_core = [None]
+
+
+def current_core():
+    """The tree core the running check is collected for (tests/conftest.py sets it)."""
+    return _current_core[0]
+
+
+def use_core(core) -> None:
+    _current_core[0] = core
+
+
+_CORE_CLASSES = {"python": "UnifiedTreeCore", "rust": "RustUnifiedTreeCore"}
+
+
+@builds("the UnifiedRadixCache")
+def unified_cache(*, req_pool, allocator, page_size, window, components, mamba_extra_buffer, core=None):
+    """A UnifiedRadixCache on `core` (a name from tree_cores()). Releases that take the
+    core per cache (CacheInitParams.tree_core_backend, 0.5.21) get it there, the others
+    through SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND while the cache is built."""
+    fields = dict(
+        disable=False,
+        req_to_token_pool=req_pool,
+        token_to_kv_pool_allocator=allocator,
+        page_size=page_size,
+        sliding_window_size=window,
+        tree_components=components,
+        enable_mamba_extra_buffer=mamba_extra_buffer,
     )
-    return UnifiedRadixCache(params)
+    if core is not None:
+        fields["tree_core_backend"] = core
+    params = CacheInitParams(**accepted(CacheInitParams, **fields))
+    env = {} if core is None or takes(CacheInitParams, "tree_core_backend") else {
+        "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": core}
+    try:
+        with mock.patch.dict(os.environ, env), server_args():
+            cache = UnifiedRadixCache(params)
+    except Exception as exc:  # the core cannot load here (e.g. the Rust extension against this torch)
+        raise CannotRun(f"UnifiedRadixCache on the {core or 'default'} tree core cannot be built "
+                        f"({type(exc).__name__}: {exc})") from exc
+    if core is not None:
+        got = type(cache.tree_core).__name__
+        require(got == _CORE_CLASSES[core],
+                f"asked for the {core} tree core, the cache runs on {got} (the release fell back)")
+    return cache
+
+
+def radix_key(tokens) -> "RadixKey":
+    """A RadixKey of token ids: a list, or an array('q') where the release keeps token ids
+    so (its Rust tree core asserts 8-byte items: utils.common.assert_int64_array)."""
+    common = importlib.import_module("sglang.srt.utils.common")
+    if hasattr(common, "assert_int64_array"):
+        return RadixKey(array.array("q", tokens))
+    return RadixKey(list(tokens))
+
+
+def matched_device_indices(cache, match) -> torch.Tensor:
+    """The device KV indices of a match's prefix: MatchResult.device_indices until 0.5.22;
+    from 0.5.23 the result names the last device node and the cache reads its path."""
+    if hasattr(match, "device_indices"):
+        return match.device_indices
+    path = getattr(cache, "path_device_indices", None)
+    require(path is not None, "MatchResult has no device_indices and the cache no path_device_indices")
+    return path(match.last_device_node)[: match.device_prefix_len]
+
+
+def insert_params(*, key, value, mamba_value, prev_prefix_len, swa_evicted_seqlen):
+    """InsertParams of a finished request. SWA's evicted prefix length is
+    swa_evicted_seqlen until 0.5.20, one entry of component_evicted_seqlens from 0.5.21."""
+    fields = dict(key=key, value=value, mamba_value=mamba_value, prev_prefix_len=prev_prefix_len)
+    if takes(InsertParams, "swa_evicted_seqlen"):
+        return InsertParams(**fields, swa_evicted_seqlen=swa_evicted_seqlen)
+    require(takes(InsertParams, "component_evicted_seqlens"),
+            "InsertParams takes neither swa_evicted_seqlen nor component_evicted_seqlens")
+    return InsertParams(**fields, component_evicted_seqlens={ComponentType.SWA: swa_evicted_seqlen})
+
+
+# -- the tree, by node ------------------------------------------------------------
+# Until 0.5.16 the cache hands out node objects; from 0.5.17 it hands out integer node
+# ids and keeps the nodes in its tree core. The checks hold node objects (parent,
+# children, key, component_data, backuped, evicted, id), which the Python core still has;
+# the Rust core keeps its nodes to itself.
+
+
+def _core(cache):
+    return getattr(cache, "tree_core", None)
+
+
+def root(cache):
+    core = _core(cache)
+    if core is not None and type(core).__name__ == "RustUnifiedTreeCore":
+        raise CannotRun("the Rust tree core exposes no node objects (root_node, node_by_id: "
+                        "NotImplementedError), which the check walks")
+    return cache.root_node
+
+
+def node(cache, handle):
+    """The node object for what a match result or action names (a node or its id)."""
+    if isinstance(handle, int):
+        root(cache)
+        return cache.tree_core.node_by_id(handle)
+    return handle
+
+
+def handle(cache, node_obj):
+    """What the cache's own methods take for a node: the node (<= 0.5.16) or its id."""
+    return node_obj.id if _core(cache) is not None else node_obj
+
+
+def lock(cache, node_obj):
+    """inc_lock_ref; returns what unlock() hands back to dec_lock_ref."""
+    return cache.inc_lock_ref(handle(cache, node_obj)).to_dec_params()
+
+
+def unlock(cache, node_obj, params) -> None:
+    cache.dec_lock_ref(handle(cache, node_obj), params)
+
+
+def evictable_host_leaves(cache) -> set:
+    holder = _core(cache) or cache
+    return set(holder.evictable_host_leaves)
+
+
+def load_back(cache, node_obj):
+    return cache.load_back(handle(cache, node_obj))
+
+
+def submit_backups(cache) -> None:
+    """What the scheduler does after a batch: submit the tree's queued device->host
+    backups. Until 0.5.20 every write starts at once; from 0.5.21 write-through queues
+    them (write(flush=False)) for flush_pending_backups()."""
+    flush = getattr(cache, "flush_pending_backups", None)
+    if flush is not None:
+        flush()
+
+
+def back_up(cache, node_obj, *, write_back: bool = False) -> int:
+    """Back a device node up to host the way the cache does on its own: under
+    write-through with the un-backed-up ancestors it needs first (#25065), under
+    write-back the node alone. Returns the tokens of the last node written, 0 when
+    the host cannot take it.
+
+    <= 0.5.16: UnifiedRadixCache.write_backup(node, write_back=...). From 0.5.17 the tree
+    core builds that chain as a BackupKV action (the one its insert emits) and the cache
+    executes and commits it."""
+    core = _core(cache)
+    if core is None:
+        return cache.write_backup(node_obj, write_back=write_back)
+    build = getattr(core, "_build_backup_kv_action", None)
+    require(build is not None, "the tree core has no _build_backup_kv_action (its BackupKV builder)")
+    run = getattr(cache, "_execute_and_commit_kv_backup", None)
+    require(run is not None, "UnifiedRadixCache has no _execute_and_commit_kv_backup (its BackupKV executor)")
+    return run(build(node_obj, write_back=write_back), write_back=write_back)
 
 
 # -- host side ------------------------------------------------------------------
 
 
+@builds("a host pool group entry (PoolEntry)")
 def pool_entry(**kwargs):
     return PoolEntry(**accepted(PoolEntry, **kwargs))
 
 
+@builds("a host pool")
+def host_pool(cls, size, page_size):
+    return cls(size, page_size)
+
+
+@builds("the host pool group (HostPoolGroup)")
+def host_pool_group(entries):
+    return HostPoolGroup(entries)
+
+
+@builds("the cache's HiCache wiring (host pools, controller)")
 def wire_host_pools(cache, controller, group, *, kv_host, swa_host, mamba_host, write_policy):
     """Attach host pools and a controller the way the hybrid pool assembler does."""
     FULL, SWA, MAMBA = ComponentType.FULL, ComponentType.SWA, ComponentType.MAMBA
@@ -155,6 +354,11 @@ def wire_host_pools(cache, controller, group, *, kv_host, swa_host, mamba_host, 
         cache.components[MAMBA]._mamba_pool_host = mamba_host
     cache.write_through_threshold = 1 if write_policy == "write_through" else 2
     cache.load_back_threshold = 256
+    core = _core(cache)
+    if core is not None:  # 0.5.17+: init_hicache tells the tree core as well
+        core.set_hicache_enabled()
+        core.has_swa_host_pool = swa_host is not None
+        cache.is_write_back = write_policy == "write_back"
 
 
 def pending_write_ids(cache) -> set:
@@ -168,14 +372,39 @@ hybrid_cache_controller = locate(
     "hybrid cache controller", f"{_MC}.hybrid_cache.hybrid_cache_controller"
 )
 cache_controller = locate("cache controller", "sglang.srt.managers.cache_controller")
-CacheOperation = locate("CacheOperation", f"{_MC}.hybrid_cache.hybrid_cache_controller:CacheOperation")
+CacheOperation = locate(
+    "CacheOperation",
+    f"{_MC}.hybrid_cache.hybrid_cache_controller:CacheOperation",
+    "sglang.srt.managers.cache_controller:CacheOperation",
+)
+HiCacheAck = locate("HiCacheAck", "sglang.srt.managers.cache_controller:HiCacheAck")
 
-# Modules that bind torch's device module at import time; a CPU run replaces it there.
-DEVICE_MODULE_HOLDERS = (hybrid_cache_controller, cache_controller)
+
+def hicache_ack(start_event, finish_event, node_ids):
+    """A write/load acknowledgement as the release's controllers queue it (the tree reads
+    it by field name from 0.5.16, by position before)."""
+    return HiCacheAck(start_event, finish_event, node_ids)
 
 
+def _l2_transfer():
+    """0.5.18+: the base controller's transfer engine runs the copies."""
+    try:
+        return importlib.import_module(f"{_MC}.l2_transfer")
+    except ImportError:
+        return None
+
+
+def device_module_holders() -> tuple:
+    """Modules that bind torch's device module at import time; a CPU run replaces it there."""
+    modules = (hybrid_cache_controller, cache_controller, _l2_transfer())
+    return tuple(m for m in modules if m is not None and hasattr(m, "device_module"))
+
+
+@builds("a HybridCacheController without its CUDA __init__")
 def bare_hybrid_controller(group, write_policy, allocator, *, device, stream, layer_num=2):
-    """A real HybridCacheController with only the state its copy paths read."""
+    """A real HybridCacheController with only the state its copy paths read. Call it
+    with the device module replaced (hicache_standins.cpu_device_module_patches): from
+    0.5.18 the copies go through the base controller's transfer engine, built here."""
     ctrl = object.__new__(hybrid_cache_controller.HybridCacheController)
     ctrl.mem_pool_host = group
     ctrl.mem_pool_device = None
@@ -192,4 +421,10 @@ def bare_hybrid_controller(group, write_policy, allocator, *, device, stream, la
     ctrl.layer_num = layer_num
     ctrl.layer_done_counter = cache_controller.LayerDoneCounter(layer_num)
     ctrl.has_draft = False  # no draft-model KV registered (read by copy paths from 0.5.14)
+    l2 = _l2_transfer()
+    if l2 is not None:
+        ctrl.l2_transfer_engine = l2.L2TransferEngine("kernel")
+        # 0.5.23: no forward to fence a copy against here
+        ctrl.write_fence_stream = ctrl.load_fence_stream = None
+    ctrl.transfer_layer_id_max = layer_num  # 0.5.21 renamed transfer_layer_num
     return ctrl

@@ -29,15 +29,16 @@ class TestChecks(unittest.TestCase):
 '''
 
 
-def run_suite(tmp_path, *args, env=None):
-    """pytest over a copy of the policy (tests/conftest.py + the seam's base) and CHECKS."""
+def run_suite(tmp_path, *args, env=None, target=None):
+    """pytest over a copy of the policy (tests/conftest.py + the seam's base) and CHECKS
+    (or `target`)."""
     root = tmp_path / "tests"
     (root / "seam").mkdir(parents=True, exist_ok=True)
     shutil.copy(TESTS / "conftest.py", root / "conftest.py")
     shutil.copy(TESTS / "seam" / "__init__.py", root / "seam" / "__init__.py")
     (root / "test_checks.py").write_text(CHECKS)
     environ = {"PATH": "/usr/bin:/bin", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", str(root), *args],
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", str(target or root), *args],
                           cwd=tmp_path, env=environ, capture_output=True, text=True)
 
 
@@ -83,3 +84,174 @@ def test_matrix_table_lists_every_fix_and_why_one_cannot_run():
     table = matrix.render(fix_list, ["1", "2"], cells, 12.0)
     assert "| #1 one | present | fixed |" in table and "| #2 two | fixed | cannot-run |" in table
     assert "- #2 on 2: no pool" in table and "over 2 releases took 12 s" in table
+
+
+ADAPTER = '''"""A toy adapter over the synthetic upstream's sglang."""
+import seam
+from sglang import pool
+
+
+@seam.builds("the pool's dspark view")
+def dspark_view():
+    return pool.CONFIG.is_dspark  # the release has no CONFIG: a raw AttributeError
+
+
+def missing_home():
+    return seam.locate("Pool", "sglang.pool:Pool", "sglang.pools:Pool")
+'''
+
+ADAPTER_CHECKS = '''import unittest
+
+from seam import toy
+
+
+class TestThroughTheAdapter(unittest.TestCase):
+    def test_fixture_the_release_cannot_build(self):
+        toy.dspark_view()
+
+    def test_class_the_release_moved(self):
+        toy.missing_home()
+'''
+
+
+def test_a_raw_exception_from_an_adapter_is_cannot_run_naming_release_and_adapter(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from synthetic import Upstream
+
+    (tmp_path / "upstream").mkdir()
+    up = Upstream(tmp_path / "upstream")
+    (tmp_path / "tests" / "seam").mkdir(parents=True)
+    (tmp_path / "tests" / "seam" / "toy.py").write_text(ADAPTER)
+    (tmp_path / "tests" / "test_adapter.py").write_text(ADAPTER_CHECKS)
+    # the synthetic upstream's wheel is importable as is (pure Python): its version is the release
+    proc = run_suite(tmp_path, "--allow-cannot-run", target=tmp_path / "tests" / "test_adapter.py",
+                     env={"PYTHONPATH": str(up.wheel)})
+    assert "2 cannot-run" in proc.stdout, proc.stdout
+    assert ("test_fixture_the_release_cannot_build: cannot run on sglang 1.0.0: cannot build the pool's dspark "
+            "view (AttributeError: module 'sglang.pool' has no attribute 'CONFIG') [tests/seam/toy.py]") in proc.stdout
+    assert "cannot run on sglang 1.0.0: Pool not found (looked at sglang.pool:Pool, sglang.pools (" in proc.stdout
+    assert "[tests/seam/toy.py]" in proc.stdout.split("test_class_the_release_moved")[-1]
+    assert proc.returncode == 0 and " failed" not in proc.stdout and " error" not in proc.stdout
+
+
+BROKEN = '''raise ImportError("cannot import name 'HostPoolGroup' from 'sglang.pool'")
+'''
+SKIPPED_AT_IMPORT = '''import seam
+seam.require(False, "ComponentType not found (looked at sglang.x)")
+'''
+
+
+def test_a_file_that_cannot_be_imported_hides_no_other_files_results(tmp_path):
+    from scripts.lib import pytest_run
+
+    root = tmp_path / "tests"
+    run_suite(tmp_path)  # lays out the policy and test_checks.py
+    (root / "test_broken.py").write_text(BROKEN)
+    (root / "test_seam_refuses.py").write_text(SKIPPED_AT_IMPORT)
+    ids = ["tests/test_broken.py::TestX", "tests/test_checks.py::TestChecks::test_reaches_its_check",
+           "tests/test_seam_refuses.py::TestY", "tests/test_checks.py::TestChecks::test_needs_what_the_release_lacks"]
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    results = pytest_run.outcomes_per_file(venv, Path(tmp_path / "no-site"), ids, tmp_path,
+                                           extra_env={"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **pytest_run.ALLOW_CANNOT_RUN})
+    got = {t: verdict.outcomes_for(results, t) for t in ids}
+    assert got[ids[1]].status == "pass"
+    assert got[ids[3]].status == "cannot-run"
+    assert got[ids[0]].status == "cannot-run" and "cannot import name 'HostPoolGroup'" in got[ids[0]].message
+    # the seam's reason, verbatim, not "not collected"
+    assert got[ids[2]] == verdict.Outcome("cannot-run", "cannot run on sglang unknown: ComponentType not found (looked at sglang.x)")
+
+
+def test_a_class_collected_per_tree_core_belongs_to_its_test_id():
+    from scripts.lib import pytest_run
+
+    results = {"tests.a.test_x.TestY[rust]::test_z": ("passed", ""), "tests.a.test_x.TestYZ::test_z": ("failed", "")}
+    assert list(pytest_run.select(results, "tests/a/test_x.py::TestY")) == ["tests.a.test_x.TestY[rust]::test_z"]
+    assert list(pytest_run.select(results, "tests/a/test_x.py::TestY::test_z")) == ["tests.a.test_x.TestY[rust]::test_z"]
+
+
+def test_a_guard_that_cannot_run_is_not_a_failure_and_names_the_adapter_to_port():
+    from scripts import rebase
+    from scripts.lib import config, report
+
+    fix = fixes.Fix("#7", "seven", "", ("t.py::T",))
+    why = "cannot run on sglang 9: HostPoolGroup not found [tests/seam/radix.py]"
+    runs = {"base": {"t.py::T": verdict.Outcome("pass")}, "vanilla": {"t.py::T": verdict.Outcome("cannot-run", why)}}
+    row = rebase.guard_row(fix, runs, config.Paths.from_env())
+    assert row["holds"] is None and row["vanilla"] == {"state": "cannot-run", "why": why}
+    data = {"upstream": "9", "base": "1", "patches": [], "guards": [row]}
+    (problem,) = rebase.strict_problems(data)
+    assert "fail" not in problem.replace("not a failure", "")
+    assert problem == "guard(s) #7 cannot run (not a failure: #7: port the adapter tests/seam/radix.py to this release)"
+    table = "\n".join(report.guards(data))
+    assert "| cannot-run |" in table and "**NO**" not in table
+    assert verdict.categorize(False, [verdict.Outcome("fail", "AssertionError")], [verdict.Outcome("cannot-run", why)],
+                              None)[1].endswith("port the adapter tests/seam/radix.py to this release")
+
+
+def test_first_released_is_read_off_the_matrix():
+    rec = [{"fix": "#1", "release": v, "state": s, "why": ""} for v, s in
+           (("0.5.12", "present"), ("0.5.12.post1", "fixed"), ("0.5.13", "cannot-run"), ("0.5.14", "fixed"))]
+    rec += [{"fix": "#2", "release": v, "state": "fixed", "why": ""} for v in ("0.5.12", "0.5.13")]
+    rec += [{"fix": "#3", "release": "0.5.12", "state": "present", "why": ""}]
+    assert fixes.first_released(rec, "#1") == "0.5.12.post1"
+    assert fixes.first_released(rec, "#2") == "0.5.12 or earlier"
+    assert fixes.first_released(rec, "#3") == "" and fixes.first_released(rec, "#4") == ""
+
+
+def test_the_registry_refuses_a_hand_written_first_release(tmp_path):
+    import pytest
+
+    from scripts.lib.errors import SeriesError
+
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests/fixes.toml").write_text('[[fix]]\npr = "#1"\ntitle = "t"\nupstream = "0.5.13"\ntests = ["a"]\n')
+    with pytest.raises(SeriesError, match="comes from the matrix"):
+        fixes.load(tmp_path)
+
+
+CORES = '''"""Stands in for tests/seam/radix.py: a release with two tree cores."""
+_core = [None]
+
+
+def tree_cores():
+    return ["python", "rust"]
+
+
+def use_core(core):
+    _core[0] = core
+
+
+def current_core():
+    return _core[0]
+'''
+
+ON_EVERY_CORE = '''import unittest
+
+from seam import radix
+
+
+class TestOnTheTree(unittest.TestCase):
+    runs_on_every_tree_core = True
+
+    def test_sees_its_core(self):
+        self.assertEqual(radix.current_core(), self.tree_core)
+        print("ran on", radix.current_core())
+'''
+
+
+def test_a_radix_check_runs_once_per_tree_core_the_core_in_its_id(tmp_path):
+    from scripts.lib import pytest_run
+
+    (tmp_path / "tests" / "seam").mkdir(parents=True)
+    (tmp_path / "tests" / "seam" / "radix.py").write_text(CORES)
+    (tmp_path / "tests" / "test_tree.py").write_text(ON_EVERY_CORE)
+    proc = run_suite(tmp_path, "-v", "-s", "--junitxml", str(tmp_path / "j.xml"), target=tmp_path / "tests" / "test_tree.py")
+    assert proc.returncode == 0, proc.stdout
+    assert "test_tree.py::TestOnTheTree[python]::test_sees_its_core" in proc.stdout
+    assert "test_tree.py::TestOnTheTree[rust]::test_sees_its_core" in proc.stdout and "2 passed" in proc.stdout
+    assert "ran on python" in proc.stdout and "ran on rust" in proc.stdout
+    results = pytest_run.read_report(tmp_path / "j.xml")
+    assert sorted(pytest_run.select(results, "tests/test_tree.py::TestOnTheTree")) == [
+        "tests.test_tree.TestOnTheTree[python]::test_sees_its_core", "tests.test_tree.TestOnTheTree[rust]::test_sees_its_core"]

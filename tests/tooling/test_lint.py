@@ -27,7 +27,6 @@ FIXES = """
 [[fix]]
 pr = "#1"
 title = "a is b"
-upstream = "2.0"
 tests = ["tests/registered/test_thing.py::TestThing::test_real"]
 """
 

@@ -3,6 +3,7 @@ release has only in part is not called absorbed, a guard (a fix the base already
 that fails on the new release is reported and fails STRICT, and WRITE=1 drops an absorbed
 patch with the release and the upstream PR that absorbed it."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -54,7 +55,6 @@ class TestFortyGuard(unittest.TestCase):
 FIXES = f'''[[fix]]
 pr = "#10"
 title = "line ten"
-upstream = "2.0.0"
 tests = ["{TEST_FILE}::TestTen"]
 
 [[fix]]
@@ -72,7 +72,6 @@ tests = ["{TEST_FILE}::TestFive"]
 [[fix]]
 pr = "#40"
 title = "line forty stays a number"
-upstream = "0.9.0"
 tests = ["{TEST_FILE}::TestFortyGuard"]
 '''
 
@@ -96,6 +95,11 @@ class Moves(Upstream):
         (self.tests_root / "tests").mkdir(parents=True)
         (self.tests_root / TEST_FILE).write_text(TESTS)
         (self.tests_root / "tests/fixes.toml").write_text(FIXES)
+        # the matrix's evidence, which a fix's first release is read off
+        (self.tests_root / "docs").mkdir()
+        (self.tests_root / "docs/matrix.json").write_text(json.dumps([
+            {"fix": "#10", "release": BASE, "state": "present", "why": ""},
+            {"fix": "#10", "release": NEW, "state": "fixed", "why": ""}]))
         self.add_raw_patch("0001-ten.patch", patch_text(10, "LINE_10 = 'ten'", "pool: set line 10", f"{TEST_FILE}::TestTen"))
         self.add_raw_patch("0002-twelve-fourteen.patch", two_lines_patch(
             "pool: set lines 12 and 14", f"{TEST_FILE}::TestTwelve {TEST_FILE}::TestFourteen"))

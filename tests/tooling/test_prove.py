@@ -70,7 +70,7 @@ def proving(tmp_path, monkeypatch):
         patch(lines(), lines(line_40="'forty'"), "put the bug back", f"{TEST_FILE}::TestFortyStaysANumber"))
     (root / "tests/reverts/series").write_text("revert-40.patch\n")
     (root / "tests/fixes.toml").write_text(
-        f'[[fix]]\npr = "#40"\ntitle = "forty"\nupstream = "0.9.0"\ntests = ["{TEST_FILE}::TestFortyStaysANumber"]\n')
+        f'[[fix]]\npr = "#40"\ntitle = "forty"\ntests = ["{TEST_FILE}::TestFortyStaysANumber"]\n')
     after_first = lines(line_10="'ten'", line_12="'oops'")
     up.add_raw_patch("0001-ten.patch", patch(lines(), after_first, "set line 10", f"{TEST_FILE}::TestTen"))
 

@@ -3,12 +3,13 @@
 Builds a real ``UnifiedRadixCache`` over real device pools on "cpu"
 (``SWAKVPool`` + ``SWATokenToKVPoolAllocator`` + ``ReqToTokenPool``, or
 ``HybridReqToTokenPool`` with a real ``MambaPool`` for FULL+SWA+MAMBA) and
-attaches a small stand-in for the HiCache controller: the real one needs CUDA
-streams and pinned memory. Host slots come from the real ``HostPoolGroup`` /
+attaches a small stand-in for the HiCache controller (tests/seam/hicache_standins.py):
+the real one needs CUDA streams and pinned memory. Host slots come from the real ``HostPoolGroup`` /
 ``LogicalHostPool`` index pools, so host accounting is the real one and a
 leaked host slot shows up as a size mismatch. Everything that differs between
 releases (module homes, constructor arguments, how the cache is wired to its
-host pools) is asked of the seam, tests/seam/radix.py.
+host pools, how a node is named and locked, which tree core holds the nodes) is
+asked of the seam, tests/seam/radix.py.
 """
 
 from __future__ import annotations
@@ -21,17 +22,17 @@ from typing import Any, Optional
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 import torch  # noqa: E402
+from sglang.test.test_utils import CustomTestCase  # noqa: E402
 
 from seam import radix as seam  # noqa: E402
+from seam.hicache_standins import FakeHiCacheController  # noqa: E402
 from seam.radix import (  # noqa: E402
     ComponentType,
     EvictParams,
     HostPoolGroup,
-    InsertParams,
     LogicalHostPool,
     MatchPrefixParams,
     PoolName,
-    RadixKey,
     ReqToTokenPool,
     SWATokenToKVPoolAllocator,
     UnifiedRadixCache,
@@ -42,100 +43,11 @@ SWA = ComponentType.SWA
 MAMBA = ComponentType.MAMBA
 
 
-# ---------------------------------------------------------------------------
-# Fake HiCache controller
-# ---------------------------------------------------------------------------
+class RadixTestCase(CustomTestCase):
+    """Checks on a UnifiedRadixCache: they run once per tree core the release has
+    (tests/conftest.py collects one copy per core, the core in the test id)."""
 
-
-class FakeCompletion:
-    """Stands in for a device event; finished once the test completes it."""
-
-    def __init__(self):
-        self.done = False
-
-    def query(self) -> bool:
-        return self.done
-
-    def synchronize(self) -> None:
-        self.done = True
-
-
-class FakeHiCacheController:
-    """The controller surface that write_backup / writing_check / eviction use.
-
-    ``write`` allocates host slots the way HybridCacheController.write does:
-    the KV anchor first, then every extra pool transfer (evicting that pool's
-    host side once when it is full), rolling everything back and returning
-    None when any pool cannot take it. Copies are not performed; each write
-    gets an ack whose completion the test controls.
-    """
-
-    def __init__(self, mem_pool_host: HostPoolGroup, write_policy: str):
-        self.mem_pool_host = mem_pool_host
-        self.write_policy = write_policy
-        self.ack_write_queue: list = []
-        self.ack_load_queue: list = []
-        # (node_id, kv_tokens, {pool_name: tokens}) per accepted write
-        self.write_log: list = []
-        self.failed_writes = 0
-
-    def reset(self) -> None:
-        self.ack_write_queue.clear()
-        self.ack_load_queue.clear()
-
-    def write(
-        self,
-        device_indices: torch.Tensor,
-        priority: Optional[int] = None,
-        node_id: int = -1,
-        extra_pools=None,
-    ) -> Optional[torch.Tensor]:
-        host_indices = self.mem_pool_host.alloc(len(device_indices))
-        if host_indices is None:
-            self.failed_writes += 1
-            return None
-        taken = []
-        for xfer in extra_pools or ():
-            if xfer.indices_from_pool is not None:
-                continue
-            if xfer.host_indices is not None or xfer.device_indices is None:
-                continue
-            entry = self.mem_pool_host.entry_map.get(xfer.name)
-            if entry is None:
-                continue
-            size = len(xfer.device_indices)
-            slots = entry.host_pool.alloc(size)
-            if slots is None and entry.host_evict_fn is not None:
-                entry.host_evict_fn(size)
-                slots = entry.host_pool.alloc(size)
-            if slots is None:
-                for prev_xfer, prev_entry, prev_slots in taken:
-                    prev_entry.host_pool.free(prev_slots)
-                    prev_xfer.host_indices = None
-                self.mem_pool_host.free(host_indices)
-                self.failed_writes += 1
-                return None
-            # Like the real controller: the tree reads the slots back from here.
-            xfer.host_indices = slots
-            taken.append((xfer, entry, slots))
-        self.ack_write_queue.append((None, FakeCompletion(), [node_id]))
-        self.write_log.append(
-            (node_id, len(host_indices), {x.name: len(s) for x, _, s in taken})
-        )
-        return host_indices
-
-    def pending_writes(self) -> int:
-        return sum(1 for _, ev, _ in self.ack_write_queue if not ev.done)
-
-    def complete_writes(self, count: Optional[int] = None) -> None:
-        """Finish the oldest ``count`` outstanding writes (all when None)."""
-        for _, ev, _ in self.ack_write_queue:
-            if count is not None and count <= 0:
-                break
-            if not ev.done:
-                ev.done = True
-                if count is not None:
-                    count -= 1
+    runs_on_every_tree_core = True
 
 
 # ---------------------------------------------------------------------------
@@ -204,8 +116,8 @@ class RadixHarness:
         if swa_evicted_seqlen > prefix_len:
             self.allocator.free_swa(kv[prefix_len:swa_evicted_seqlen])
         result = self.cache.insert(
-            InsertParams(
-                key=RadixKey(list(tokens)),
+            seam.insert_params(
+                key=seam.radix_key(tokens),
                 value=kv,
                 mamba_value=mamba_value,
                 prev_prefix_len=prefix_len,
@@ -217,7 +129,40 @@ class RadixHarness:
         return result
 
     def match(self, tokens: list):
-        return self.cache.match_prefix(MatchPrefixParams(key=RadixKey(list(tokens))))
+        return self.cache.match_prefix(MatchPrefixParams(key=seam.radix_key(tokens)))
+
+    def node(self, handle):
+        """The node a match result names (a node, or its id from 0.5.17)."""
+        return seam.node(self.cache, handle)
+
+    def lock(self, node):
+        """Lock a node on device; returns what unlock() takes."""
+        return seam.lock(self.cache, node)
+
+    def unlock(self, node, params) -> None:
+        seam.unlock(self.cache, node, params)
+
+    def write_through(self, node) -> int:
+        """Back a node up as write-through does (its un-backed-up ancestors first)."""
+        return seam.back_up(self.cache, node)
+
+    def write_back(self, node) -> int:
+        """Back a node up as write-back eviction does (the node alone, no lock)."""
+        return seam.back_up(self.cache, node, write_back=True)
+
+    def submit_backups(self) -> None:
+        """Submit the queued device->host backups, as the scheduler does after a batch."""
+        seam.submit_backups(self.cache)
+
+    def load_back(self, node):
+        return seam.load_back(self.cache, node)
+
+    def evictable_host_leaves(self) -> set:
+        return seam.evictable_host_leaves(self.cache)
+
+    @property
+    def root(self):
+        return seam.root(self.cache)
 
     def evict_counting_lost(self, params: EvictParams):
         """Device eviction; returns (EvictResult, tokens lost without a host copy).
@@ -237,7 +182,7 @@ class RadixHarness:
 
     def nodes(self) -> list:
         """All nodes except the root."""
-        out, stack = [], list(self.cache.root_node.children.values())
+        out, stack = [], list(self.root.children.values())
         while stack:
             n = stack.pop()
             out.append(n)
@@ -246,7 +191,7 @@ class RadixHarness:
 
     def backup_invariant_violations(self) -> list:
         """Ids of backed-up nodes whose parent is neither root nor backed up."""
-        root = self.cache.root_node
+        root = self.root
         return [
             n.id
             for n in self.nodes()
@@ -306,14 +251,15 @@ def serve_request(
     swa_evicted_seqlen = min(swa_evicted_seqlen, len(tokens) - h.page_size)
     stats.requests += 1
     m = h.match(tokens)
-    prefix = m.device_indices.to(torch.int64)
+    prefix = seam.matched_device_indices(h.cache, m).to(torch.int64)
     stats.device_hit_tokens += len(prefix)
     stats.host_hit_tokens += m.host_hit_length
-    node = m.best_match_node
-    while node is not h.cache.root_node:
+    node, root = h.node(m.best_match_node), h.root
+    while node is not root:
         stats.reusable_tokens += len(node.key)
         node = node.parent
-    lock = h.cache.inc_lock_ref(m.last_device_node)
+    last_device = h.node(m.last_device_node)
+    lock = h.lock(last_device)
 
     need = len(tokens) - len(prefix)
     kv_new = h.alloc_kv(need)
@@ -338,13 +284,13 @@ def serve_request(
             h.allocator.free(kv_new)
             kv_new = None
     if kv_new is None:
-        h.cache.dec_lock_ref(m.last_device_node, lock.to_dec_params())
+        h.unlock(last_device, lock)
         stats.rejected += 1
         return False
 
     kv = torch.cat([prefix, kv_new])
     h.insert_finished(tokens, kv, len(prefix), swa_evicted_seqlen, mamba_value)
-    h.cache.dec_lock_ref(m.last_device_node, lock.to_dec_params())
+    h.unlock(last_device, lock)
     return True
 
 
@@ -372,6 +318,7 @@ def build_tree(
         components=components,
         # Page sizes above 1 need the extra buffer with a mamba component.
         mamba_extra_buffer=with_mamba and page_size > 1,
+        core=seam.current_core(),
     )
     return RadixHarness(
         cache=cache,
@@ -392,27 +339,29 @@ def attach_hicache(
     host_swa_size: int = 4096,
     host_mamba_size: int = 512,
     host_pool_cls=LogicalHostPool,
+    copy_view=lambda pool: pool,
 ):
     """Wire host pools + a controller the way the hybrid pool assembler does.
 
-    ``make_controller(host_pool_group, write_policy)`` builds the controller.
+    ``make_controller(host_pool_group, write_policy)`` builds the controller;
+    ``copy_view(device_pool)`` is the device pool as the group's copy path sees it.
     """
     cache = h.cache
     kvcache = h.allocator.get_kvcache()
-    kv_host = host_pool_cls(host_full_size, h.page_size)
-    swa_host = host_pool_cls(host_swa_size, h.page_size)
+    kv_host = seam.host_pool(host_pool_cls, host_full_size, h.page_size)
+    swa_host = seam.host_pool(host_pool_cls, host_swa_size, h.page_size)
     entries = [
         seam.pool_entry(
             name=PoolName.KV,
             host_pool=kv_host,
-            device_pool=kvcache.full_kv_pool,
+            device_pool=copy_view(kvcache.full_kv_pool),
             layer_mapper=lambda i: i,
             is_primary_index_anchor=True,
         ),
         seam.pool_entry(
             name=PoolName.SWA,
             host_pool=swa_host,
-            device_pool=kvcache.swa_kv_pool,
+            device_pool=copy_view(kvcache.swa_kv_pool),
             layer_mapper=lambda i: i,
             host_evict_fn=lambda n: cache.evict_host(n, SWA),
             device_evict_fn=lambda n: cache.evict(EvictParams(swa_num_tokens=n)),
@@ -422,12 +371,12 @@ def attach_hicache(
     ]
     mamba_host = None
     if h.has_mamba:
-        mamba_host = host_pool_cls(host_mamba_size, 1)
+        mamba_host = seam.host_pool(host_pool_cls, host_mamba_size, 1)
         entries.append(
             seam.pool_entry(
                 name=PoolName.MAMBA,
                 host_pool=mamba_host,
-                device_pool=seam.mamba_device_pool(h.req_to_token_pool),
+                device_pool=copy_view(seam.mamba_device_pool(h.req_to_token_pool)),
                 layer_mapper=lambda i: i,
                 host_evict_fn=lambda n: cache.evict_host(n, MAMBA),
                 device_evict_fn=lambda n: cache.evict(EvictParams(mamba_num=n)),
@@ -435,7 +384,7 @@ def attach_hicache(
                 device_free_fn=h.mamba_slots.free,
             )
         )
-    group = HostPoolGroup(entries)
+    group = seam.host_pool_group(entries)
     controller = make_controller(group, write_policy)
 
     seam.wire_host_pools(

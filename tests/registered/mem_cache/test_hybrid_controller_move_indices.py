@@ -7,8 +7,11 @@ reads host values back from, so the move must happen on copies. When it was
 done in place, a node's host_value became a device tensor and host eviction
 crashed in the host pool's free().
 
-The real controller is built without its CUDA-only __init__; the device move
-is simulated on CPU by pointing the controller at the "meta" device, so a
+The real controller is built without its CUDA-only __init__ (the seam follows
+move_hybrid_indices to wherever the release calls it: the hybrid controller's own
+start_writing / start_loading, or from 0.5.18 the base controller's through its
+transfer engine); the device move is simulated on CPU by pointing the controller
+at the "meta" device, so a
 moved index tensor is a different tensor on a different device, exactly what
 the free() of a host pool cannot take.
 """
@@ -16,92 +19,32 @@ the free() of a host pool cannot take.
 import os
 import sys
 import unittest
-from unittest import mock
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 import radix_fixtures as rf  # noqa: E402
 import torch  # noqa: E402
-from radix_fixtures import EvictParams, LogicalHostPool, PoolName, seam  # noqa: E402
+from radix_fixtures import EvictParams, PoolName, seam  # noqa: E402
 from sglang.test.ci.ci_register import register_cpu_ci  # noqa: E402
-from sglang.test.test_utils import CustomTestCase  # noqa: E402
+from seam.hicache_standins import (  # noqa: E402
+    CpuStream,
+    OnCopyDevice,
+    RecordingHostPool,
+    cpu_device_module_patches,
+)
 
 register_cpu_ci(est_time=30, suite="stage-a-test-cpu")
 
 MOVED_TO = torch.device("meta")
 
 
-class _Event:
-    """CPU stand-in for a device event: copies here complete immediately."""
-
-    def record(self, stream=None):
-        pass
-
-    def wait(self, stream=None):
-        pass
-
-    def query(self):
-        return True
-
-    def synchronize(self):
-        pass
-
-
-class _Stream:
-    def wait_event(self, event):
-        pass
-
-
-class _CpuDeviceModule:
-    """The slice of torch.cuda that the controllers touch."""
-
-    Event = _Event
-    Stream = _Stream
-
-    @staticmethod
-    def stream(stream):
-        return mock.MagicMock()
-
-    @staticmethod
-    def current_stream():
-        return _Stream()
-
-
-class RecordingHostPool(LogicalHostPool):
-    """Real index pool that also records what the controller copies and frees."""
-
-    def __init__(self, size, page_size):
-        super().__init__(size, page_size)
-        self.backups = []
-        self.loads = []
-        self.freed = []
-
-    def backup_from_device_all_layer(
-        self, device_pool, host_indices, device_indices, io_backend
-    ):
-        self.backups.append((host_indices, device_indices))
-
-    def load_to_device_per_layer(
-        self, device_pool, host_indices, device_indices, layer_id, io_backend
-    ):
-        self.loads.append((host_indices, device_indices, layer_id))
-
-    def free(self, indices):
-        # The real free() moves to CPU first: a device tensor fails here,
-        # as MambaPoolHost.free() failed in #23429.
-        n = super().free(indices)
-        self.freed.append(indices)
-        return n
-
-
 def _snapshot(transfers):
     return [(t, t.host_indices, t.device_indices) for t in transfers]
 
 
-class TestHybridControllerMoveIndices(CustomTestCase):
+class TestHybridControllerMoveIndices(rf.RadixTestCase):
     def setUp(self):
-        for module in seam.DEVICE_MODULE_HOLDERS:
-            patcher = mock.patch.object(module, "device_module", _CpuDeviceModule)
+        for patcher in cpu_device_module_patches():
             patcher.start()
             self.addCleanup(patcher.stop)
 
@@ -119,9 +62,10 @@ class TestHybridControllerMoveIndices(CustomTestCase):
         rf.attach_hicache(
             h,
             lambda group, policy: seam.bare_hybrid_controller(
-                group, policy, h.allocator, device=MOVED_TO, stream=_Stream()
+                group, policy, h.allocator, device=MOVED_TO, stream=CpuStream()
             ),
             host_pool_cls=RecordingHostPool,
+            copy_view=lambda pool: OnCopyDevice(pool, MOVED_TO),
         )
         h.cache.load_back_threshold = 1
         return h
@@ -197,6 +141,7 @@ class TestHybridControllerMoveIndices(CustomTestCase):
         kv = h.alloc_kv(len(tokens))
         mamba_value = h.alloc_mamba()
         h.insert_finished(tokens, kv, 0, 0, mamba_value)
+        h.submit_backups()
         # The request's tokens may be held by one node or a chain of them.
         chain = h.nodes()
         self.assertEqual(sum(len(n.key) for n in chain), len(tokens))
@@ -231,7 +176,7 @@ class TestHybridControllerMoveIndices(CustomTestCase):
         self.assertTrue(all(n.evicted and n.backuped for n in chain))
 
         # Load back: the tree's transfers reference its own host values.
-        self.assertTrue(cache.load_back(chain[-1]))
+        self.assertTrue(h.load_back(chain[-1]))
         load_xfers = [x for xfers in handed["load"] for x in xfers]
         self.assertTrue(load_xfers, "load back handed no transfers")
         snapshot = _snapshot(load_xfers)

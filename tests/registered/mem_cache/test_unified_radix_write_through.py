@@ -18,7 +18,6 @@ import torch  # noqa: E402
 from radix_fixtures import EvictParams, PoolName, seam  # noqa: E402
 
 from sglang.test.ci.ci_register import register_cpu_ci  # noqa: E402
-from sglang.test.test_utils import CustomTestCase  # noqa: E402
 
 register_cpu_ci(est_time=60, suite="stage-a-test-cpu")
 
@@ -39,7 +38,7 @@ def _split_insert(h, length_pages=6, evicted_pages=2):
     tokens = list(range(1000, 1000 + length))
     result = h.insert_finished(tokens, kv, 0, evicted_pages * ps, mamba)
     assert result.prefix_len == 0
-    (parent,) = h.cache.root_node.children.values()
+    (parent,) = h.root.children.values()
     (leaf,) = parent.children.values()
     assert len(parent.key) == evicted_pages * ps
     assert parent.component_data[rf.SWA].value is None
@@ -47,7 +46,7 @@ def _split_insert(h, length_pages=6, evicted_pages=2):
     return parent, leaf, length
 
 
-class TestWriteThroughSplitLeaf(CustomTestCase):
+class TestWriteThroughSplitLeaf(rf.RadixTestCase):
     def _check_split_leaf_demoted(self, page_size, with_mamba):
         h = rf.build_tree(
             page_size=page_size, window=WINDOW_PAGES * page_size, with_mamba=with_mamba
@@ -70,7 +69,7 @@ class TestWriteThroughSplitLeaf(CustomTestCase):
         self.assertEqual(lost, 0, "KV evicted from device without a host copy")
         self.assertTrue(leaf.evicted)
         self.assertTrue(leaf.backuped)
-        self.assertIn(leaf, h.cache.evictable_host_leaves)
+        self.assertIn(leaf, h.evictable_host_leaves())
         self.assertTrue(parent.evicted and parent.backuped)
         self.assertIs(leaf.parent, parent)
         self.assertEqual(leaf.component_data[rf.SWA].host_value.numel(), 4 * page_size)
@@ -82,7 +81,7 @@ class TestWriteThroughSplitLeaf(CustomTestCase):
 
         # The demoted prefix is found again as a host hit.
         m = h.match(list(range(1000, 1000 + length)))
-        self.assertIs(m.best_match_node, leaf)
+        self.assertIs(h.node(m.best_match_node), leaf)
         self.assertEqual(m.host_hit_length, length)
 
     def test_swa_split_leaf_page1(self):
@@ -98,7 +97,7 @@ class TestWriteThroughSplitLeaf(CustomTestCase):
         self._check_split_leaf_demoted(page_size=4, with_mamba=True)
 
 
-class TestWriteThroughHostExhausted(CustomTestCase):
+class TestWriteThroughHostExhausted(rf.RadixTestCase):
     """The host pool runs out part-way up an un-backed-up ancestor chain."""
 
     def _build_chain(self, page_size, host_full_pages, host_swa_pages):
@@ -116,7 +115,7 @@ class TestWriteThroughHostExhausted(CustomTestCase):
         stats = rf.ServeStats()
         for end, evicted in ((4 * ps, 0), (8 * ps, 0), (12 * ps, 10 * ps)):
             self.assertTrue(rf.serve_request(h, tokens[:end], evicted, stats))
-        (a,) = h.cache.root_node.children.values()
+        (a,) = h.root.children.values()
         (b,) = a.children.values()
         (c1,) = b.children.values()
         (c2,) = c1.children.values()
@@ -130,7 +129,7 @@ class TestWriteThroughHostExhausted(CustomTestCase):
 
     def _check_clean_failure(self, h, chain, expect_backed, lost_expected):
         a, b, c1, c2 = chain
-        self.assertEqual(h.cache.write_backup(c2), 0)
+        self.assertEqual(h.write_through(c2), 0)
         self.assertEqual([n.backuped for n in chain], expect_backed)
         # Only the nodes that were written are in flight and locked.
         written = {n.id for n, ok in zip(chain, expect_backed) if ok}
@@ -180,7 +179,7 @@ class TestWriteThroughHostExhausted(CustomTestCase):
         self._check_swa_host_full(4)
 
 
-class TestWriteBackUnchanged(CustomTestCase):
+class TestWriteBackUnchanged(rf.RadixTestCase):
     """Regression guard: write-back keeps its old, lazy behaviour."""
 
     def _check_write_back(self, ps):
@@ -225,7 +224,7 @@ class TestWriteBackUnchanged(CustomTestCase):
         h = rf.build_tree(page_size=1, window=WINDOW_PAGES)
         rf.attach_fake_hicache(h, write_policy="write_back")
         parent, leaf, _ = _split_insert(h)
-        self.assertEqual(h.cache.write_backup(leaf, write_back=True), 4)
+        self.assertEqual(h.write_back(leaf), 4)
         self.assertEqual([e[0] for e in h.controller.write_log], [leaf.id])
         self.assertFalse(parent.backuped)
         # write_back=True takes no lock: the caller demotes right away.
@@ -235,7 +234,7 @@ class TestWriteBackUnchanged(CustomTestCase):
         self.assertEqual(h.locked_nodes(), [])
 
 
-class TestWriteThroughRandomized(CustomTestCase):
+class TestWriteThroughRandomized(rf.RadixTestCase):
     """Seeded random insert / match / lock / evict / write-through traffic."""
 
     SEED = int(os.environ.get("SGLANG_RADIX_FUZZ_SEED", "20261121"))
@@ -309,13 +308,13 @@ class TestWriteThroughRandomized(CustomTestCase):
                 op = "lock"
                 if len(held) < 3:
                     m = h.match(rng.choice(convs))
-                    node = m.last_device_node
-                    held.append((node, cache.inc_lock_ref(node).to_dec_params()))
+                    node = h.node(m.last_device_node)
+                    held.append((node, h.lock(node)))
             elif r < 0.62:
                 op = "unlock"
                 if held:
                     node, params = held.pop(rng.randrange(len(held)))
-                    cache.dec_lock_ref(node, params)
+                    h.unlock(node, params)
             elif r < 0.72:
                 op = "evict"
                 _, lost = h.evict_counting_lost(
@@ -334,7 +333,7 @@ class TestWriteThroughRandomized(CustomTestCase):
                 op = "write_through"
                 candidates = device_nodes(backed=False)
                 if candidates:
-                    cache.write_backup(rng.choice(candidates))
+                    h.write_through(rng.choice(candidates))
             else:
                 op = "evict_host"
                 cache.evict_host(rng.randint(1, 8) * ps)
@@ -347,7 +346,7 @@ class TestWriteThroughRandomized(CustomTestCase):
                 self.fail(f"seed={seed} step={step} op={op}: {e}")
 
         for node, params in held:
-            cache.dec_lock_ref(node, params)
+            h.unlock(node, params)
         h.controller.complete_writes()
         cache.writing_check()
         report = (
