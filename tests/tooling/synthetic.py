@@ -91,7 +91,7 @@ class Upstream:
 
     def write_series(self, names: list[str]) -> None:
         # an empty series says it is empty on purpose, as the real one would have to
-        (self.patches / "series").write_text("# test series\n" + ("" if names else "# no patch: none to carry yet\n")
+        (self.patches / "series").write_text("# test series\n" + ("" if names else "# no patches: none to carry yet\n")
                                              + "".join(n + "\n" for n in names))
 
     def add_patch(self, name: str, replacements: dict[int, str], subject: str = "change pool") -> Path:

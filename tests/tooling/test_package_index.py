@@ -45,6 +45,9 @@ def test_pin_and_apply_through_the_configured_index(up):
     for written in (up.releases, up.env_dir / f"{NEW}.in", up.env_dir / f"{NEW}.lock"):
         assert "://" not in written.read_text() and str(up.index) not in written.read_text(), written
 
+    lines = up.patches / "lines"  # a pinned release other than the base is applied through its line
+    lines.mkdir(exist_ok=True)
+    (lines / f"{NEW}.series").write_text(f"# no patches: sglang {NEW} needs none here\n")
     proc = make(up, "apply", f"UPSTREAM_VERSION={NEW}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     built = list((up.build / NEW / "dist").glob("*.whl"))
