@@ -39,6 +39,7 @@ import functools
 import importlib
 import importlib.util
 import inspect
+import os
 import types
 from typing import Optional, Sequence
 from unittest import mock
@@ -872,7 +873,7 @@ def _with_methods(real_cls, **fields):
 
 
 def _compression_metadata_twin(seq_lens, positions, raw_out_loc, page_table=None,
-                               page_size=0, compute_page_indices=True):
+                               page_size=0, compute_page_indices=True, *, c128_raw=False):
     """Torch twin of DSV4's compression-metadata kernel: per token, the C4 / C128
     write targets (the compressed slot when the token closes a group, else the
     padding slot 0), positions and lengths, and the C128 page indices."""
@@ -885,21 +886,31 @@ def _compression_metadata_twin(seq_lens, positions, raw_out_loc, page_table=None
         return torch.where(seq_lens % ratio == 0, loc // ratio, 0).to(**i32)
 
     c4_raw = seq_lens // 4
-    c128_raw = seq_lens // 128
+    c128_lens = seq_lens // 128
     page_indices = None
     if compute_page_indices:
         c128_page = page_size // 128
         offsets = torch.arange(c128_page * page_table.shape[1], device=seq_lens.device)
         pages = page_table.to(torch.int64)[:, offsets // c128_page]
         page_indices = pages * c128_page + offsets % c128_page
-        page_indices = torch.where(offsets[None, :] < c128_raw[:, None], page_indices, -1)
+        page_indices = torch.where(offsets[None, :] < c128_lens[:, None], page_indices, -1)
         page_indices = page_indices.to(**i32)
     return (
         out_loc(4), (positions & ~3).to(**i32), c4_raw.to(**i32),
         c4_raw.clamp(min=1).to(**i32),
-        out_loc(128), (positions & ~127).to(**i32), c128_raw.clamp(min=1).to(**i32),
+        out_loc(128), (positions & ~127).to(**i32),
+        # 0.5.14+ also return C128's unclamped lengths, before the clamped ones.
+        *((c128_lens.to(**i32),) if c128_raw else ()),
+        c128_lens.clamp(min=1).to(**i32),
         page_indices,
     )
+
+
+def _returns_c128_raw(kernel) -> bool:
+    """Whether the release's compression-metadata kernel returns nine values
+    (0.5.14+: C128's raw lengths too) rather than eight."""
+    annotation = str(inspect.signature(kernel).return_annotation)
+    return annotation.count("Tensor") >= 9
 
 
 def _extend_cache_locs_twin(req_pool_indices, req_to_token, start_offset,
@@ -950,8 +961,11 @@ def _verify_step_kernels(dp_size: int, dp_rank: int):
         for home in kernel_homes:
             patch(mock.patch.object(home, "assign_extend_cache_locs_func", _extend_cache_locs_twin))
         if hasattr(backend, "_init_compression_metadata_triton"):
-            patch(mock.patch.object(backend, "_init_compression_metadata_triton",
-                                    _compression_metadata_twin))
+            twin = functools.partial(
+                _compression_metadata_twin,
+                c128_raw=_returns_c128_raw(backend._init_compression_metadata_triton),
+            )
+            patch(mock.patch.object(backend, "_init_compression_metadata_triton", twin))
         patch(mock.patch.object(torch, "tensor", tensor))
         patch(mock.patch.object(torch.Tensor, "record_stream", record_stream))
         patch(mock.patch.object(dp_attention, "_ATTN_DP_SIZE", dp_size))
@@ -1056,17 +1070,14 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
             "eagle_worker_v2 has no EAGLEWorkerV2.verify")
     tp_worker_cls = locate("TpModelWorker", "sglang.srt.managers.tp_worker:TpModelWorker")
     runner_cls = locate("ModelRunner", "sglang.srt.model_executor.model_runner:ModelRunner")
-    # 0.5.14+ run the eager forward through an EagerRunner that the model runner
-    # builds with its input buffers; this adapter drives ModelRunner's own steps.
+    # 0.5.14+ run the eager forward through the model runner's EagerRunner.
     try:
-        eager_runner = importlib.util.find_spec("sglang.srt.model_executor.runner.eager_runner")
+        eager_mod = importlib.import_module("sglang.srt.model_executor.runner.eager_runner")
     except ImportError:  # no model_executor.runner package (0.5.12, 0.5.13)
-        eager_runner = None
-    require(
-        eager_runner is None,
-        "the eager forward runs through model_executor.runner.eager_runner.EagerRunner, "
-        "which this verify-step adapter does not build",
-    )
+        eager_mod = None
+    eager_cls = getattr(eager_mod, "EagerRunner", None) if eager_mod else None
+    require(eager_mod is None or hasattr(eager_cls, "execute"),
+            "model_executor.runner.eager_runner has no EagerRunner.execute")
     spec_algo = locate("SpeculativeAlgorithm",
                        "sglang.srt.speculative.spec_info:SpeculativeAlgorithm")
     device = backend.device
@@ -1151,6 +1162,11 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
         use_ngram_embedding=False,
         dcp_size=1,
     )
+    if eager_cls is not None:
+        # Its constructor sizes static input buffers from server args and warms
+        # the model up; the verify step runs it with live input
+        # (SGLANG_EAGER_INPUT_NO_COPY), so only the runner's steps are needed.
+        model_runner.eager_runner = _with_methods(eager_cls, model_runner=model_runner)
     tp_worker = _with_methods(
         tp_worker_cls,
         model_runner=model_runner,
@@ -1178,6 +1194,8 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
         stack.enter_context(_verify_step_kernels(len(dp_batch_sizes), dp_rank))
         stack.enter_context(forward_context(backend))
         stack.enter_context(global_server_args(_server_args_with_methods(backend)))
+        if eager_cls is not None:
+            stack.enter_context(mock.patch.dict(os.environ, {"SGLANG_EAGER_INPUT_NO_COPY": "1"}))
         fbi = locate("forward_batch_info", "sglang.srt.model_executor.forward_batch_info")
         if hasattr(fbi, "enable_num_token_non_padded"):
             stack.enter_context(
