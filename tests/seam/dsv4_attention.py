@@ -924,6 +924,17 @@ def _extend_cache_locs_twin(req_pool_indices, req_to_token, start_offset,
     return torch.cat(rows).to(device=device, dtype=torch.int64)
 
 
+def _uniform_cache_locs_twin(req_pool_indices, req_to_token, start_offset, batch_size,
+                             draft_token_num, device, **physical_outputs):
+    """Torch twin of the uniform variant (0.5.20+): every request takes
+    draft_token_num slots from its start offset."""
+    require(all(v is None for v in physical_outputs.values()),
+            "assign_extend_cache_locs_uniform_func was asked for physical locations")
+    return _extend_cache_locs_twin(req_pool_indices, req_to_token, start_offset,
+                                   start_offset + draft_token_num, batch_size,
+                                   draft_token_num, device)
+
+
 @contextlib.contextmanager
 def _verify_step_kernels(dp_size: int, dp_rank: int):
     """The stand-ins a verify step needs on a machine without a GPU, on top of
@@ -934,18 +945,28 @@ def _verify_step_kernels(dp_size: int, dp_rank: int):
     fbi = locate("forward_batch_info", "sglang.srt.model_executor.forward_batch_info")
     dp_attention = locate("dp_attention", "sglang.srt.layers.dp_attention")
     parallel_state = locate("parallel_state", "sglang.srt.distributed.parallel_state")
-    # The kernel's homes: eagle_info_v2 (0.5.12-0.5.14, imported there), and
-    # triton_ops.cache_locs (0.5.13+; 0.5.15's eagle_utils imports it per call).
-    kernel_homes = []
+    # The kernel's homes: eagle_info_v2 (0.5.12-0.5.14, imported there),
+    # triton_ops.cache_locs (0.5.13+; 0.5.15's eagle_utils imports it per call)
+    # and kernels.ops.speculative.cache_locs (0.5.16+; 0.5.20+ call its uniform
+    # variant and cache the import in eagle_utils._PREPARE_FOR_VERIFY_DEPS).
+    twins = {"assign_extend_cache_locs_func": _extend_cache_locs_twin,
+             "assign_extend_cache_locs_uniform_func": _uniform_cache_locs_twin}
+    kernel_patches = []
     for module in ("sglang.srt.speculative.eagle_info_v2",
-                   "sglang.srt.speculative.triton_ops.cache_locs"):
+                   "sglang.srt.speculative.triton_ops.cache_locs",
+                   "sglang.kernels.ops.speculative.cache_locs"):
         try:
             home = importlib.import_module(module)
         except ImportError:
             continue
-        if hasattr(home, "assign_extend_cache_locs_func"):
-            kernel_homes.append(home)
-    require(kernel_homes, "no assign_extend_cache_locs_func in eagle_info_v2 or triton_ops.cache_locs")
+        kernel_patches += [(home, name, twin) for name, twin in twins.items()
+                           if hasattr(home, name)]
+    require(kernel_patches, "no assign_extend_cache_locs_func in eagle_info_v2, "
+            "triton_ops.cache_locs or kernels.ops.speculative.cache_locs")
+    try:
+        eagle_utils = importlib.import_module("sglang.srt.speculative.eagle_utils")
+    except ImportError:
+        eagle_utils = None
     real_tensor = torch.tensor
     real_record_stream = torch.Tensor.record_stream
 
@@ -958,8 +979,10 @@ def _verify_step_kernels(dp_size: int, dp_rank: int):
 
     with contextlib.ExitStack() as stack:
         patch = stack.enter_context
-        for home in kernel_homes:
-            patch(mock.patch.object(home, "assign_extend_cache_locs_func", _extend_cache_locs_twin))
+        for home, name, twin in kernel_patches:
+            patch(mock.patch.object(home, name, twin))
+        if hasattr(eagle_utils, "_PREPARE_FOR_VERIFY_DEPS"):
+            patch(mock.patch.object(eagle_utils, "_PREPARE_FOR_VERIFY_DEPS", None))
         if hasattr(backend, "_init_compression_metadata_triton"):
             twin = functools.partial(
                 _compression_metadata_twin,
@@ -1147,7 +1170,9 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
         is_draft_worker=False,
         forward_pass_id=0,
         spec_algorithm=spec_algo.EAGLE,
-        model_config=_Loose(is_deepseek_v4_arch=True, is_hybrid_swa=True),
+        # 0.5.16+'s padding asks whether the model is mamba-hybrid (it is not).
+        model_config=_Loose(is_deepseek_v4_arch=True, is_hybrid_swa=True,
+                            hf_config=_Loose(get_text_config=lambda: None)),
         token_to_kv_pool_allocator=types.SimpleNamespace(
             translate_loc_from_full_to_swa=lambda loc: pool.translate_loc_from_full_to_swa(loc)
         ),
@@ -1161,6 +1186,13 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
         model_is_mrope=False,
         use_ngram_embedding=False,
         dcp_size=1,
+        # 0.5.16+: n-gram embeddings off; 0.5.19+ name the prefill backend and
+        # the decode-context-parallel size here (0.5.19-0.5.20 under .ps).
+        ngram_embedding_manager=types.SimpleNamespace(enabled=False),
+        prefill_attention_backend_str="torch_native",
+        attn_dcp_size=1,
+        attn_dcp_rank=0,
+        ps=types.SimpleNamespace(attn_dcp_size=1, attn_dcp_rank=0),
     )
     if eager_cls is not None:
         # Its constructor sizes static input buffers from server args and warms
@@ -1193,7 +1225,18 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
     with contextlib.ExitStack() as stack:
         stack.enter_context(_verify_step_kernels(len(dp_batch_sizes), dp_rank))
         stack.enter_context(forward_context(backend))
-        stack.enter_context(global_server_args(_server_args_with_methods(backend)))
+        args = _server_args_with_methods(backend)
+        try:  # 0.5.16+: the graph config the padding consults (post-init fills it)
+            graph_config = importlib.import_module("sglang.srt.model_executor.cuda_graph_config")
+        except ImportError:
+            graph_config = None
+        if hasattr(graph_config, "default_cuda_graph_config"):
+            args.cuda_graph_config = graph_config.default_cuda_graph_config()
+        published = stack.enter_context(global_server_args(args))
+        if isinstance(published, locate("ServerArgs", "sglang.srt.server_args:ServerArgs")):
+            # 0.5.16+ publish a real ServerArgs; the model runner reads the
+            # same one (its padding asks e.g. cuda_graph_config).
+            model_runner.server_args = published
         if eager_cls is not None:
             stack.enter_context(mock.patch.dict(os.environ, {"SGLANG_EAGER_INPUT_NO_COPY": "1"}))
         fbi = locate("forward_batch_info", "sglang.srt.model_executor.forward_batch_info")
