@@ -961,6 +961,9 @@ def _verify_step_kernels(dp_size: int, dp_rank: int):
             continue
         kernel_patches += [(home, name, twin) for name, twin in twins.items()
                            if hasattr(home, name)]
+    require(hasattr(dp_attention, "_ATTN_DP_SIZE"),
+            "the attention-DP size and rank live in the runtime context's parallel "
+            "tier (get_parallel()), which this verify-step adapter does not set")
     require(kernel_patches, "no assign_extend_cache_locs_func in eagle_info_v2, "
             "triton_ops.cache_locs or kernels.ops.speculative.cache_locs")
     try:
