@@ -1202,6 +1202,13 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
         # the model up; the verify step runs it with live input
         # (SGLANG_EAGER_INPUT_NO_COPY), so only the runner's steps are needed.
         model_runner.eager_runner = _with_methods(eager_cls, model_runner=model_runner)
+    try:  # 0.5.19+: the runner's KV index translator (idle on a non-unified pool)
+        translator = importlib.import_module("sglang.srt.mem_cache.kv_index_translator")
+    except ImportError:
+        translator = None
+    if hasattr(translator, "KVIndexTranslator"):
+        model_runner.kv_index_translator = _with_methods(
+            translator.KVIndexTranslator, is_translating=False)
     tp_worker = _with_methods(
         tp_worker_cls,
         model_runner=model_runner,
