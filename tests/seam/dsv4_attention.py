@@ -39,6 +39,7 @@ import functools
 import importlib
 import importlib.util
 import inspect
+import os
 import types
 from typing import Optional, Sequence
 from unittest import mock
@@ -872,7 +873,7 @@ def _with_methods(real_cls, **fields):
 
 
 def _compression_metadata_twin(seq_lens, positions, raw_out_loc, page_table=None,
-                               page_size=0, compute_page_indices=True):
+                               page_size=0, compute_page_indices=True, *, c128_raw=False):
     """Torch twin of DSV4's compression-metadata kernel: per token, the C4 / C128
     write targets (the compressed slot when the token closes a group, else the
     padding slot 0), positions and lengths, and the C128 page indices."""
@@ -885,21 +886,31 @@ def _compression_metadata_twin(seq_lens, positions, raw_out_loc, page_table=None
         return torch.where(seq_lens % ratio == 0, loc // ratio, 0).to(**i32)
 
     c4_raw = seq_lens // 4
-    c128_raw = seq_lens // 128
+    c128_lens = seq_lens // 128
     page_indices = None
     if compute_page_indices:
         c128_page = page_size // 128
         offsets = torch.arange(c128_page * page_table.shape[1], device=seq_lens.device)
         pages = page_table.to(torch.int64)[:, offsets // c128_page]
         page_indices = pages * c128_page + offsets % c128_page
-        page_indices = torch.where(offsets[None, :] < c128_raw[:, None], page_indices, -1)
+        page_indices = torch.where(offsets[None, :] < c128_lens[:, None], page_indices, -1)
         page_indices = page_indices.to(**i32)
     return (
         out_loc(4), (positions & ~3).to(**i32), c4_raw.to(**i32),
         c4_raw.clamp(min=1).to(**i32),
-        out_loc(128), (positions & ~127).to(**i32), c128_raw.clamp(min=1).to(**i32),
+        out_loc(128), (positions & ~127).to(**i32),
+        # 0.5.14+ also return C128's unclamped lengths, before the clamped ones.
+        *((c128_lens.to(**i32),) if c128_raw else ()),
+        c128_lens.clamp(min=1).to(**i32),
         page_indices,
     )
+
+
+def _returns_c128_raw(kernel) -> bool:
+    """Whether the release's compression-metadata kernel returns nine values
+    (0.5.14+: C128's raw lengths too) rather than eight."""
+    annotation = str(inspect.signature(kernel).return_annotation)
+    return annotation.count("Tensor") >= 9
 
 
 def _extend_cache_locs_twin(req_pool_indices, req_to_token, start_offset,
@@ -913,6 +924,17 @@ def _extend_cache_locs_twin(req_pool_indices, req_to_token, start_offset,
     return torch.cat(rows).to(device=device, dtype=torch.int64)
 
 
+def _uniform_cache_locs_twin(req_pool_indices, req_to_token, start_offset, batch_size,
+                             draft_token_num, device, **physical_outputs):
+    """Torch twin of the uniform variant (0.5.20+): every request takes
+    draft_token_num slots from its start offset."""
+    require(all(v is None for v in physical_outputs.values()),
+            "assign_extend_cache_locs_uniform_func was asked for physical locations")
+    return _extend_cache_locs_twin(req_pool_indices, req_to_token, start_offset,
+                                   start_offset + draft_token_num, batch_size,
+                                   draft_token_num, device)
+
+
 @contextlib.contextmanager
 def _verify_step_kernels(dp_size: int, dp_rank: int):
     """The stand-ins a verify step needs on a machine without a GPU, on top of
@@ -923,18 +945,31 @@ def _verify_step_kernels(dp_size: int, dp_rank: int):
     fbi = locate("forward_batch_info", "sglang.srt.model_executor.forward_batch_info")
     dp_attention = locate("dp_attention", "sglang.srt.layers.dp_attention")
     parallel_state = locate("parallel_state", "sglang.srt.distributed.parallel_state")
-    # The kernel's homes: eagle_info_v2 (0.5.12-0.5.14, imported there), and
-    # triton_ops.cache_locs (0.5.13+; 0.5.15's eagle_utils imports it per call).
-    kernel_homes = []
+    # The kernel's homes: eagle_info_v2 (0.5.12-0.5.14, imported there),
+    # triton_ops.cache_locs (0.5.13+; 0.5.15's eagle_utils imports it per call)
+    # and kernels.ops.speculative.cache_locs (0.5.16+; 0.5.20+ call its uniform
+    # variant and cache the import in eagle_utils._PREPARE_FOR_VERIFY_DEPS).
+    twins = {"assign_extend_cache_locs_func": _extend_cache_locs_twin,
+             "assign_extend_cache_locs_uniform_func": _uniform_cache_locs_twin}
+    kernel_patches = []
     for module in ("sglang.srt.speculative.eagle_info_v2",
-                   "sglang.srt.speculative.triton_ops.cache_locs"):
+                   "sglang.srt.speculative.triton_ops.cache_locs",
+                   "sglang.kernels.ops.speculative.cache_locs"):
         try:
             home = importlib.import_module(module)
         except ImportError:
             continue
-        if hasattr(home, "assign_extend_cache_locs_func"):
-            kernel_homes.append(home)
-    require(kernel_homes, "no assign_extend_cache_locs_func in eagle_info_v2 or triton_ops.cache_locs")
+        kernel_patches += [(home, name, twin) for name, twin in twins.items()
+                           if hasattr(home, name)]
+    require(hasattr(dp_attention, "_ATTN_DP_SIZE"),
+            "the attention-DP size and rank live in the runtime context's parallel "
+            "tier (get_parallel()), which this verify-step adapter does not set")
+    require(kernel_patches, "no assign_extend_cache_locs_func in eagle_info_v2, "
+            "triton_ops.cache_locs or kernels.ops.speculative.cache_locs")
+    try:
+        eagle_utils = importlib.import_module("sglang.srt.speculative.eagle_utils")
+    except ImportError:
+        eagle_utils = None
     real_tensor = torch.tensor
     real_record_stream = torch.Tensor.record_stream
 
@@ -947,11 +982,16 @@ def _verify_step_kernels(dp_size: int, dp_rank: int):
 
     with contextlib.ExitStack() as stack:
         patch = stack.enter_context
-        for home in kernel_homes:
-            patch(mock.patch.object(home, "assign_extend_cache_locs_func", _extend_cache_locs_twin))
+        for home, name, twin in kernel_patches:
+            patch(mock.patch.object(home, name, twin))
+        if hasattr(eagle_utils, "_PREPARE_FOR_VERIFY_DEPS"):
+            patch(mock.patch.object(eagle_utils, "_PREPARE_FOR_VERIFY_DEPS", None))
         if hasattr(backend, "_init_compression_metadata_triton"):
-            patch(mock.patch.object(backend, "_init_compression_metadata_triton",
-                                    _compression_metadata_twin))
+            twin = functools.partial(
+                _compression_metadata_twin,
+                c128_raw=_returns_c128_raw(backend._init_compression_metadata_triton),
+            )
+            patch(mock.patch.object(backend, "_init_compression_metadata_triton", twin))
         patch(mock.patch.object(torch, "tensor", tensor))
         patch(mock.patch.object(torch.Tensor, "record_stream", record_stream))
         patch(mock.patch.object(dp_attention, "_ATTN_DP_SIZE", dp_size))
@@ -1056,17 +1096,14 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
             "eagle_worker_v2 has no EAGLEWorkerV2.verify")
     tp_worker_cls = locate("TpModelWorker", "sglang.srt.managers.tp_worker:TpModelWorker")
     runner_cls = locate("ModelRunner", "sglang.srt.model_executor.model_runner:ModelRunner")
-    # 0.5.14+ run the eager forward through an EagerRunner that the model runner
-    # builds with its input buffers; this adapter drives ModelRunner's own steps.
+    # 0.5.14+ run the eager forward through the model runner's EagerRunner.
     try:
-        eager_runner = importlib.util.find_spec("sglang.srt.model_executor.runner.eager_runner")
+        eager_mod = importlib.import_module("sglang.srt.model_executor.runner.eager_runner")
     except ImportError:  # no model_executor.runner package (0.5.12, 0.5.13)
-        eager_runner = None
-    require(
-        eager_runner is None,
-        "the eager forward runs through model_executor.runner.eager_runner.EagerRunner, "
-        "which this verify-step adapter does not build",
-    )
+        eager_mod = None
+    eager_cls = getattr(eager_mod, "EagerRunner", None) if eager_mod else None
+    require(eager_mod is None or hasattr(eager_cls, "execute"),
+            "model_executor.runner.eager_runner has no EagerRunner.execute")
     spec_algo = locate("SpeculativeAlgorithm",
                        "sglang.srt.speculative.spec_info:SpeculativeAlgorithm")
     device = backend.device
@@ -1136,7 +1173,9 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
         is_draft_worker=False,
         forward_pass_id=0,
         spec_algorithm=spec_algo.EAGLE,
-        model_config=_Loose(is_deepseek_v4_arch=True, is_hybrid_swa=True),
+        # 0.5.16+'s padding asks whether the model is mamba-hybrid (it is not).
+        model_config=_Loose(is_deepseek_v4_arch=True, is_hybrid_swa=True,
+                            hf_config=_Loose(get_text_config=lambda: None)),
         token_to_kv_pool_allocator=types.SimpleNamespace(
             translate_loc_from_full_to_swa=lambda loc: pool.translate_loc_from_full_to_swa(loc)
         ),
@@ -1150,7 +1189,26 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
         model_is_mrope=False,
         use_ngram_embedding=False,
         dcp_size=1,
+        # 0.5.16+: n-gram embeddings off; 0.5.19+ name the prefill backend and
+        # the decode-context-parallel size here (0.5.19-0.5.20 under .ps).
+        ngram_embedding_manager=types.SimpleNamespace(enabled=False),
+        prefill_attention_backend_str="torch_native",
+        attn_dcp_size=1,
+        attn_dcp_rank=0,
+        ps=types.SimpleNamespace(attn_dcp_size=1, attn_dcp_rank=0),
     )
+    if eager_cls is not None:
+        # Its constructor sizes static input buffers from server args and warms
+        # the model up; the verify step runs it with live input
+        # (SGLANG_EAGER_INPUT_NO_COPY), so only the runner's steps are needed.
+        model_runner.eager_runner = _with_methods(eager_cls, model_runner=model_runner)
+    try:  # 0.5.19+: the runner's KV index translator (idle on a non-unified pool)
+        translator = importlib.import_module("sglang.srt.mem_cache.kv_index_translator")
+    except ImportError:
+        translator = None
+    if hasattr(translator, "KVIndexTranslator"):
+        model_runner.kv_index_translator = _with_methods(
+            translator.KVIndexTranslator, is_translating=False)
     tp_worker = _with_methods(
         tp_worker_cls,
         model_runner=model_runner,
@@ -1177,7 +1235,20 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
     with contextlib.ExitStack() as stack:
         stack.enter_context(_verify_step_kernels(len(dp_batch_sizes), dp_rank))
         stack.enter_context(forward_context(backend))
-        stack.enter_context(global_server_args(_server_args_with_methods(backend)))
+        args = _server_args_with_methods(backend)
+        try:  # 0.5.16+: the graph config the padding consults (post-init fills it)
+            graph_config = importlib.import_module("sglang.srt.model_executor.cuda_graph_config")
+        except ImportError:
+            graph_config = None
+        if hasattr(graph_config, "default_cuda_graph_config"):
+            args.cuda_graph_config = graph_config.default_cuda_graph_config()
+        published = stack.enter_context(global_server_args(args))
+        if isinstance(published, locate("ServerArgs", "sglang.srt.server_args:ServerArgs")):
+            # 0.5.16+ publish a real ServerArgs; the model runner reads the
+            # same one (its padding asks e.g. cuda_graph_config).
+            model_runner.server_args = published
+        if eager_cls is not None:
+            stack.enter_context(mock.patch.dict(os.environ, {"SGLANG_EAGER_INPUT_NO_COPY": "1"}))
         fbi = locate("forward_batch_info", "sglang.srt.model_executor.forward_batch_info")
         if hasattr(fbi, "enable_num_token_non_padded"):
             stack.enter_context(
