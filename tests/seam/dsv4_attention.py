@@ -336,11 +336,8 @@ def _forward_batch_defaults() -> dict:
 
 
 def forward_batch(backend, out_cache_loc, mode="EXTEND", *, seq_lens=None,
-                  extend_lens=None, batch_size=None, dp_padding_pending=False):
-    """The ForwardBatch fields that DSV4 metadata init and the SWA store read.
-
-    ``dp_padding_pending``: the batch belongs to a DP-attention run whose MLP-sync
-    padding has not run yet (metadata planned ahead of the forward)."""
+                  extend_lens=None, batch_size=None):
+    """The ForwardBatch fields that DSV4 metadata init and the SWA store read."""
     device = backend.device
     fb = _BatchFields(
         forward_mode=forward_mode(mode),
@@ -363,17 +360,7 @@ def forward_batch(backend, out_cache_loc, mode="EXTEND", *, seq_lens=None,
         fb.extend_seq_lens = torch.tensor(extend_lens, dtype=torch.int32, device=device)
         fb.extend_seq_lens_cpu = list(extend_lens)
         fb.extend_num_tokens = int(sum(extend_lens))
-    if dp_padding_pending:
-        fb.global_num_tokens_cpu = [out_cache_loc.shape[0]]
     return fb
-
-
-def pad_for_dp(fb, num_tokens: int) -> None:
-    """What MLP-sync padding does to the batch's locations: zeros appended (the
-    dummy slot), the DP buffer length set."""
-    loc = fb.out_cache_loc
-    fb.out_cache_loc = torch.cat([loc, loc.new_zeros(num_tokens - loc.shape[0])])
-    fb.global_dp_buffer_len = num_tokens
 
 
 @contextlib.contextmanager
