@@ -19,6 +19,9 @@ from scripts.lib.errors import SeriesError  # noqa: E402
 
 LANE = "ci/lanes/run.sh"
 _SHELL_MAKE = re.compile(r"(?:^|[\s;&|(])(make\s[^;&|)\n]*)")
+# a version in a make line: a release, a shell variable or the README's X
+_RELEASE = re.compile(r"\b\d+\.\d+\.\d+(\.post\d+)?\b|\"\$\w+\"|(?<==)X\b")
+_SPACE = re.compile(r"\s+")
 
 
 def dry_env() -> dict:
@@ -62,6 +65,12 @@ def all_make_lines() -> list[str]:
     return sorted(set(lines + readme_make_lines()))
 
 
+def distinct_make_lines() -> list[str]:
+    """all_make_lines() up to the release they name and their line breaks: a dry run stops
+    before a version is looked up, so lines that differ only there parse alike."""
+    return sorted({_SPACE.sub(" ", _RELEASE.sub("0.5.12", line)) for line in all_make_lines()})
+
+
 def test_the_sources_hold_the_make_lines_they_are_expected_to():
     lines = all_make_lines()
     for expected in ("make apply", "make test", "make test REQUIRE_CUDA=1", "make prove",
@@ -70,7 +79,7 @@ def test_the_sources_hold_the_make_lines_they_are_expected_to():
     assert any(line.startswith("make rebase ") and "STRICT=1" in line for line in lines)
 
 
-@pytest.mark.parametrize("line", all_make_lines())
+@pytest.mark.parametrize("line", distinct_make_lines())
 def test_make_line_parses(line):
     proc = subprocess.run(["bash", "-c", line], cwd=REPO, env=dry_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
