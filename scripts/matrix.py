@@ -8,7 +8,8 @@ each fix's state from them:
   fixed       its tests pass
   cannot-run  its tests cannot reach their checks on that release (the reason says why)
 
-Writes build/matrix/matrix.json ([{"fix", "release", "state", "why"}]) and
+A release whose wheel, venv and tests are unchanged since its last run reuses that run's
+outcomes (lib/evidence.py). Writes build/matrix/matrix.json ([{"fix", "release", "state", "why"}]) and
 build/matrix/matrix.md; --publish also writes docs/matrix.md, the README's copy and
 docs/matrix.json, the evidence each fix's first release is read from.
 """
@@ -21,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from scripts import build
-from scripts.lib import config, envs, fixes, pins, pytest_run, scratch, verdict
+from scripts.lib import config, envs, evidence, fixes, pins, scratch, verdict
 from scripts.lib.errors import SeriesError, run_main
 
 DOC = "docs/matrix.md"
@@ -32,7 +33,7 @@ def release_results(paths: config.Paths, version: str, tests: list[str], extra: 
     rel = config.release(paths, version)
     venv = envs.venv(paths, version)
     site = envs.install_site(paths, venv, scratch.upstream_wheel(paths, rel), build.site(paths, version, "vanilla"))
-    return pytest_run.outcomes_per_file(venv, site, tests, paths.root, extra=extra, extra_env=pytest_run.ALLOW_CANNOT_RUN)
+    return evidence.vanilla_outcomes(paths, version, venv, site, tests, paths.root, extra=extra)
 
 
 def render(fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds: float) -> str:

@@ -17,7 +17,6 @@ report for this series and these tests is there, else before the tests on patche
 """
 
 import argparse
-import hashlib
 import os
 import re
 import shutil
@@ -27,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from scripts import build
-from scripts.lib import config, envs, fixes, git, lines, moving, patch_queue, pytest_run, report, scratch, series, trial, verdict, wheels
+from scripts.lib import config, envs, evidence, fixes, git, lines, moving, patch_queue, pytest_run, report, scratch, series, trial, verdict, wheels
 from scripts.lib.errors import SeriesError, run_main
 
 PROPOSED = "rebase-proposed"
@@ -59,6 +58,12 @@ def trial_site(paths: config.Paths, rel: config.Release, tools: envs.Tools, venv
 def run_tests(venv: Path, site: Path, ids: list[str], cwd: Path) -> dict:
     """{test id: verdict.Outcome}; one file's import or collection error hides no other's."""
     results = pytest_run.outcomes_per_file(venv, site, ids, cwd, extra_env=pytest_run.ALLOW_CANNOT_RUN)
+    return {t: verdict.outcomes_for(results, t) for t in ids}
+
+
+def vanilla_tests(paths: config.Paths, version: str, venv: Path, site: Path, ids: list[str], cwd: Path, log) -> dict:
+    """run_tests() on a vanilla site, reusing the outcomes of an unchanged wheel, venv and tests."""
+    results = evidence.vanilla_outcomes(paths, version, venv, site, ids, cwd, log=log)
     return {t: verdict.outcomes_for(results, t) for t in ids}
 
 
@@ -170,7 +175,10 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
     def run_side(side: str) -> dict:
         t0 = time.monotonic()
         venv, site = sites[side]
-        found = run_tests(venv, site, ids, tests_root)
+        if side == "patched":
+            found = run_tests(venv, site, ids, tests_root)
+        else:
+            found = vanilla_tests(paths, base if side == "base" else version, venv, site, ids, tests_root, log)
         log(f"ran {len(ids)} test ids on {side} ({time.monotonic() - t0:.1f}s)")
         return found
 
@@ -203,11 +211,11 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
         t = trials.get(p.name)
         base_o, van_o = outcomes[p.name]
         pat_o = [runs["patched"][i] for i in p.tests] if t and t.applies else None
-        category, evidence = verdict.categorize(bool(t and t.applies), base_o, van_o, pat_o, three_way=bool(t and t.three_way))
+        category, why = verdict.categorize(bool(t and t.applies), base_o, van_o, pat_o, three_way=bool(t and t.three_way))
         if p.name in declared:
-            category, evidence = verdict.LEFT_OUT, declared[p.name]
+            category, why = verdict.LEFT_OUT, declared[p.name]
         rows.append({
-            "patch": p.name, "subject": p.subject, "category": category, "evidence": _clean(evidence, paths),
+            "patch": p.name, "subject": p.subject, "category": category, "evidence": _clean(why, paths),
             "applies": bool(t and t.applies), "three_way": bool(t and t.three_way), "tried": t is not None,
             "reverse_applies": bool(t.reverse_applies) if t else reverse[p.name],
             "conflicts": [vars(h) for h in t.conflicts] if t else [],
@@ -239,7 +247,7 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
         "environment": {"lock": f"env/{version}.lock", "base_lock": f"env/{base}.lock"},
         "command": f"make rebase {up}",
         "tests_from": _checkout(paths.root),
-        "tests_digest": tests_digest(tests_root),
+        "tests_digest": evidence.tests_digest(tests_root),
         "pins": [rel.sha256, base_rel.sha256],
         "categories": verdict.CATEGORIES,
         "series": moving.fingerprint(patches),
@@ -287,15 +295,6 @@ def refuse_blocked(data: dict) -> None:
                                   [r["patch"] for r in stuck if r["applies"]]))
 
 
-def tests_digest(tests_root: Path) -> str:
-    """Changes whenever a file under tests/ does: the evidence a report rests on."""
-    digest = hashlib.sha256()
-    for path in sorted((tests_root / "tests").rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(tests_root)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
 def current_report(paths: config.Paths, version: str, tests_root: Path) -> dict | None:
     """X's report when it judged this series with these tests on these pins: WRITE=1 acts
     on it without running a test again."""
@@ -304,7 +303,7 @@ def current_report(paths: config.Paths, version: str, tests_root: Path) -> dict 
     except SeriesError:
         return None
     pins = [config.release(paths, version).sha256, config.release(paths, config.base_version(paths)).sha256]
-    fresh = data.get("tests_digest") == tests_digest(tests_root) and data.get("pins") == pins
+    fresh = data.get("tests_digest") == evidence.tests_digest(tests_root) and data.get("pins") == pins
     return data if fresh else None
 
 

@@ -168,3 +168,25 @@ def test_a_queue_conflict_in_the_tree_is_not_the_reports_to_drop(done):
     subprocess.run(command.split(), check=True)  # what the error says to do
     data = rebase.rebase(paths, NEW, tests_root=up.tests_root, venv_of=lambda v: Path(sys.prefix), log=lambda *_: None)
     assert {r["patch"]: r["category"] for r in data["patches"]} == EXPECTED
+
+
+def test_a_rerun_reuses_the_vanilla_outcomes_until_a_test_changes(done):
+    """The base's and X's vanilla sides rerun only when the wheel, the venv or tests/ changed;
+    the patched side always runs (its wheel is rebuilt per trial)."""
+    up, paths, first = done
+    said = []
+    again = rebase.rebase(paths, NEW, tests_root=up.tests_root, venv_of=lambda v: Path(sys.prefix), log=said.append)
+    reused = [line for line in said if "reused the outcomes" in line]
+    assert sorted(line.split(":")[0] for line in reused) == [f"sglang {BASE}", f"sglang {NEW}"], said
+    assert any(line.startswith("ran ") and " on patched " in line for line in said), said
+    assert again["patches"] == first["patches"] and again["guards"] == first["guards"]
+
+    note = up.tests_root / "tests" / "NOTE.txt"
+    note.write_text("any change under tests/ is new evidence\n")
+    try:
+        said.clear()
+        rebase.rebase(paths, NEW, tests_root=up.tests_root, venv_of=lambda v: Path(sys.prefix), log=said.append)
+    finally:
+        note.unlink()
+    assert not [line for line in said if "reused the outcomes" in line], said
+    assert sum(line.startswith("ran ") for line in said) == 3, said
