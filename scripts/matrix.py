@@ -33,7 +33,7 @@ def release_results(paths: config.Paths, version: str, tests: list[str], extra: 
     rel = config.release(paths, version)
     venv = envs.venv(paths, version)
     site = envs.install_site(paths, venv, scratch.upstream_wheel(paths, rel), build.site(paths, version, "vanilla"))
-    return evidence.vanilla_outcomes(paths, version, venv, site, tests, paths.root, extra=extra)
+    return evidence.vanilla_outcomes(paths, version, venv, site, tests, paths.root, extra=extra)[0]
 
 
 def render(fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds: float) -> str:

@@ -61,10 +61,11 @@ def run_tests(venv: Path, site: Path, ids: list[str], cwd: Path) -> dict:
     return {t: verdict.outcomes_for(results, t) for t in ids}
 
 
-def vanilla_tests(paths: config.Paths, version: str, venv: Path, site: Path, ids: list[str], cwd: Path, log) -> dict:
-    """run_tests() on a vanilla site, reusing the outcomes of an unchanged wheel, venv and tests."""
-    results = evidence.vanilla_outcomes(paths, version, venv, site, ids, cwd, log=log)
-    return {t: verdict.outcomes_for(results, t) for t in ids}
+def vanilla_tests(paths: config.Paths, version: str, venv: Path, site: Path, ids: list[str], cwd: Path, log) -> tuple[dict, bool]:
+    """run_tests() on a vanilla site, reusing the outcomes of an unchanged wheel, venv and
+    tests; and whether it did."""
+    results, reused = evidence.vanilla_outcomes(paths, version, venv, site, ids, cwd, log=log)
+    return {t: verdict.outcomes_for(results, t) for t in ids}, reused
 
 
 def proposed_series(repo: Path, trials: list[trial.Trial]) -> list[patch_queue.Exported]:
@@ -138,8 +139,10 @@ def guard_row(fix: fixes.Fix, runs: dict, paths: config.Paths) -> dict:
     return row
 
 
-def _progress(*args) -> None:
-    print(*args, flush=True)  # a long step's progress shows while it runs, also into a file
+def _progress(line: str) -> None:
+    # one write per line: the two vanilla sides report from their own threads
+    sys.stdout.write(f"{line}\n")
+    sys.stdout.flush()  # a long step's progress shows while it runs, also into a file
 
 
 def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, venv_of=None, log=_progress) -> dict:
@@ -176,10 +179,11 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
         t0 = time.monotonic()
         venv, site = sites[side]
         if side == "patched":
-            found = run_tests(venv, site, ids, tests_root)
+            found, reused = run_tests(venv, site, ids, tests_root), False
         else:
-            found = vanilla_tests(paths, base if side == "base" else version, venv, site, ids, tests_root, log)
-        log(f"ran {len(ids)} test ids on {side} ({time.monotonic() - t0:.1f}s)")
+            found, reused = vanilla_tests(paths, base if side == "base" else version, venv, site, ids, tests_root, log)
+        if not reused:
+            log(f"ran {len(ids)} test ids on {side} ({time.monotonic() - t0:.1f}s)")
         return found
 
     # Evidence first: the vanilla sides are independent pytest processes (mostly importing

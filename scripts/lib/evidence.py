@@ -32,15 +32,15 @@ def _key(venv: Path, site: Path, node_ids: list[str], tests_root: Path, extra: l
 
 
 def vanilla_outcomes(paths: config.Paths, version: str, venv: Path, site: Path, node_ids: list[str],
-                     tests_root: Path, extra: list[str] = (), log=print) -> dict:
-    """pytest_run.outcomes_per_file() of `node_ids` on release `version`'s vanilla site,
-    cannot-run allowed (the caller reads it), from the stored result when there is one."""
+                     tests_root: Path, extra: list[str] = (), log=print) -> tuple[dict, bool]:
+    """(pytest_run.outcomes_per_file() of `node_ids` on release `version`'s vanilla site,
+    cannot-run allowed (the caller reads it); whether they are the stored ones)."""
     stored = paths.release_dir(version) / "outcomes" / f"{_key(venv, site, node_ids, tests_root, extra)}.json"
     try:
         results = {k: tuple(v) for k, v in json.loads(stored.read_text()).items()}
         log(f"sglang {version}: reused the outcomes of {len(node_ids)} test ids (same wheel, venv and tests; "
             f"{stored.relative_to(paths.build) if stored.is_relative_to(paths.build) else stored})")
-        return results
+        return results, True
     except (OSError, ValueError, AttributeError):
         pass  # none yet, or a damaged one: run the tests
     results = pytest_run.outcomes_per_file(venv, site, node_ids, tests_root, extra=extra,
@@ -50,4 +50,4 @@ def vanilla_outcomes(paths: config.Paths, version: str, venv: Path, site: Path, 
         partial = stored.with_suffix(f".{os.getpid()}.tmp")
         partial.write_text(json.dumps(results, indent=1))
         os.replace(partial, stored)  # all or nothing, also when interrupted
-    return results
+    return results, False
