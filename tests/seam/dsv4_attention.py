@@ -922,6 +922,30 @@ def _uniform_cache_locs_twin(req_pool_indices, req_to_token, start_offset, batch
                                    draft_token_num, device)
 
 
+def _parallel_override():
+    """0.5.21+: a context manager setting attention-DP rank ``dp_rank`` of
+    ``dp_size`` (attention TP and CP of one) through the release's own scoped
+    ``get_parallel().override``, which its DP code reads; CannotRun where the
+    release has neither that nor dp_attention's module globals."""
+    runtime = locate("the runtime context", "sglang.srt.runtime_context")
+    get_parallel = getattr(runtime, "get_parallel", None)
+    require(
+        get_parallel is not None and callable(getattr(get_parallel(), "override", None)),
+        "dp_attention keeps no _ATTN_DP_SIZE and the runtime context has no "
+        "get_parallel().override to set the attention-DP size and rank with",
+    )
+
+    def override(dp_size, dp_rank):
+        # One process per attention-DP rank: the TP group is the DP ranks.
+        return get_parallel().override(
+            enable_dp_attention=True, dp_size=dp_size, tp_size=dp_size, tp_rank=dp_rank,
+            attn_dp_size=dp_size, attn_dp_rank=dp_rank,
+            attn_tp_size=1, attn_tp_rank=0, attn_cp_size=1, attn_cp_rank=0,
+        )
+
+    return override
+
+
 @contextlib.contextmanager
 def _verify_step_kernels(dp_size: int, dp_rank: int):
     """The stand-ins a verify step needs on a machine without a GPU, on top of
@@ -948,9 +972,9 @@ def _verify_step_kernels(dp_size: int, dp_rank: int):
             continue
         kernel_patches += [(home, name, twin) for name, twin in twins.items()
                            if hasattr(home, name)]
-    require(hasattr(dp_attention, "_ATTN_DP_SIZE"),
-            "the attention-DP size and rank live in the runtime context's parallel "
-            "tier (get_parallel()), which this verify-step adapter does not set")
+    # Up to 0.5.20 dp_attention keeps the attention-DP size and rank in module
+    # globals; from 0.5.21 they live only in the runtime context's parallel tier.
+    parallel_override = None if hasattr(dp_attention, "_ATTN_DP_SIZE") else _parallel_override()
     require(kernel_patches, "no assign_extend_cache_locs_func in eagle_info_v2, "
             "triton_ops.cache_locs or kernels.ops.speculative.cache_locs")
     try:
@@ -981,8 +1005,11 @@ def _verify_step_kernels(dp_size: int, dp_rank: int):
             patch(mock.patch.object(backend, "_init_compression_metadata_triton", twin))
         patch(mock.patch.object(torch, "tensor", tensor))
         patch(mock.patch.object(torch.Tensor, "record_stream", record_stream))
-        patch(mock.patch.object(dp_attention, "_ATTN_DP_SIZE", dp_size))
-        patch(mock.patch.object(dp_attention, "_ATTN_DP_RANK", dp_rank))
+        if parallel_override is None:
+            patch(mock.patch.object(dp_attention, "_ATTN_DP_SIZE", dp_size))
+            patch(mock.patch.object(dp_attention, "_ATTN_DP_RANK", dp_rank))
+        else:
+            patch(parallel_override(dp_size, dp_rank))
         # Attention TP and CP of one (what their parallel groups would say).
         for name, value in (
             ("get_attn_tensor_model_parallel_world_size", 1),
@@ -1189,13 +1216,10 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
         # the model up; the verify step runs it with live input
         # (SGLANG_EAGER_INPUT_NO_COPY), so only the runner's steps are needed.
         model_runner.eager_runner = _with_methods(eager_cls, model_runner=model_runner)
-    try:  # 0.5.19+: the runner's KV index translator (idle on a non-unified pool)
-        translator = importlib.import_module("sglang.srt.mem_cache.kv_index_translator")
-    except ImportError:
-        translator = None
-    if hasattr(translator, "KVIndexTranslator"):
-        model_runner.kv_index_translator = _with_methods(
-            translator.KVIndexTranslator, is_translating=False)
+    # 0.5.19+: the runner's KV index translator, the release's own over the same
+    # pool (ForwardBatch.init_new asks it for the batch's write plan from 0.5.22).
+    with building("the model runner's KVIndexTranslator"):
+        model_runner.kv_index_translator = _kv_index_translator(model_runner)
     tp_worker = _with_methods(
         tp_worker_cls,
         model_runner=model_runner,
