@@ -1093,6 +1093,44 @@ def _server_args_with_methods(backend):
     return args
 
 
+def _verify_model(forward):
+    """The target model stand-in: its forward, and what the model loader puts on
+    every model that the release's forward reads (0.5.23: the shared-experts
+    layout, nothing fused)."""
+    model = types.SimpleNamespace(forward=forward)
+    try:
+        shared = importlib.import_module("sglang.srt.configs.shared_experts")
+    except ImportError:  # before 0.5.23 the runner reads no such field
+        shared = None
+    if hasattr(shared, "SharedExpertsConfig"):
+        with building("the model's SharedExpertsConfig"):
+            model.shared_experts_config = shared.SharedExpertsConfig()
+    return model
+
+
+@contextlib.contextmanager
+def _with_compressed_layers(backend):
+    """The verify step's model is DSV4, which has C4 and C128 layers besides the
+    uncompressed ones whose SWA stores the stand-in model makes. From 0.5.21 the
+    backend plans C4 / C128 metadata only for the compression ratios its pool
+    holds (``present_ratios``, read at construction), and the seam's pool
+    (make_pool) holds none: inside the block the backend plans for both, through
+    its own metadata code (the compressor and indexer planning stay stubbed by
+    store_kernels). Before 0.5.21 the backend plans them for every batch."""
+    if not hasattr(backend, "present_ratios"):
+        yield
+        return
+    require(
+        all(hasattr(backend, name) for name in ("has_c4", "has_c128")),
+        "DeepseekV4AttnBackend has present_ratios but no has_c4 / has_c128",
+    )
+    ratios = tuple(sorted(set(backend.present_ratios) | {4, 128}))
+    with contextlib.ExitStack() as stack:
+        for name, value in (("present_ratios", ratios), ("has_c4", True), ("has_c128", True)):
+            stack.enter_context(mock.patch.object(backend, name, value))
+        yield
+
+
 def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
                          dp_rank, layer_ids, kv_rows) -> VerifyForward:
     """One spec-v2 target-verify step of an EAGLE (MTP, topk 1) worker on DP rank
@@ -1120,6 +1158,8 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
             "model_executor.runner.eager_runner has no EagerRunner.execute")
     spec_algo = locate("SpeculativeAlgorithm",
                        "sglang.srt.speculative.spec_info:SpeculativeAlgorithm")
+    logits_output_cls = locate("LogitsProcessorOutput",
+                               "sglang.srt.layers.logits_processor:LogitsProcessorOutput")
     device = backend.device
     pool = backend.token_to_kv_pool
     bs = len(seq_lens)
@@ -1174,7 +1214,9 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
                     metadata=core_metadata(backend),
                 ))
             store_layer(layer_id, forward_batch, kv)
-        return types.SimpleNamespace(
+        # The release's own output type: the forward's post-processing reads
+        # fields releases add to it (0.5.23: last_hidden_states).
+        return logits_output_cls(
             next_token_logits=torch.zeros(n, 1, device=device),
             hidden_states=torch.zeros(n, 1, device=device),
         )
@@ -1196,7 +1238,7 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
         token_to_kv_pool=pool,
         req_to_token_pool=backend.req_to_token_pool,
         attn_backend=backend,
-        model=types.SimpleNamespace(forward=model_forward),
+        model=_verify_model(model_forward),
         pp_group=types.SimpleNamespace(is_last_rank=True, is_first_rank=True),
         server_args=_Loose(enable_lora=False, disable_overlap_schedule=True,
                            attention_backend="torch_native"),
@@ -1265,6 +1307,7 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
             stack.enter_context(
                 mock.patch.object(fbi, "enable_num_token_non_padded", lambda *a, **k: False)
             )
+        stack.enter_context(_with_compressed_layers(backend))
         try:
             worker_cls.verify(worker, batch)
         except _VerifyForwardDone:
