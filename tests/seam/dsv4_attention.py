@@ -22,6 +22,13 @@ this module knows how each release spells them:
   the store kernels take the KV layout; ``get_swa_out_cache_loc`` first asks the
   pool for its request window (request-window mode), and 0.5.23 handles IDLE
   before any cached value.
+- The spec-v2 verify step (``verify_step_under_dp``): up to 0.5.20 the
+  attention-DP size and rank are ``dp_attention`` globals; from 0.5.21 they are
+  set with the runtime context's scoped ``get_parallel().override``. From 0.5.21
+  the backend plans C4 / C128 metadata only for the ratios its pool holds; from
+  0.5.22 ``ForwardBatch.init_new`` takes its write plan from the runner's real
+  ``KVIndexTranslator``; 0.5.23's forward reads the model's
+  ``shared_experts_config`` and the output's ``last_hidden_states``.
 
 GPU kernels are replaced, on every device, by torch code with the same contract
 where only the destination matters here: the fused norm+rope+FlashMLA store writes
@@ -935,13 +942,24 @@ def _parallel_override():
         "get_parallel().override to set the attention-DP size and rank with",
     )
 
+    @contextlib.contextmanager
     def override(dp_size, dp_rank):
         # One process per attention-DP rank: the TP group is the DP ranks.
-        return get_parallel().override(
+        scoped = get_parallel().override(
             enable_dp_attention=True, dp_size=dp_size, tp_size=dp_size, tp_rank=dp_rank,
             attn_dp_size=dp_size, attn_dp_rank=dp_rank,
             attn_tp_size=1, attn_tp_rank=0, attn_cp_size=1, attn_cp_rank=0,
         )
+        try:
+            scoped.__enter__()
+        except ValueError as exc:  # a field it does not know, or a topology it refuses
+            raise CannotRun(
+                f"get_parallel().override refuses attention-DP rank {dp_rank} of {dp_size}: {exc}"
+            ) from exc
+        try:
+            yield
+        finally:
+            scoped.__exit__(None, None, None)
 
     return override
 
