@@ -22,6 +22,13 @@ this module knows how each release spells them:
   the store kernels take the KV layout; ``get_swa_out_cache_loc`` first asks the
   pool for its request window (request-window mode), and 0.5.23 handles IDLE
   before any cached value.
+- The spec-v2 verify step (``verify_step_under_dp``): up to 0.5.20 the
+  attention-DP size and rank are ``dp_attention`` globals; from 0.5.21 they are
+  set with the runtime context's scoped ``get_parallel().override``. From 0.5.21
+  the backend plans C4 / C128 metadata only for the ratios its pool holds; from
+  0.5.22 ``ForwardBatch.init_new`` takes its write plan from the runner's real
+  ``KVIndexTranslator``; 0.5.23's forward reads the model's
+  ``shared_experts_config`` and the output's ``last_hidden_states``.
 
 GPU kernels are replaced, on every device, by torch code with the same contract
 where only the destination matters here: the fused norm+rope+FlashMLA store writes
@@ -922,6 +929,41 @@ def _uniform_cache_locs_twin(req_pool_indices, req_to_token, start_offset, batch
                                    draft_token_num, device)
 
 
+def _parallel_override():
+    """0.5.21+: a context manager setting attention-DP rank ``dp_rank`` of
+    ``dp_size`` (attention TP and CP of one) through the release's own scoped
+    ``get_parallel().override``, which its DP code reads; CannotRun where the
+    release has neither that nor dp_attention's module globals."""
+    runtime = locate("the runtime context", "sglang.srt.runtime_context")
+    get_parallel = getattr(runtime, "get_parallel", None)
+    require(
+        get_parallel is not None and callable(getattr(get_parallel(), "override", None)),
+        "dp_attention keeps no _ATTN_DP_SIZE and the runtime context has no "
+        "get_parallel().override to set the attention-DP size and rank with",
+    )
+
+    @contextlib.contextmanager
+    def override(dp_size, dp_rank):
+        # One process per attention-DP rank: the TP group is the DP ranks.
+        scoped = get_parallel().override(
+            enable_dp_attention=True, dp_size=dp_size, tp_size=dp_size, tp_rank=dp_rank,
+            attn_dp_size=dp_size, attn_dp_rank=dp_rank,
+            attn_tp_size=1, attn_tp_rank=0, attn_cp_size=1, attn_cp_rank=0,
+        )
+        try:
+            scoped.__enter__()
+        except ValueError as exc:  # a field it does not know, or a topology it refuses
+            raise CannotRun(
+                f"get_parallel().override refuses attention-DP rank {dp_rank} of {dp_size}: {exc}"
+            ) from exc
+        try:
+            yield
+        finally:
+            scoped.__exit__(None, None, None)
+
+    return override
+
+
 @contextlib.contextmanager
 def _verify_step_kernels(dp_size: int, dp_rank: int):
     """The stand-ins a verify step needs on a machine without a GPU, on top of
@@ -948,9 +990,9 @@ def _verify_step_kernels(dp_size: int, dp_rank: int):
             continue
         kernel_patches += [(home, name, twin) for name, twin in twins.items()
                            if hasattr(home, name)]
-    require(hasattr(dp_attention, "_ATTN_DP_SIZE"),
-            "the attention-DP size and rank live in the runtime context's parallel "
-            "tier (get_parallel()), which this verify-step adapter does not set")
+    # Up to 0.5.20 dp_attention keeps the attention-DP size and rank in module
+    # globals; from 0.5.21 they live only in the runtime context's parallel tier.
+    parallel_override = None if hasattr(dp_attention, "_ATTN_DP_SIZE") else _parallel_override()
     require(kernel_patches, "no assign_extend_cache_locs_func in eagle_info_v2, "
             "triton_ops.cache_locs or kernels.ops.speculative.cache_locs")
     try:
@@ -981,8 +1023,11 @@ def _verify_step_kernels(dp_size: int, dp_rank: int):
             patch(mock.patch.object(backend, "_init_compression_metadata_triton", twin))
         patch(mock.patch.object(torch, "tensor", tensor))
         patch(mock.patch.object(torch.Tensor, "record_stream", record_stream))
-        patch(mock.patch.object(dp_attention, "_ATTN_DP_SIZE", dp_size))
-        patch(mock.patch.object(dp_attention, "_ATTN_DP_RANK", dp_rank))
+        if parallel_override is None:
+            patch(mock.patch.object(dp_attention, "_ATTN_DP_SIZE", dp_size))
+            patch(mock.patch.object(dp_attention, "_ATTN_DP_RANK", dp_rank))
+        else:
+            patch(parallel_override(dp_size, dp_rank))
         # Attention TP and CP of one (what their parallel groups would say).
         for name, value in (
             ("get_attn_tensor_model_parallel_world_size", 1),
@@ -1066,6 +1111,44 @@ def _server_args_with_methods(backend):
     return args
 
 
+def _verify_model(forward):
+    """The target model stand-in: its forward, and what the model loader puts on
+    every model that the release's forward reads (0.5.23: the shared-experts
+    layout, nothing fused)."""
+    model = types.SimpleNamespace(forward=forward)
+    try:
+        shared = importlib.import_module("sglang.srt.configs.shared_experts")
+    except ImportError:  # before 0.5.23 the runner reads no such field
+        shared = None
+    if hasattr(shared, "SharedExpertsConfig"):
+        with building("the model's SharedExpertsConfig"):
+            model.shared_experts_config = shared.SharedExpertsConfig()
+    return model
+
+
+@contextlib.contextmanager
+def _with_compressed_layers(backend):
+    """The verify step's model is DSV4, which has C4 and C128 layers besides the
+    uncompressed ones whose SWA stores the stand-in model makes. From 0.5.21 the
+    backend plans C4 / C128 metadata only for the compression ratios its pool
+    holds (``present_ratios``, read at construction), and the seam's pool
+    (make_pool) holds none: inside the block the backend plans for both, through
+    its own metadata code (the compressor and indexer planning stay stubbed by
+    store_kernels). Before 0.5.21 the backend plans them for every batch."""
+    if not hasattr(backend, "present_ratios"):
+        yield
+        return
+    require(
+        all(hasattr(backend, name) for name in ("has_c4", "has_c128")),
+        "DeepseekV4AttnBackend has present_ratios but no has_c4 / has_c128",
+    )
+    ratios = tuple(sorted(set(backend.present_ratios) | {4, 128}))
+    with contextlib.ExitStack() as stack:
+        for name, value in (("present_ratios", ratios), ("has_c4", True), ("has_c128", True)):
+            stack.enter_context(mock.patch.object(backend, name, value))
+        yield
+
+
 def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
                          dp_rank, layer_ids, kv_rows) -> VerifyForward:
     """One spec-v2 target-verify step of an EAGLE (MTP, topk 1) worker on DP rank
@@ -1093,6 +1176,8 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
             "model_executor.runner.eager_runner has no EagerRunner.execute")
     spec_algo = locate("SpeculativeAlgorithm",
                        "sglang.srt.speculative.spec_info:SpeculativeAlgorithm")
+    logits_output_cls = locate("LogitsProcessorOutput",
+                               "sglang.srt.layers.logits_processor:LogitsProcessorOutput")
     device = backend.device
     pool = backend.token_to_kv_pool
     bs = len(seq_lens)
@@ -1147,7 +1232,9 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
                     metadata=core_metadata(backend),
                 ))
             store_layer(layer_id, forward_batch, kv)
-        return types.SimpleNamespace(
+        # The release's own output type: the forward's post-processing reads
+        # fields releases add to it (0.5.23: last_hidden_states).
+        return logits_output_cls(
             next_token_logits=torch.zeros(n, 1, device=device),
             hidden_states=torch.zeros(n, 1, device=device),
         )
@@ -1169,7 +1256,7 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
         token_to_kv_pool=pool,
         req_to_token_pool=backend.req_to_token_pool,
         attn_backend=backend,
-        model=types.SimpleNamespace(forward=model_forward),
+        model=_verify_model(model_forward),
         pp_group=types.SimpleNamespace(is_last_rank=True, is_first_rank=True),
         server_args=_Loose(enable_lora=False, disable_overlap_schedule=True,
                            attention_backend="torch_native"),
@@ -1189,13 +1276,10 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
         # the model up; the verify step runs it with live input
         # (SGLANG_EAGER_INPUT_NO_COPY), so only the runner's steps are needed.
         model_runner.eager_runner = _with_methods(eager_cls, model_runner=model_runner)
-    try:  # 0.5.19+: the runner's KV index translator (idle on a non-unified pool)
-        translator = importlib.import_module("sglang.srt.mem_cache.kv_index_translator")
-    except ImportError:
-        translator = None
-    if hasattr(translator, "KVIndexTranslator"):
-        model_runner.kv_index_translator = _with_methods(
-            translator.KVIndexTranslator, is_translating=False)
+    # 0.5.19+: the runner's KV index translator, the release's own over the same
+    # pool (ForwardBatch.init_new asks it for the batch's write plan from 0.5.22).
+    with building("the model runner's KVIndexTranslator"):
+        model_runner.kv_index_translator = _kv_index_translator(model_runner)
     tp_worker = _with_methods(
         tp_worker_cls,
         model_runner=model_runner,
@@ -1241,6 +1325,7 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
             stack.enter_context(
                 mock.patch.object(fbi, "enable_num_token_non_padded", lambda *a, **k: False)
             )
+        stack.enter_context(_with_compressed_layers(backend))
         try:
             worker_cls.verify(worker, batch)
         except _VerifyForwardDone:
