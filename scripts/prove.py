@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from scripts import build
@@ -115,8 +116,15 @@ def prove(paths: config.Paths, rel: config.Release, venv: Path, sites: dict, tes
         ids = sorted({t for p in items for t in p.tests})
         return pytest_run.outcomes(venv, site, ids, tests_root, extra=pytest_args) if ids else {}
 
-    vanilla = run(sites["vanilla"], patches + reverts + absorbed)
-    patched = run(sites["patched"], patches)
+    def reverted(revert: series.Patch) -> dict:  # vanilla with the fix taken back out, and its tests there
+        return run(site_with(paths, rel.version, sites["vanilla"], revert), [revert])
+
+    # Each side is its own pytest process, mostly importing torch and sglang: two at a time.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        sides = [pool.submit(run, sites["vanilla"], patches + reverts + absorbed), pool.submit(run, sites["patched"], patches)]
+        guard_runs = [pool.submit(reverted, r) for r in reverts]
+        vanilla, patched = (side.result() for side in sides)
+        guard_runs = [g.result() for g in guard_runs]
     rows = judge(patches, vanilla, patched, good=1)
     # Tests that pass on vanilla too: the patch keeps vanilla's behaviour where another
     # patch changed it; the evidence is the series without it.
@@ -132,9 +140,8 @@ def prove(paths: config.Paths, rel: config.Release, venv: Path, sites: dict, tes
               ("without the patch", "patched"), kept_rows)
         rows += kept_rows
     guard_rows = []
-    for revert in reverts:
-        reverted = run(site_with(paths, rel.version, sites["vanilla"], revert), [revert])
-        guard_rows += judge([revert], vanilla, reverted, good=0)
+    for revert, with_revert in zip(reverts, guard_runs):
+        guard_rows += judge([revert], vanilla, with_revert, good=0)
     table(f"Guards of fixes already in {rel.version}: vanilla vs vanilla + revert", (f"vanilla {rel.version}", "with the revert"), guard_rows)
     base_rows = [{"fix": f.pr, "test": t, "vanilla": summarize(pytest_run.select(vanilla, t))} for f in absorbed for t in f.tests]
     if base_rows:
