@@ -158,8 +158,21 @@ def check_fixes(paths: config.Paths) -> list[str]:
 
 def problems(paths: config.Paths) -> list[str]:
     tests = paths.root / "tests"
-    return (check_series(paths) + check_reverts(paths) + check_fixes(paths)
+    return (check_series(paths) + check_reverts(paths) + check_fixes(paths) + index_hosts(paths.patches)
             + empty_tests(tests) + unregistered(tests / "registered"))
+
+
+# The package index comes from uv's and pip's configuration, never from a file here
+# (spelt apart, so this file names none either).
+INDEX_HOSTS = (b"python" + b"hosted", b"pypi" + b".org")
+
+
+def index_hosts(folder: Path) -> list[str]:
+    """The series' files that name a package-index host (tests/tooling checks every other file)."""
+    return [f"{path.relative_to(folder.parent)} names a package-index host; take it out: the index comes "
+            "from uv's and pip's configuration"
+            for path in sorted(folder.rglob("*")) if path.is_file()
+            and any(host in path.read_bytes().lower() for host in INDEX_HOSTS)]
 
 
 def main() -> None:

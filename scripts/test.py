@@ -7,9 +7,14 @@ defaults are its `testpaths`, used only when no test id is given.
 
 The tooling tests (tests/tooling) need no sglang: `make test` runs them at the same
 time as the registered ones, in the pinned tools' venv, spread over pytest-xdist
-workers; their output follows the registered tests'."""
+workers; their output follows the registered tests'. They judge the scripts, not the
+series: once they pass, `make test` runs them again only when a file they judge changed
+(every file of the checkout but patches/ and docs/), or when PYTEST_ARGS names them."""
 
 import argparse
+import datetime
+import hashlib
+import json
 import os
 import re
 import shlex
@@ -110,6 +115,10 @@ def main(argv=None) -> None:
             print(f"deselected {test_id}: {why}")
             deselect.append(f"--deselect={test_id}")
     print(f"testing {wheel.name} ({args.flavor}) with pytest {asked}", flush=True)
+    inputs = tooling_inputs(paths.root) if tooling_args == [] else None
+    if inputs and passed_before(paths, inputs):
+        print(f"{TOOLING}: not run again: {passed_before(paths, inputs)}", flush=True)
+        tooling_args = None
     with tempfile.TemporaryDirectory() as tmp:
         tooling = start_tooling(paths, tooling_args, cache / "tooling", Path(tmp) / "tooling.log") \
             if tooling_args is not None else None
@@ -124,7 +133,10 @@ def main(argv=None) -> None:
             if tooling is not None:
                 if registered_args is not None:
                     print(f"\n{TOOLING} (run alongside, in the pinned tools' venv):", flush=True)
-                code = combine(code, finish_tooling(*tooling))
+                tooling_code = finish_tooling(*tooling)
+                if tooling_code == 0 and inputs:
+                    record_pass(paths, inputs)
+                code = combine(code, tooling_code)
         except BaseException:
             if tooling is not None:
                 pytest_run.stop_tree(tooling[0], signal.SIGTERM)
@@ -135,6 +147,46 @@ def main(argv=None) -> None:
     if args.require_cuda:
         require_cuda_ran(results)
     sys.exit(code)
+
+
+def tooling_inputs(root: Path) -> str | None:
+    """Digest of what the tooling tests judge: every file git sees in the working tree
+    (tracked, or new and not ignored) but patches/ and docs/, which they never read (the
+    lint checks the series on every run), and the interpreter. None outside a git checkout."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=root, capture_output=True)
+    if listed.returncode != 0:
+        return None
+    digest = hashlib.sha256(sys.version.encode())
+    for name in sorted({n.decode() for n in listed.stdout.split(b"\0") if n}):
+        path = root / name
+        if not name.startswith(("patches/", "docs/")) and path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _passes(paths: config.Paths) -> Path:
+    return paths.build / "tooling-passed.json"
+
+
+def passed_before(paths: config.Paths, inputs: str) -> str | None:
+    """Why the tooling tests need not run again (they passed on these very inputs), or None."""
+    try:
+        record = json.loads(_passes(paths).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("inputs") != inputs:
+        return None
+    return (f"they passed at {record.get('when')} and nothing they judge has changed since (every file "
+            f"but patches/ and docs/); run them anyway with `make test PYTEST_ARGS={TOOLING}`")
+
+
+def record_pass(paths: config.Paths, inputs: str) -> None:
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    paths.build.mkdir(parents=True, exist_ok=True)
+    partial = _passes(paths).with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(json.dumps({"inputs": inputs, "when": when}) + "\n")
+    os.replace(partial, _passes(paths))
 
 
 def start_tooling(paths: config.Paths, pytest_args: list[str], cache: Path, log: Path):

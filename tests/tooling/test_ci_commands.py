@@ -14,7 +14,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from scripts import test as test_verb  # noqa: E402
-from scripts.lib import pytest_run  # noqa: E402
+from scripts.lib import config, pytest_run  # noqa: E402
 from scripts.lib.errors import SeriesError  # noqa: E402
 
 LANE = "ci/lanes/run.sh"
@@ -205,3 +205,29 @@ def test_make_test_sends_each_test_id_to_its_own_run(args, registered, tooling):
                                                            (5, 5, 5), (5, 1, 1), (2, 1, 2)])
 def test_one_exit_code_for_both_runs(registered, tooling, combined):
     assert test_verb.combine(registered, tooling) == combined
+
+
+def test_tooling_tests_run_again_only_when_what_they_judge_changed(tmp_path):
+    """A pass is kept for the checkout's files but patches/ and docs/; the hint's command
+    (`make test PYTEST_ARGS=tests/tooling`) names them, which always runs them."""
+    root = tmp_path / "repo"
+    for name in ("scripts/a.py", "patches/series", "docs/matrix.md", "README.md"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("one\n")
+    (root / ".gitignore").write_text("/build/\n")  # as in this repo: the record lives there
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    paths = config.Paths(root=root, cache=tmp_path / "c", build=root / "build", patches=root / "patches",
+                         releases=root / "r.json", env=root / "env")
+    inputs = test_verb.tooling_inputs(root)
+    assert test_verb.passed_before(paths, inputs) is None
+    test_verb.record_pass(paths, inputs)
+    said = test_verb.passed_before(paths, inputs)
+    assert said and said.endswith("run them anyway with `make test PYTEST_ARGS=tests/tooling`")
+    for name in ("patches/series", "docs/matrix.md"):
+        (root / name).write_text("two\n")
+        assert test_verb.tooling_inputs(root) == inputs
+    for name in ("scripts/a.py", "scripts/new.py"):  # an edit, and a file git does not track yet
+        (root / name).write_text("two\n")
+        assert test_verb.passed_before(paths, test_verb.tooling_inputs(root)) is None
+    hint = re.search(r"`make test PYTEST_ARGS=(\S+)`", said).group(1)
+    assert test_verb.split_ids(REPO, [hint]) == (None, ["tests/tooling"])  # the tooling run, with its id: never reused

@@ -105,3 +105,11 @@ def test_inherited_test_from_sibling_module_counts_as_existing(project):
     assert lint.problems(project) == []
     path.write_text(path.read_text().replace("TestMixed::test_shared", "TestMixed::test_missing"))
     assert any("TestMixed::test_missing, which does not exist" in p for p in lint.problems(project))
+
+
+def test_a_patch_that_names_a_package_index_host(project):
+    host = "https://" + "pypi" + ".org/simple"  # spelt apart: this file names no host
+    path = project.patches / "0001-a.patch"
+    path.write_text(path.read_text().replace("Forwarded: not-needed\n", f"Forwarded: not-needed\nSee: {host}\n"))
+    assert lint.problems(project) == ["patches/0001-a.patch names a package-index host; take it out: the index "
+                                      "comes from uv's and pip's configuration"]
