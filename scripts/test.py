@@ -9,7 +9,9 @@ The tooling tests (tests/tooling) need no sglang: `make test` runs them at the s
 time as the registered ones, in the pinned tools' venv, spread over pytest-xdist
 workers; their output follows the registered tests'. They judge the scripts, not the
 series: once they pass, `make test` runs them again only when a file they judge changed
-(every file of the checkout but patches/ and docs/), or when PYTEST_ARGS names them."""
+(every file of the checkout but patches/ and docs/), or when PYTEST_ARGS names them. The
+record of a pass is kept in the shared cache by the digest of those files, so a fresh
+clone of a checkout that passed reuses it too."""
 
 import argparse
 import datetime
@@ -165,14 +167,15 @@ def tooling_inputs(root: Path) -> str | None:
     return digest.hexdigest()
 
 
-def _passes(paths: config.Paths) -> Path:
-    return paths.build / "tooling-passed.json"
+def _passes(paths: config.Paths, inputs: str) -> Path:
+    # in the shared cache, by content: a fresh clone of a checkout that passed reuses it too
+    return paths.cache / "tooling-passed" / f"{inputs}.json"
 
 
 def passed_before(paths: config.Paths, inputs: str) -> str | None:
     """Why the tooling tests need not run again (they passed on these very inputs), or None."""
     try:
-        record = json.loads(_passes(paths).read_text())
+        record = json.loads(_passes(paths, inputs).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or record.get("inputs") != inputs:
@@ -183,10 +186,11 @@ def passed_before(paths: config.Paths, inputs: str) -> str | None:
 
 def record_pass(paths: config.Paths, inputs: str) -> None:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    paths.build.mkdir(parents=True, exist_ok=True)
-    partial = _passes(paths).with_suffix(f".{os.getpid()}.tmp")
+    record = _passes(paths, inputs)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    partial = record.with_suffix(f".{os.getpid()}.tmp")
     partial.write_text(json.dumps({"inputs": inputs, "when": when}) + "\n")
-    os.replace(partial, _passes(paths))
+    os.replace(partial, record)
 
 
 def start_tooling(paths: config.Paths, pytest_args: list[str], cache: Path, log: Path):
