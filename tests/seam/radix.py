@@ -421,9 +421,16 @@ class _RustTree:
 
     def parent_id(self, node_id):
         # The shape as it is now: a check holds nodes across splits and evictions.
-        self.refresh()
-        require(node_id in self.parents, f"node {node_id} is not in the Rust tree core's tree")
-        return self.parents[node_id]
+        # collect_path_info (0.5.22+) names a node's path from the root; before, the dump.
+        paths = getattr(self.core, "collect_path_info", None)
+        if paths is None:
+            self.refresh()
+            require(node_id in self.parents, f"node {node_id} is not in the Rust tree core's tree")
+            return self.parents[node_id]
+        if node_id == self.root_id:
+            return None
+        ((*_, info),) = paths([node_id])
+        return info.parent_id
 
     def host_values(self, node_id) -> dict:
         """{component: host indices or None} of a node."""
