@@ -20,6 +20,7 @@ maybe_stub_sgl_kernel()
 
 import array  # noqa: E402
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import importlib  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
@@ -324,21 +325,20 @@ def back_up(cache, node_obj, *, write_back: bool = False) -> int:
     <= 0.5.16: UnifiedRadixCache.write_backup(node, write_back=...). From 0.5.17 the tree
     core builds that chain as a BackupKV action (the one its insert emits) and the cache
     executes and commits it. The Rust core builds the write-through chain for a node id
-    (build_backup_kv_action, 0.5.23); its write-back action only comes out of its own
-    device eviction."""
+    from 0.5.23 (build_backup_kv_action); before, and for write-back (which it builds only
+    inside its own device eviction), the release's own rule, the Python core's builder,
+    decides the chain over the Rust tree's nodes: never the seam."""
     core = _core(cache)
     if core is None:
         return cache.write_backup(node_obj, write_back=write_back)
     run = getattr(cache, "_execute_and_commit_kv_backup", None)
     require(run is not None, "UnifiedRadixCache has no _execute_and_commit_kv_backup (its BackupKV executor)")
     if _on_rust(cache):
-        # The chain is the core's decision (what #25065 fixed): never assembled here.
-        require(not write_back, "the Rust tree core builds a write-back BackupKV only inside its device "
-                                "eviction (evict_device_leaf), never for a node on demand")
+        # The chain is the release's decision (what #25065 fixed), never assembled here.
         build = getattr(core, "build_backup_kv_action", None)
-        require(build is not None, "the Rust tree core has no build_backup_kv_action (its write-through "
-                                   "BackupKV for a node id; the Rust adapter has it from 0.5.23)")
-        return run(build(node_obj.id), write_back=False)
+        if build is not None and not write_back:
+            return run(build(node_obj.id), write_back=False)
+        return run(_python_core_rule(cache)(node_obj, write_back=write_back), write_back=write_back)
     build = getattr(core, "_build_backup_kv_action", None)
     require(build is not None, "the tree core has no _build_backup_kv_action (its BackupKV builder)")
     return run(build(node_obj, write_back=write_back), write_back=write_back)
@@ -466,6 +466,23 @@ class _RustTree:
         }
 
 
+def _python_core_rule(cache):
+    """The Python core's BackupKV builder bound to the Rust tree: the same release's rule
+    for which nodes a backup writes, walking RustNodeViews (parent, backuped, id)."""
+    UnifiedTreeCore = locate("UnifiedTreeCore", f"{_MC}.unified_cache.unified_tree_core:UnifiedTreeCore")
+    build = getattr(UnifiedTreeCore, "_build_backup_kv_action", None)
+    require(build is not None, "the Python tree core has no _build_backup_kv_action (its BackupKV builder)")
+    tree = _rust_tree(cache)
+    # The rule skips externally stored ancestors; only the external cache linker marks
+    # those (0.5.21+), and the Rust core does not say which nodes it marked.
+    require(not getattr(tree.core, "enable_external_cache_linker", False),
+            "the Rust tree core does not expose which nodes its external cache linker stored")
+    holder = type("RustTreeForTheRule", (), {})()
+    holder.root_node = tree.view(tree.root_id)
+    holder.enable_external_cache_linker = False
+    return functools.partial(build, holder)
+
+
 def _rust_tree(cache) -> _RustTree:
     tree = cache.__dict__.get("_seam_rust_tree")
     if tree is None:
@@ -542,6 +559,10 @@ class RustNodeView:
     @property
     def evicted(self) -> bool:
         return self._tree.core.is_full_device_evicted(self.id)
+
+    # Only the external cache linker marks a node stored elsewhere; _python_core_rule
+    # reads nodes only where the core has none.
+    external_cache_stored = False
 
 
 class _ComponentData:
