@@ -277,7 +277,9 @@ def node(cache, handle):
     """The node object for what a match result or action names (a node or its id)."""
     if isinstance(handle, int):
         if _on_rust(cache):
-            return _rust_tree(cache).view(handle)
+            tree = _rust_tree(cache)
+            tree.refresh()  # a match may have split nodes since the last read
+            return tree.view(handle)
         return cache.tree_core.node_by_id(handle)
     return handle
 
@@ -424,7 +426,8 @@ class _RustTree:
         # collect_path_info (0.5.22+) names a node's path from the root; before, the dump.
         paths = getattr(self.core, "collect_path_info", None)
         if paths is None:
-            self.refresh()
+            # Re-reading the dump per step up is too slow for the randomized check; the
+            # shape read at the last root() / node() (every walk starts at one of them).
             require(node_id in self.parents, f"node {node_id} is not in the Rust tree core's tree")
             return self.parents[node_id]
         if node_id == self.root_id:
@@ -477,6 +480,7 @@ def _python_core_rule(cache):
     # those (0.5.21+), and the Rust core does not say which nodes it marked.
     require(not getattr(tree.core, "enable_external_cache_linker", False),
             "the Rust tree core does not expose which nodes its external cache linker stored")
+    tree.refresh()  # the shape as it is now, for the parents the rule walks
     holder = type("RustTreeForTheRule", (), {})()
     holder.root_node = tree.view(tree.root_id)
     holder.enable_external_cache_linker = False
