@@ -337,9 +337,9 @@ def back_up(cache, node_obj, *, write_back: bool = False) -> int:
     require(run is not None, "UnifiedRadixCache has no _execute_and_commit_kv_backup (its BackupKV executor)")
     if _on_rust(cache):
         # The chain is the release's decision (what #25065 fixed), never assembled here.
-        build = getattr(core, "build_backup_kv_action", None)
-        if build is not None and not write_back:
-            return run(build(node_obj.id), write_back=False)
+        # 0.5.22's Rust core inherits the interface's stub (NotImplementedError).
+        if "build_backup_kv_action" in vars(type(core)) and not write_back:
+            return run(core.build_backup_kv_action(node_obj.id), write_back=False)
         return run(_python_core_rule(cache)(node_obj, write_back=write_back), write_back=write_back)
     build = getattr(core, "_build_backup_kv_action", None)
     require(build is not None, "the tree core has no _build_backup_kv_action (its BackupKV builder)")
