@@ -20,8 +20,12 @@ maybe_stub_sgl_kernel()
 
 import array  # noqa: E402
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import importlib  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
 from unittest import mock  # noqa: E402
 
 import torch  # noqa: E402
@@ -215,9 +219,10 @@ def unified_cache(*, req_pool, allocator, page_size, window, components, mamba_e
 
 def radix_key(tokens) -> "RadixKey":
     """A RadixKey of token ids: a list, or an array('q') where the release keeps token ids
-    so (its Rust tree core asserts 8-byte items: utils.common.assert_int64_array)."""
+    so (utils.common.assert_int64_array, 0.5.23) and on the Rust tree core, which asserts
+    8-byte items from its first release (0.5.19, inline in its adapter)."""
     common = importlib.import_module("sglang.srt.utils.common")
-    if hasattr(common, "assert_int64_array"):
+    if hasattr(common, "assert_int64_array") or current_core() == "rust":
         return RadixKey(array.array("q", tokens))
     return RadixKey(list(tokens))
 
@@ -246,26 +251,35 @@ def insert_params(*, key, value, mamba_value, prev_prefix_len, swa_evicted_seqle
 # -- the tree, by node ------------------------------------------------------------
 # Until 0.5.16 the cache hands out node objects; from 0.5.17 it hands out integer node
 # ids and keeps the nodes in its tree core. The checks hold node objects (parent,
-# children, key, component_data, backuped, evicted, id), which the Python core still has;
-# the Rust core keeps its nodes to itself.
+# children, key, component_data, backuped, evicted, id), which the Python core still has.
+# The Rust core (0.5.19+) keeps its nodes to itself and answers by node id; there the
+# checks get a RustNodeView per id (one per node, so `is` holds), read through that API.
 
 
 def _core(cache):
     return getattr(cache, "tree_core", None)
 
 
-def root(cache):
+def _on_rust(cache) -> bool:
     core = _core(cache)
-    if core is not None and type(core).__name__ == "RustUnifiedTreeCore":
-        raise CannotRun("the Rust tree core exposes no node objects (root_node, node_by_id: "
-                        "NotImplementedError), which the check walks")
+    return core is not None and type(core).__name__ == "RustUnifiedTreeCore"
+
+
+def root(cache):
+    if _on_rust(cache):
+        tree = _rust_tree(cache)
+        tree.refresh()  # every walk of the checks starts here
+        return tree.view(tree.root_id)
     return cache.root_node
 
 
 def node(cache, handle):
     """The node object for what a match result or action names (a node or its id)."""
     if isinstance(handle, int):
-        root(cache)
+        if _on_rust(cache):
+            tree = _rust_tree(cache)
+            tree.refresh()  # a match may have split nodes since the last read
+            return tree.view(handle)
         return cache.tree_core.node_by_id(handle)
     return handle
 
@@ -285,6 +299,8 @@ def unlock(cache, node_obj, params) -> None:
 
 
 def evictable_host_leaves(cache) -> set:
+    if _on_rust(cache):
+        return _rust_tree(cache).evictable_host_leaves()
     holder = _core(cache) or cache
     return set(holder.evictable_host_leaves)
 
@@ -310,15 +326,260 @@ def back_up(cache, node_obj, *, write_back: bool = False) -> int:
 
     <= 0.5.16: UnifiedRadixCache.write_backup(node, write_back=...). From 0.5.17 the tree
     core builds that chain as a BackupKV action (the one its insert emits) and the cache
-    executes and commits it."""
+    executes and commits it. The Rust core builds the write-through chain for a node id
+    from 0.5.23 (build_backup_kv_action); before, and for write-back (which it builds only
+    inside its own device eviction), the release's own rule, the Python core's builder,
+    decides the chain over the Rust tree's nodes: never the seam."""
     core = _core(cache)
     if core is None:
         return cache.write_backup(node_obj, write_back=write_back)
-    build = getattr(core, "_build_backup_kv_action", None)
-    require(build is not None, "the tree core has no _build_backup_kv_action (its BackupKV builder)")
     run = getattr(cache, "_execute_and_commit_kv_backup", None)
     require(run is not None, "UnifiedRadixCache has no _execute_and_commit_kv_backup (its BackupKV executor)")
+    if _on_rust(cache):
+        # The chain is the release's decision (what #25065 fixed), never assembled here.
+        # 0.5.22's Rust core inherits the interface's stub (NotImplementedError).
+        if "build_backup_kv_action" in vars(type(core)) and not write_back:
+            return run(core.build_backup_kv_action(node_obj.id), write_back=False)
+        return run(_python_core_rule(cache)(node_obj, write_back=write_back), write_back=write_back)
+    build = getattr(core, "_build_backup_kv_action", None)
+    require(build is not None, "the tree core has no _build_backup_kv_action (its BackupKV builder)")
     return run(build(node_obj, write_back=write_back), write_back=write_back)
+
+
+# -- the Rust tree core, by node id ---------------------------------------------------
+# What the checks read of a node, and where the Rust core answers it:
+# - the shape of the tree (ids, parent, children) and each node's FULL lock count: only
+#   its debug dump, pretty_print(), one line per node ("[id] key_len full_lock=N ..."),
+#   indented by depth; printed by the extension to fd 1, so read from there;
+# - backuped, evicted, a component's device value: node_backuped,
+#   is_full_device_evicted, get_component_device_value;
+# - host values: build_storage_backup_spec (the FULL host value, and each component's
+#   host slots as storage transfers, which the core builds only while a storage tier is
+#   marked wired and the node is hashed; marked for the read alone, hashes backfilled).
+# Not reachable per node: a component's lock other than FULL's (the core takes and
+# drops them with the node's FULL lock: inc_lock_ref / dec_lock_ref / the write-through
+# lock) and host locks (only load back takes them here); those read as the FULL lock
+# and 0.
+
+_DUMP_LINE = re.compile(r"^( *)\[(\d+)\](.*)$")
+_FULL_LOCK = re.compile(r"\bfull_lock=(\d+)")
+
+
+def _fd1_output(fn) -> str:
+    """What fn writes to file descriptor 1 (the extension prints there, not to sys.stdout)."""
+    sys.stdout.flush()
+    with tempfile.TemporaryFile() as out:
+        saved = os.dup(1)
+        try:
+            os.dup2(out.fileno(), 1)
+            fn()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        out.seek(0)
+        return out.read().decode(errors="replace")
+
+
+class _RustTree:
+    """The node views of one cache on the Rust core, and its last read shape."""
+
+    def __init__(self, cache):
+        self.cache = cache
+        self.core = cache.tree_core
+        self.root_id = self.core.root_node_handle()
+        self.views: dict = {}
+        self.children: dict = {}
+        self.parents: dict = {}
+        self.full_locks: dict = {}
+
+    def view(self, node_id):
+        found = self.views.get(node_id)
+        if found is None:
+            found = self.views[node_id] = RustNodeView(self, node_id)
+        return found
+
+    def refresh(self) -> None:
+        dump = getattr(self.core, "pretty_print", None)
+        require(dump is not None, "the Rust tree core has no pretty_print (the only dump of its shape)")
+        children, parents, locks, stack = {}, {}, {}, []
+        for line in _fd1_output(dump).splitlines():
+            m = _DUMP_LINE.match(line)
+            if m is None:
+                continue
+            depth, node_id = len(m.group(1)), int(m.group(2))
+            lock_ref = _FULL_LOCK.search(m.group(3))
+            require(lock_ref is not None, f"the Rust tree core's pretty_print line has no full_lock: {line!r}")
+            while stack and stack[-1][0] >= depth:
+                stack.pop()
+            parents[node_id] = stack[-1][1] if stack else None
+            if stack:
+                children[stack[-1][1]].append(node_id)
+            children[node_id] = []
+            locks[node_id] = int(lock_ref.group(1))
+            stack.append((depth, node_id))
+        require(parents.get(self.root_id, 0) is None,
+                f"the Rust tree core's pretty_print does not start at its root {self.root_id}")
+        self.children, self.parents, self.full_locks = children, parents, locks
+
+    def parent_id(self, node_id):
+        # The shape as it is now: a check holds nodes across splits and evictions.
+        # collect_path_info (0.5.22+) names a node's path from the root; before, the dump.
+        paths = getattr(self.core, "collect_path_info", None)
+        if paths is None:
+            # Re-reading the dump per step up is too slow for the randomized check; the
+            # shape read at the last root() / node() (every walk starts at one of them).
+            require(node_id in self.parents, f"node {node_id} is not in the Rust tree core's tree")
+            return self.parents[node_id]
+        if node_id == self.root_id:
+            return None
+        ((*_, info),) = paths([node_id])
+        return info.parent_id
+
+    def host_values(self, node_id) -> dict:
+        """{component: host indices or None} of a node."""
+        core = self.core
+        wired = core.enable_storage
+        if not wired:
+            core.enable_storage = True
+        try:
+            if not wired:
+                core.backfill_missing_hash_values()
+            spec = core.build_storage_backup_spec(node_id, False)
+        finally:
+            if not wired:
+                core.enable_storage = False
+        values = {ct: None for ct in core.tree_components}
+        if spec is None:  # not backed up
+            return values
+        values[ComponentType.FULL] = spec.host_value
+        for ct, xfers in spec.comp_xfers.items():
+            require(len(xfers) == 1, f"the Rust core's storage spec has {len(xfers)} {ct} transfers for one node")
+            values[ct] = xfers[0].host_indices
+        return values
+
+    def evictable_host_leaves(self) -> set:
+        """The core's H-leaves: evicted, backed up, childless, unlocked. The Rust core keeps
+        its set to itself; its sanity_check holds that set to this definition."""
+        self.cache.sanity_check()
+        self.refresh()
+        return {
+            self.view(n) for n, kids in self.children.items()
+            if n != self.root_id and not kids and self.full_locks[n] == 0
+            and self.core.is_full_device_evicted(n) and self.core.is_backuped(n)
+        }
+
+
+def _python_core_rule(cache):
+    """The Python core's BackupKV builder bound to the Rust tree: the same release's rule
+    for which nodes a backup writes, walking RustNodeViews (parent, backuped, id)."""
+    UnifiedTreeCore = locate("UnifiedTreeCore", f"{_MC}.unified_cache.unified_tree_core:UnifiedTreeCore")
+    build = getattr(UnifiedTreeCore, "_build_backup_kv_action", None)
+    require(build is not None, "the Python tree core has no _build_backup_kv_action (its BackupKV builder)")
+    tree = _rust_tree(cache)
+    # The rule skips externally stored ancestors; only the external cache linker marks
+    # those (0.5.21+), and the Rust core does not say which nodes it marked.
+    require(not getattr(tree.core, "enable_external_cache_linker", False),
+            "the Rust tree core does not expose which nodes its external cache linker stored")
+    tree.refresh()  # the shape as it is now, for the parents the rule walks
+    holder = type("RustTreeForTheRule", (), {})()
+    holder.root_node = tree.view(tree.root_id)
+    holder.enable_external_cache_linker = False
+    return functools.partial(build, holder)
+
+
+def _rust_tree(cache) -> _RustTree:
+    tree = cache.__dict__.get("_seam_rust_tree")
+    if tree is None:
+        tree = cache.__dict__["_seam_rust_tree"] = _RustTree(cache)
+    return tree
+
+
+class _KeySpan:
+    """A node's key as the Rust core tells it: its length (the tokens stay in the core)."""
+
+    def __init__(self, length: int):
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+
+class RustComponentView:
+    def __init__(self, tree: _RustTree, node_id, ct):
+        self._tree, self._id, self._ct = tree, node_id, ct
+
+    @property
+    def value(self):
+        return self._tree.core.get_component_device_value(self._id, self._ct)
+
+    @property
+    def host_value(self):
+        return self._tree.host_values(self._id)[self._ct]
+
+    @property
+    def lock_ref(self) -> int:
+        return self._tree.full_locks.get(self._id, 0)
+
+    @property
+    def host_lock_ref(self) -> int:
+        return 0
+
+
+class RustNodeView:
+    """A node of the Rust tree core, read by its id."""
+
+    def __init__(self, tree: _RustTree, node_id):
+        self._tree = tree
+        self.id = node_id
+        by_type = {ct: RustComponentView(tree, node_id, ct) for ct in tree.core.tree_components}
+        self.component_data = _ComponentData(by_type)
+
+    def __repr__(self):
+        return f"RustNodeView({self.id})"
+
+    @property
+    def parent(self):
+        parent = self._tree.parent_id(self.id)
+        return None if parent is None else self._tree.view(parent)
+
+    @property
+    def children(self) -> dict:
+        """The children as of the last root() (every walk of the checks starts there)."""
+        return {child: self._tree.view(child) for child in self._tree.children.get(self.id, ())}
+
+    @property
+    def key(self) -> _KeySpan:
+        core = self._tree.core
+        value = core.get_component_device_value(self.id, ComponentType.FULL)
+        if value is None:
+            value = self._tree.host_values(self.id)[ComponentType.FULL]
+        require(value is not None, f"node {self.id} has neither a device nor a host FULL value")
+        return _KeySpan(len(value))
+
+    @property
+    def backuped(self) -> bool:
+        return self._tree.core.is_backuped(self.id)
+
+    @property
+    def evicted(self) -> bool:
+        return self._tree.core.is_full_device_evicted(self.id)
+
+    # Only the external cache linker marks a node stored elsewhere; _python_core_rule
+    # reads nodes only where the core has none.
+    external_cache_stored = False
+
+
+class _ComponentData:
+    """node.component_data: indexed by ComponentType, iterated over the tree's components."""
+
+    def __init__(self, by_type: dict):
+        self._by_type = by_type
+
+    def __getitem__(self, ct):
+        return self._by_type[ct]
+
+    def __iter__(self):
+        return iter(self._by_type.values())
 
 
 # -- host side ------------------------------------------------------------------
