@@ -44,13 +44,15 @@ def render(fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds:
     for fix in fix_list:
         row = [cells[(fix.pr, v)]["state"] for v in versions]
         lines.append(f"| {fix.pr} {fix.title} | " + " | ".join(row) + " |")
+    # a cell that cannot run, or that passed with cases that could not (one tree core of two)
     notes = [
         f"- {fix.pr} on {v}: {cells[(fix.pr, v)]['why']}"
-        for fix in fix_list for v in versions if cells[(fix.pr, v)]["state"] == "cannot-run"
+        for fix in fix_list for v in versions
+        if cells[(fix.pr, v)]["state"] == "cannot-run" or "cannot run" in cells[(fix.pr, v)]["why"]
     ]
     text = "\n".join(lines) + "\n"
     if notes:
-        text += "\nCannot run:\n\n" + "\n".join(notes) + "\n"
+        text += "\nWhat could not run, in full or in part:\n\n" + "\n".join(notes) + "\n"
     return text + f"\n`make matrix` over {len(versions)} releases took {seconds:.0f} s.\n"
 
 

@@ -61,6 +61,9 @@ class Outcome:
         return f"cannot-run:{_PATHS.sub('<path>', self.message).strip()}"
 
 
+STATUSES = ("pass", "fail", "error", "cannot-run", "skip")
+
+
 def outcomes_for(results: dict, node_id: str) -> Outcome:
     """One test id's outcome from pytest_run.outcomes(); the worst of its test cases."""
     if "__run__" in results:
@@ -69,10 +72,19 @@ def outcomes_for(results: dict, node_id: str) -> Outcome:
     if not chosen:
         return Outcome("cannot-run", collection_error(results, node_id) or "not collected (the test id is not found)")
     per_case = [_status(outcome, message) for outcome, message in chosen.values()]
-    for status in ("cannot-run", "error", "fail", "pass", "skip"):
-        found = [o for o in per_case if o.status == status]
-        if found:
-            return found[0]
+    by_status = {status: [o for o in per_case if o.status == status] for status in STATUSES}
+    # A check that fails is evidence whatever else could not run. A test collected once per
+    # variant (TestX[python], TestX[rust]) that passes on one and cannot run on another passes,
+    # and says which part it could not judge: that part is never counted as a pass.
+    for status in ("fail", "error"):
+        if by_status[status]:
+            return by_status[status][0]
+    cannot = by_status["cannot-run"]
+    if cannot and by_status["pass"]:
+        return Outcome("pass", f"{len(cannot)} of {len(per_case)} cases cannot run: {cannot[0].message}")
+    for status in ("cannot-run", "pass", "skip"):
+        if by_status[status]:
+            return by_status[status][0]
     return Outcome("skip")
 
 
@@ -197,7 +209,9 @@ def fix_state(outcomes: list[Outcome]) -> tuple[str, str]:
         return CANNOT, " ".join(cannot[0].message.split())  # the seam's reason, verbatim
     if passed:
         skipped = len(outcomes) - len(passed)
-        return FIXED, f"{len(passed)} of {len(outcomes)} test ids pass" + (f", {skipped} skipped" if skipped else "")
+        partly = [o for o in passed if o.message]  # passed, with cases that could not run
+        return FIXED, (f"{len(passed)} of {len(outcomes)} test ids pass" + (f", {skipped} skipped" if skipped else "")
+                       + (f"; {' '.join(partly[0].message.split())}" if partly else ""))
     return CANNOT, "every test skipped here: " + _clip(outcomes[0].message if outcomes else "no tests")
 
 

@@ -20,7 +20,6 @@ maybe_stub_sgl_kernel()
 
 import array  # noqa: E402
 import contextlib  # noqa: E402
-import functools  # noqa: E402
 import importlib  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
@@ -30,7 +29,7 @@ from unittest import mock  # noqa: E402
 
 import torch  # noqa: E402
 
-from seam import CannotRun, accepted, builds, locate, require, takes  # noqa: E402
+from seam import CannotRun, accepted, applies_only_if, builds, locate, require, takes  # noqa: E402
 
 _MC = "sglang.srt.mem_cache"
 EvictParams = locate("EvictParams", f"{_MC}.base_prefix_cache:EvictParams")
@@ -327,20 +326,24 @@ def back_up(cache, node_obj, *, write_back: bool = False) -> int:
     <= 0.5.16: UnifiedRadixCache.write_backup(node, write_back=...). From 0.5.17 the tree
     core builds that chain as a BackupKV action (the one its insert emits) and the cache
     executes and commits it. The Rust core builds the write-through chain for a node id
-    from 0.5.23 (build_backup_kv_action); before, and for write-back (which it builds only
-    inside its own device eviction), the release's own rule, the Python core's builder,
-    decides the chain over the Rust tree's nodes: never the seam."""
+    from 0.5.23 (build_backup_kv_action). Before that (0.5.19 - 0.5.22: 0.5.22 inherits
+    only the interface's stub), and for write-back on every release, it builds a backup
+    only inside its own insert or device eviction: there an on-demand backup is not
+    applicable (an ordinary skip), and borrowing the Python core's rule would judge the
+    Python core instead."""
     core = _core(cache)
     if core is None:
         return cache.write_backup(node_obj, write_back=write_back)
     run = getattr(cache, "_execute_and_commit_kv_backup", None)
     require(run is not None, "UnifiedRadixCache has no _execute_and_commit_kv_backup (its BackupKV executor)")
     if _on_rust(cache):
-        # The chain is the release's decision (what #25065 fixed), never assembled here.
-        # 0.5.22's Rust core inherits the interface's stub (NotImplementedError).
-        if "build_backup_kv_action" in vars(type(core)) and not write_back:
-            return run(core.build_backup_kv_action(node_obj.id), write_back=False)
-        return run(_python_core_rule(cache)(node_obj, write_back=write_back), write_back=write_back)
+        # The chain is the core's decision (what #25065 fixed), never assembled here.
+        # Not an adapter to port: that core has no such call, so nothing is there to judge.
+        applies_only_if("build_backup_kv_action" in vars(type(core)) and not write_back,
+                        f"the Rust tree core builds no {'write-back' if write_back else 'write-through'} "
+                        "BackupKV for a node on demand, only inside its own insert or device eviction "
+                        "(build_backup_kv_action, write-through only, is its own from 0.5.23)")
+        return run(core.build_backup_kv_action(node_obj.id), write_back=False)
     build = getattr(core, "_build_backup_kv_action", None)
     require(build is not None, "the tree core has no _build_backup_kv_action (its BackupKV builder)")
     return run(build(node_obj, write_back=write_back), write_back=write_back)
@@ -469,24 +472,6 @@ class _RustTree:
         }
 
 
-def _python_core_rule(cache):
-    """The Python core's BackupKV builder bound to the Rust tree: the same release's rule
-    for which nodes a backup writes, walking RustNodeViews (parent, backuped, id)."""
-    UnifiedTreeCore = locate("UnifiedTreeCore", f"{_MC}.unified_cache.unified_tree_core:UnifiedTreeCore")
-    build = getattr(UnifiedTreeCore, "_build_backup_kv_action", None)
-    require(build is not None, "the Python tree core has no _build_backup_kv_action (its BackupKV builder)")
-    tree = _rust_tree(cache)
-    # The rule skips externally stored ancestors; only the external cache linker marks
-    # those (0.5.21+), and the Rust core does not say which nodes it marked.
-    require(not getattr(tree.core, "enable_external_cache_linker", False),
-            "the Rust tree core does not expose which nodes its external cache linker stored")
-    tree.refresh()  # the shape as it is now, for the parents the rule walks
-    holder = type("RustTreeForTheRule", (), {})()
-    holder.root_node = tree.view(tree.root_id)
-    holder.enable_external_cache_linker = False
-    return functools.partial(build, holder)
-
-
 def _rust_tree(cache) -> _RustTree:
     tree = cache.__dict__.get("_seam_rust_tree")
     if tree is None:
@@ -563,10 +548,6 @@ class RustNodeView:
     @property
     def evicted(self) -> bool:
         return self._tree.core.is_full_device_evicted(self.id)
-
-    # Only the external cache linker marks a node stored elsewhere; _python_core_rule
-    # reads nodes only where the core has none.
-    external_cache_stored = False
 
 
 class _ComponentData:

@@ -255,3 +255,24 @@ def test_a_radix_check_runs_once_per_tree_core_the_core_in_its_id(tmp_path):
     results = pytest_run.read_report(tmp_path / "j.xml")
     assert sorted(pytest_run.select(results, "tests/test_tree.py::TestOnTheTree")) == [
         "tests.test_tree.TestOnTheTree[python]::test_sees_its_core", "tests.test_tree.TestOnTheTree[rust]::test_sees_its_core"]
+
+
+def test_a_test_per_tree_core_is_judged_by_the_cores_that_ran():
+    """TestX[python] / TestX[rust]: a failing check is evidence whatever else could not run;
+    a pass on one core with the other unable to run passes, saying what it could not judge."""
+    cannot = ("skipped", "cannot run on sglang 9.9: no node objects [tests/seam/radix.py]")
+    ran = {"passed": ("passed", ""), "failed": ("failed", "AssertionError: leaf lost")}
+    node = "tests/registered/test_x.py::TestX"
+    for python, expected in (("passed", "pass"), ("failed", "fail")):
+        results = {"tests.registered.test_x.TestX[python]::test_y": ran[python],
+                   "tests.registered.test_x.TestX[rust]::test_y": cannot}
+        outcome = verdict.outcomes_for(results, node)
+        assert outcome.status == expected
+    assert outcome.message == "AssertionError: leaf lost"
+    passing = {"tests.registered.test_x.TestX[python]::test_y": ran["passed"],
+               "tests.registered.test_x.TestX[rust]::test_y": cannot}
+    assert verdict.outcomes_for(passing, node).message == f"1 of 2 cases cannot run: {cannot[1]}"
+    state, why = verdict.fix_state([verdict.outcomes_for(passing, node)])
+    assert state == verdict.FIXED and why.startswith("1 of 1 test ids pass; 1 of 2 cases cannot run: cannot run on sglang 9.9")
+    only_cannot = {"tests.registered.test_x.TestX[rust]::test_y": cannot}
+    assert verdict.fix_state([verdict.outcomes_for(only_cannot, node)])[0] == verdict.CANNOT
