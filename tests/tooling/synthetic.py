@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -126,7 +127,8 @@ class Upstream:
         reaches the command and its git children), its output unbuffered."""
         return subprocess.Popen([sys.executable, "-m", f"scripts.{verb}", *args], cwd=REPO,
                                 env={**self.env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                preexec_fn=_ctrl_c_as_at_a_terminal)
 
     def git(self, *args: str) -> str:
         return subprocess.run(["git", "-C", str(self.tree), *args], capture_output=True, text=True, check=True).stdout.strip()
@@ -154,6 +156,12 @@ class Upstream:
         proc = subprocess.run([str(_wheel_cli()), "pack", "-d", str(out), str(root)], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         return next(out.glob("*.whl"))
+
+
+def _ctrl_c_as_at_a_terminal() -> None:
+    # A shell starts a background job (`cmd &`, nohup) with SIGINT ignored, and Python keeps
+    # an ignored SIGINT ignored: the verb would never see the Ctrl-C these tests send.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wheel_cli() -> Path:
