@@ -204,14 +204,25 @@ def diff_against(patches_dir: Path, exported: list[Exported], old_entries: list[
     return changes
 
 
+def _twin(patches_dir: Path, shared: set, e: Exported) -> str | None:
+    """The entry of a file another series names that holds `e` as it is (its Last-Update aside)."""
+    root = patches_dir.resolve()
+    for path in sorted(shared):
+        if path.name == e.name and path.is_relative_to(root) and path.is_file() \
+                and _undated(path.read_text()) == _undated(e.text):
+            return path.relative_to(root).as_posix()
+    return None
+
+
 def write(patches_dir: Path, exported: list[Exported], series_path: Path | None = None, comments: dict | None = None,
           reasons: dict | None = None, ported: Path | None = None, shared: set | None = None) -> Changes:
     """Make the series file `series_path` (default patches_dir/series) list exactly `exported`,
     in order, and write their patch files.
 
-    - An unchanged patch keeps its entry. A changed or new one is written to its entry's
-      file, unless another series uses that file (`shared`: resolved paths): then to
-      `ported`/name, and the entry names that copy.
+    - An unchanged patch keeps its entry. A changed or new one names the file of another
+      series that already holds it (`shared`: resolved paths), else is written to its
+      entry's file, unless another series uses that file: then to `ported`/name, and the
+      entry names that copy.
     - Every dropped patch needs a reason, from `reasons` or from a `# dropped NAME: why`
       line the maintainer put in the series; without one nothing is written. Its file is
       removed only when no other series names it.
@@ -236,6 +247,10 @@ def write(patches_dir: Path, exported: list[Exported], series_path: Path | None 
         path = patches_dir / entry
         if path.exists() and path.read_text() == e.text:
             entry_of[e.name] = entry
+            continue
+        twin = _twin(patches_dir, shared, e)
+        if twin is not None:  # another line's copy of this very patch serves this series too
+            entry_of[e.name] = twin
             continue
         if path.resolve() in shared or (entry == e.name and ported is not None):
             path = (ported or patches_dir) / e.name

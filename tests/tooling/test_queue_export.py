@@ -259,3 +259,25 @@ def test_export_refuses_uncommitted_edits_in_patches(up):
     error = one_line_error(up.run("export"))
     assert "0002-ten.patch" in error and "git add -A patches && git commit" in error
     assert {f: f.read_bytes() for f in up.patches.glob("*.patch")} == before
+
+
+def test_a_line_names_another_lines_copy_of_the_same_patch(tmp_path):
+    """Two releases that need the same port share one copy: the second line names the first's."""
+    from scripts.lib import patch_queue
+    from synthetic import _format_patch
+
+    patches = tmp_path / "patches"
+    text = _format_patch("python/sglang/pool.py", ["a\n"], ["b\n"], "change pool")
+    (patches / "lines" / "1.1").mkdir(parents=True)
+    first = patches / "lines" / "1.1" / "0001-pool.patch"
+    first.write_text(text)
+    (patches / "0001-pool.patch").write_text(_format_patch("python/sglang/pool.py", ["z\n"], ["b\n"], "change pool"))
+    (patches / "series").write_text("0001-pool.patch\n")
+    (patches / "lines" / "1.1.series").write_text("lines/1.1/0001-pool.patch\n")
+    target = patches / "lines" / "1.2.series"
+    target.write_text("# sglang 1.2\n")
+    exported = [patch_queue.Exported("0001-pool.patch", "change pool", text.replace("2026-11-21", "2026-12-02"))]
+    patch_queue.write(patches, exported, target, ported=patches / "lines" / "1.2",
+                      shared={first.resolve(), (patches / "0001-pool.patch").resolve()})
+    assert target.read_text().splitlines()[-1] == "lines/1.1/0001-pool.patch"
+    assert not (patches / "lines" / "1.2").exists() and first.read_text() == text
