@@ -182,7 +182,9 @@ def main() -> None:
         print(f"lint: {problem}", file=sys.stderr)
     if found:
         raise SeriesError(f"{len(found)} lint problem(s), listed above")
-    print(f"lint: series of {len(series.entries(paths.patches))} patches and tests/ are consistent")
+    line_files = sorted((paths.patches / lines.LINES).glob("*.series"))
+    print(f"lint: the series of {len(series.entries(paths.patches))} patches, the {len(line_files)} lines of "
+          "patches/lines/ and tests/ are consistent")
 
 
 if __name__ == "__main__":
