@@ -19,7 +19,10 @@ COPY_TO ?=
 RELEASES ?=
 PUBLISH ?=
 LINE ?=
-export PYTHON UPSTREAM_VERSION PYTEST_ARGS REQUIRE_CUDA WRITE STRICT FORCE CONTINUE COPY_TO RELEASES PUBLISH LINE
+# FRESH=1 (prove, rebase, matrix): run every side's tests again instead of reusing the
+# stored outcomes of the very same installed files, venv and tests
+FRESH ?=
+export PYTHON UPSTREAM_VERSION PYTEST_ARGS REQUIRE_CUDA WRITE STRICT FORCE CONTINUE COPY_TO RELEASES PUBLISH LINE FRESH
 # SGLANG_SERIES_DRY_RUN=1: every verb stops once its arguments are parsed (tests/tooling)
 # exec: the verb is make's own child, so the SIGTERM make passes on reaches it (not a shell)
 CLI = @exec "$$PYTHON" -m scripts.cli
@@ -44,7 +47,7 @@ lint:  ## series/tests consistency checks
 lint-ci:  ## lint the GitHub Actions workflows in ci/ with zizmor (offline)
 	$(CLI) lint-ci
 
-prove:  ## each patch's tests: fail on vanilla, pass patched (a table)
+prove:  ## each patch's tests: fail on vanilla, pass patched (a table; FRESH=1: rerun sides stored as unchanged)
 	$(CLI) prove
 
 discard:  ## drop local edits and commits in the scratch tree (back to the baseline)

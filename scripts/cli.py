@@ -18,7 +18,7 @@ from scripts.lib.errors import SeriesError, run_main
 
 # the variables the Makefile exports, and the flag each one turns into
 FLAGS = {"WRITE": "--write", "STRICT": "--strict", "FORCE": "--force", "CONTINUE": "--continue",
-         "REQUIRE_CUDA": "--require-cuda", "PUBLISH": "--publish", "LINE": "--line"}
+         "REQUIRE_CUDA": "--require-cuda", "PUBLISH": "--publish", "LINE": "--line", "FRESH": "--fresh"}
 VALUES = {"UPSTREAM_VERSION": "--upstream", "COPY_TO": "--copy-to", "RELEASES": "--releases"}
 OURS = {*FLAGS, *VALUES, "PYTEST_ARGS", "PYTHON", "SGLANG_SERIES_DRY_RUN"}
 
@@ -30,17 +30,17 @@ TARGETS = {
     "test-manual": ("test", ["--flavor", "patched", "--tier", "manual"], ["UPSTREAM_VERSION", "REQUIRE_CUDA", "PYTEST_ARGS"]),
     "lint": ("lint", [], []),
     "lint-ci": ("lint_ci", [], []),
-    "prove": ("prove", [], ["UPSTREAM_VERSION", "PYTEST_ARGS"]),
+    "prove": ("prove", [], ["UPSTREAM_VERSION", "FRESH", "PYTEST_ARGS"]),
     "discard": ("discard", [], ["UPSTREAM_VERSION"]),
     "lock": ("lock", [], ["UPSTREAM_VERSION"]),
     "lock-tools": ("lock", ["--tools"], []),
     "bench": ("bench", [], ["UPSTREAM_VERSION"]),
     "pin": ("pin", [], ["UPSTREAM_VERSION"]),
-    "rebase": ("rebase", [], ["UPSTREAM_VERSION", "WRITE", "LINE", "STRICT", "COPY_TO"]),
+    "rebase": ("rebase", [], ["UPSTREAM_VERSION", "WRITE", "LINE", "STRICT", "COPY_TO", "FRESH"]),
     "queue": ("queue", [], ["UPSTREAM_VERSION", "FORCE", "CONTINUE"]),
     "export": ("export", [], ["UPSTREAM_VERSION", "LINE"]),
     "lines": ("lines", [], ["PUBLISH"]),
-    "matrix": ("matrix", [], ["RELEASES", "PUBLISH", "PYTEST_ARGS"]),
+    "matrix": ("matrix", [], ["RELEASES", "PUBLISH", "FRESH", "PYTEST_ARGS"]),
 }
 
 

@@ -9,7 +9,7 @@ each fix's state from them:
   cannot-run  its tests cannot reach their checks on that release (the reason says why)
 
 A release whose wheel, venv and tests are unchanged since its last run reuses that run's
-outcomes (lib/evidence.py). Writes build/matrix/matrix.json ([{"fix", "release", "state", "why"}]) and
+outcomes (lib/evidence.py; FRESH=1 runs them again). Writes build/matrix/matrix.json ([{"fix", "release", "state", "why"}]) and
 build/matrix/matrix.md; --publish also writes docs/matrix.md, the README's copy and
 docs/matrix.json, the evidence each fix's first release is read from.
 """
@@ -29,11 +29,14 @@ DOC = "docs/matrix.md"
 README_MARKS = ("<!-- matrix:begin -->", "<!-- matrix:end -->")
 
 
-def release_results(paths: config.Paths, version: str, tests: list[str], extra: list[str]) -> dict:
+def release_results(paths: config.Paths, version: str, tests: list[str], extra: list[str], fresh: bool) -> dict:
     rel = config.release(paths, version)
     venv = envs.venv(paths, version)
     site = envs.install_site(paths, venv, scratch.upstream_wheel(paths, rel), build.site(paths, version, "vanilla"))
-    return evidence.vanilla_outcomes(paths, version, venv, site, tests, paths.root, extra=extra)[0]
+    results, reused = evidence.outcomes(paths, venv, site, tests, paths.root, extra=extra, per_file=True, fresh=fresh)
+    if reused:
+        print(evidence.reused_line(f"sglang {version}", len(tests)), flush=True)
+    return results
 
 
 def render(fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds: float) -> str:
@@ -81,6 +84,7 @@ def main(argv=None) -> None:
     parser.add_argument("--releases", help="comma-separated pinned releases (default: all)")
     parser.add_argument("--jobs", type=int, default=2, help="releases tested at once (default 2)")
     parser.add_argument("--publish", action="store_true", help=f"also write {DOC} and the README's table")
+    parser.add_argument("--fresh", action="store_true", help="run every release's tests again, even where stored (lib/evidence.py)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest options (after --)")
     args = parser.parse_args(argv)
     config.require_python()
@@ -98,7 +102,7 @@ def main(argv=None) -> None:
 
     def judge(version: str) -> None:
         t0 = time.monotonic()
-        results = release_results(paths, version, tests, args.pytest_args)
+        results = release_results(paths, version, tests, args.pytest_args, args.fresh)
         for fix in fix_list:
             state, why = verdict.fix_state([verdict.outcomes_for(results, t) for t in fix.tests])
             cells[(fix.pr, version)] = {"state": state, "why": why}

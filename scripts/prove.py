@@ -11,7 +11,9 @@
 - every other fix of tests/fixes.toml that the base has (absorbed by upstream, no
   revert carried) is listed with its tests' outcome on vanilla: one side only.
 
-Tests skipped here (no GPU) are shown as such, never as passing.
+Tests skipped here (no GPU) are shown as such, never as passing. A side whose installed
+files, venv and tests are unchanged since it last ran reuses that run's outcomes
+(lib/evidence.py, in the shared cache); FRESH=1 runs every side again.
 """
 
 import argparse
@@ -24,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from scripts import build
-from scripts.lib import config, envs, fixes, lines, pins, pytest_run, series
+from scripts.lib import config, envs, evidence, fixes, lines, pins, pytest_run, series
 from scripts.lib.errors import SeriesError, run_main
 
 REVERTS = "tests/reverts"
@@ -72,7 +74,9 @@ def site_with(paths: config.Paths, version: str, start: Path, patch: series.Patc
     env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(site.parent)}
     cmd = ["git", "apply", "-p2", *(["-R"] if reverse else []), str(patch.path)]
     proc = subprocess.run(cmd, cwd=site, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
+    if proc.returncode == 0:
+        evidence.derive(site, start, patch.path, reverse)
+    else:
         where = patch.path.relative_to(paths.root) if patch.path.is_relative_to(paths.root) else patch.path
         first = proc.stderr.strip().splitlines()[0]
         if reverse:
@@ -99,7 +103,7 @@ def judge(patches: list[series.Patch], before: dict, after: dict, good: int) -> 
 
 
 def prove(paths: config.Paths, rel: config.Release, venv: Path, sites: dict, tests_root: Path,
-          pytest_args: list[str] = ()) -> dict:
+          pytest_args: list[str] = (), fresh: bool = False) -> dict:
     """Both sides of every claim, printed as tables; returns the rows by kind."""
     patches = lines.load(paths, rel.version)
     reverts = [revert_for(tests_root, rel.version, r) for r in series.load(tests_root / REVERTS, allow_empty=True)]
@@ -112,16 +116,20 @@ def prove(paths: config.Paths, rel: config.Release, venv: Path, sites: dict, tes
             print(f"not judged on sglang {rel.version}: {f.pr} ({f.title}), which no upstream release has, "
                   f"is left out of {lines.label(paths, rel.version)}: {left_out[f.pr]}")
 
-    def run(site: Path, items: list) -> dict:
+    def run(site: Path, items: list, label: str) -> dict:
         ids = sorted({t for p in items for t in p.tests})
-        return pytest_run.outcomes(venv, site, ids, tests_root, extra=pytest_args) if ids else {}
+        results, reused = evidence.outcomes(paths, venv, site, ids, tests_root, extra=pytest_args, fresh=fresh)
+        if reused:
+            print(evidence.reused_line(label, len(ids)), flush=True)
+        return results
 
     def reverted(revert: series.Patch) -> dict:  # vanilla with the fix taken back out, and its tests there
-        return run(site_with(paths, rel.version, sites["vanilla"], revert), [revert])
+        return run(site_with(paths, rel.version, sites["vanilla"], revert), [revert], f"vanilla {rel.version} + {revert.name}")
 
     # Each side is its own pytest process, mostly importing torch and sglang: two at a time.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        sides = [pool.submit(run, sites["vanilla"], patches + reverts + absorbed), pool.submit(run, sites["patched"], patches)]
+        sides = [pool.submit(run, sites["vanilla"], patches + reverts + absorbed, f"vanilla {rel.version}"),
+                 pool.submit(run, sites["patched"], patches, f"patched {rel.version}")]
         guard_runs = [pool.submit(reverted, r) for r in reverts]
         vanilla, patched = (side.result() for side in sides)
         guard_runs = [g.result() for g in guard_runs]
@@ -134,7 +142,8 @@ def prove(paths: config.Paths, rel: config.Release, venv: Path, sites: dict, tes
     if keepers:
         kept_rows = []
         for patch in keepers:
-            without = run(site_with(paths, rel.version, sites["patched"], patch, reverse=True), [patch])
+            without = run(site_with(paths, rel.version, sites["patched"], patch, reverse=True), [patch],
+                          f"patched {rel.version} without {patch.name}")
             kept_rows += judge([patch], without, patched, good=1)
         table(f"Patches whose tests pass on vanilla {rel.version} too: patched without the patch vs patched",
               ("without the patch", "patched"), kept_rows)
@@ -161,12 +170,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--upstream")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
+    parser.add_argument("--fresh", action="store_true", help="run every side's tests again, even where stored (lib/evidence.py)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest options (after --)")
     args = parser.parse_args(argv)
     paths = config.Paths.from_env()
     rel = config.release(paths, args.upstream)
     sites = build.both_sites(paths, rel)
-    result = prove(paths, rel, envs.venv(paths, rel.version), sites, paths.root, args.pytest_args)
+    result = prove(paths, rel, envs.venv(paths, rel.version), sites, paths.root, args.pytest_args, args.fresh)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     sys.exit(0 if proven(result) else 1)

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from scripts import build
-from scripts.lib import config, envs, evidence, fixes, git, lines, moving, patch_queue, pytest_run, report, scratch, series, trial, verdict, wheels
+from scripts.lib import config, envs, evidence, fixes, git, lines, moving, patch_queue, report, scratch, series, trial, verdict, wheels
 from scripts.lib.errors import SeriesError, run_main
 
 PROPOSED = "rebase-proposed"
@@ -55,16 +55,11 @@ def trial_site(paths: config.Paths, rel: config.Release, tools: envs.Tools, venv
     return site
 
 
-def run_tests(venv: Path, site: Path, ids: list[str], cwd: Path) -> dict:
-    """{test id: verdict.Outcome}; one file's import or collection error hides no other's."""
-    results = pytest_run.outcomes_per_file(venv, site, ids, cwd, extra_env=pytest_run.ALLOW_CANNOT_RUN)
-    return {t: verdict.outcomes_for(results, t) for t in ids}
-
-
-def vanilla_tests(paths: config.Paths, version: str, venv: Path, site: Path, ids: list[str], cwd: Path, log) -> tuple[dict, bool]:
-    """run_tests() on a vanilla site, reusing the outcomes of an unchanged wheel, venv and
-    tests; and whether it did."""
-    results, reused = evidence.vanilla_outcomes(paths, version, venv, site, ids, cwd, log=log)
+def run_tests(paths: config.Paths, venv: Path, site: Path, ids: list[str], cwd: Path, fresh: bool = False) -> tuple[dict, bool]:
+    """({test id: verdict.Outcome}, whether they are a stored run's); one file's import or
+    collection error hides no other's. An unchanged site, venv and tests reuse their
+    outcomes (lib/evidence.py)."""
+    results, reused = evidence.outcomes(paths, venv, site, ids, cwd, per_file=True, fresh=fresh)
     return {t: verdict.outcomes_for(results, t) for t in ids}, reused
 
 
@@ -145,7 +140,8 @@ def _progress(line: str) -> None:
     sys.stdout.flush()  # a long step's progress shows while it runs, also into a file
 
 
-def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, venv_of=None, log=_progress) -> dict:
+def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, venv_of=None, log=_progress,
+           fresh: bool = False) -> dict:
     """The whole report as a dict (also written to build/X/rebase/). `venv_of(version)` and
     `tests_root` are the seams the tooling tests use; by default the locked venvs and this repo."""
     tests_root = tests_root or paths.root
@@ -178,12 +174,10 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
     def run_side(side: str) -> dict:
         t0 = time.monotonic()
         venv, site = sites[side]
-        if side == "patched":
-            found, reused = run_tests(venv, site, ids, tests_root), False
-        else:
-            found, reused = vanilla_tests(paths, base if side == "base" else version, venv, site, ids, tests_root, log)
-        if not reused:
-            log(f"ran {len(ids)} test ids on {side} ({time.monotonic() - t0:.1f}s)")
+        found, reused = run_tests(paths, venv, site, ids, tests_root, fresh)
+        label = {"base": f"sglang {base}", "vanilla": f"sglang {version}"}.get(side, side)
+        log(evidence.reused_line(label, len(ids)) if reused
+            else f"ran {len(ids)} test ids on {side} ({time.monotonic() - t0:.1f}s)")
         return found
 
     # Evidence first: the vanilla sides are independent pytest processes (mostly importing
@@ -333,6 +327,7 @@ def main(argv=None) -> None:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a patch no longer applies (for CI)")
     parser.add_argument("--copy-to", type=Path, help="also copy report.md/.json there as <X>.md/<X>.json")
     parser.add_argument("--tests-root", type=Path, help="where the Tests: ids live (default: this repo)")
+    parser.add_argument("--fresh", action="store_true", help="run every side's tests again, even where stored (lib/evidence.py)")
     args = parser.parse_args(argv)
     config.require_python()
     paths = config.Paths.from_env()
@@ -357,7 +352,7 @@ def main(argv=None) -> None:
             print(f"no report for this series on sglang {args.upstream} yet: making it first (`make rebase UPSTREAM_VERSION={args.upstream}`)")
     if data is None:
         with scratch.exclusive(paths, args.upstream):  # the trial branches live in X's scratch tree
-            data = rebase(paths, args.upstream, tests_root, venv_of)
+            data = rebase(paths, args.upstream, tests_root, venv_of, fresh=args.fresh)
     for category, names in data["summary"].items():
         if names:
             print(f"{category}: {', '.join(names)}")

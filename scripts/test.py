@@ -9,7 +9,8 @@ The tooling tests (tests/tooling) need no sglang: `make test` runs them at the s
 time as the registered ones, in the pinned tools' venv, spread over pytest-xdist
 workers; their output follows the registered tests'. They judge the scripts, not the
 series: once they pass, `make test` runs them again only when a file they judge changed
-(every file of the checkout but patches/ and docs/), or when PYTEST_ARGS names them. The
+(every file of the checkout but the series, the docs and the registered checks: see
+tooling_inputs), or when PYTEST_ARGS names them. The
 record of a pass is kept in the shared cache by the digest of those files, so a fresh
 clone of a checkout that passed reuses it too."""
 
@@ -151,10 +152,18 @@ def main(argv=None) -> None:
     sys.exit(code)
 
 
+# What the tooling tests never read: the series (`make lint` checks it on every run), the
+# docs, and the checks they judge nothing of (the registered and manual tiers, the reverts,
+# the fix registry: the registered run and `make prove` judge those). A file added, moved or
+# removed there still counts (a test may name a folder); an edit does not.
+NOT_READ = ("patches/", "docs/")
+NAMES_ONLY = ("tests/registered/", "tests/manual/", "tests/reverts/", "tests/fixes.toml")
+
+
 def tooling_inputs(root: Path) -> str | None:
     """Digest of what the tooling tests judge: every file git sees in the working tree
-    (tracked, or new and not ignored) but patches/ and docs/, which they never read (the
-    lint checks the series on every run), and the interpreter. None outside a git checkout."""
+    (tracked, or new and not ignored) but NOT_READ, only the names of NAMES_ONLY, and the
+    interpreter. None outside a git checkout."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                             cwd=root, capture_output=True)
     if listed.returncode != 0:
@@ -162,8 +171,9 @@ def tooling_inputs(root: Path) -> str | None:
     digest = hashlib.sha256(sys.version.encode())
     for name in sorted({n.decode() for n in listed.stdout.split(b"\0") if n}):
         path = root / name
-        if not name.startswith(("patches/", "docs/")) and path.is_file():
-            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+        if name.startswith(NOT_READ) or not path.is_file():
+            continue
+        digest.update(name.encode() + b"\0" + (b"" if name.startswith(NAMES_ONLY) else path.read_bytes()) + b"\0")
     return digest.hexdigest()
 
 
@@ -180,8 +190,9 @@ def passed_before(paths: config.Paths, inputs: str) -> str | None:
         return None
     if not isinstance(record, dict) or record.get("inputs") != inputs:
         return None
-    return (f"they passed at {record.get('when')} and nothing they judge has changed since (every file "
-            f"but patches/ and docs/); run them anyway with `make test PYTEST_ARGS={TOOLING}`")
+    return (f"they passed at {record.get('when')} and nothing they judge has changed since (scripts/, tests/tooling, "
+            f"tests/seam, ci/ ...: every file but {', '.join(NOT_READ + NAMES_ONLY)}); "
+            f"run them anyway with `make test PYTEST_ARGS={TOOLING}`")
 
 
 def record_pass(paths: config.Paths, inputs: str) -> None:

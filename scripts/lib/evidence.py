@@ -1,10 +1,14 @@
-"""Outcomes of test ids on a vanilla release, kept between runs.
+"""Test outcomes kept between runs, by the content of everything they rest on.
 
-The same wheel, in the same locked venv, under the same tests gives the same outcomes:
-`make rebase` (its base side and X's vanilla side) and `make matrix` run them again only
-when one of those changed. A patched site is never cached: its wheel is rebuilt per trial.
-Each result is stored under build/<release>/outcomes/, keyed by all of those; deleting
-that folder forces a rerun.
+The same installed files, in the same locked venv, under the same tests, give the same
+outcomes: `make prove` (each of its sides), `make rebase` (its base side and X's vanilla
+side) and `make matrix` run a side's tests again only when one of those changed. The
+record is kept in the shared cache (outcomes/), so a fresh clone of a checkout that ran
+them reuses it too; FRESH=1 runs every side again and replaces the record.
+
+A site's content is named by its stamp: envs.install_site writes the sha256 of the wheel
+it installed, and a site derived from another by applying a patch (prove's guard sites)
+writes a digest of its origin's stamp and that patch (derive()).
 """
 
 import hashlib
@@ -13,6 +17,9 @@ import os
 from pathlib import Path
 
 from scripts.lib import config, pytest_run
+
+STAMP = ".wheel-sha256"  # envs.install_site: the wheel installed in a site
+DERIVED = ".site-digest"  # derive(): a site made from another one by a patch
 
 
 def tests_digest(tests_root: Path) -> str:
@@ -24,30 +31,58 @@ def tests_digest(tests_root: Path) -> str:
     return digest.hexdigest()
 
 
-def _key(venv: Path, site: Path, node_ids: list[str], tests_root: Path, extra: list[str]) -> str:
-    wheel = (site / ".wheel-sha256").read_text()  # envs.install_site's stamp: the wheel installed there
-    parts = {"venv": venv.resolve().name, "wheel": wheel, "tests": tests_digest(tests_root),
-             "ids": sorted(node_ids), "extra": list(extra)}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+def site_digest(site: Path) -> str:
+    derived = site / DERIVED
+    return derived.read_text() if derived.exists() else "wheel " + (site / STAMP).read_text()
 
 
-def vanilla_outcomes(paths: config.Paths, version: str, venv: Path, site: Path, node_ids: list[str],
-                     tests_root: Path, extra: list[str] = (), log=print) -> tuple[dict, bool]:
-    """(pytest_run.outcomes_per_file() of `node_ids` on release `version`'s vanilla site,
-    cannot-run allowed (the caller reads it); whether they are the stored ones)."""
-    stored = paths.release_dir(version) / "outcomes" / f"{_key(venv, site, node_ids, tests_root, extra)}.json"
-    try:
-        results = {k: tuple(v) for k, v in json.loads(stored.read_text()).items()}
-        log(f"sglang {version}: reused the outcomes of {len(node_ids)} test ids (same wheel, venv and tests; "
-            f"{stored.relative_to(paths.build) if stored.is_relative_to(paths.build) else stored})")
-        return results, True
-    except (OSError, ValueError, AttributeError):
-        pass  # none yet, or a damaged one: run the tests
-    results = pytest_run.outcomes_per_file(venv, site, node_ids, tests_root, extra=extra,
-                                           extra_env=pytest_run.ALLOW_CANNOT_RUN)
+def derive(site: Path, origin: Path, patch: Path, reverse: bool) -> None:
+    """Stamp `site`, a copy of `origin` with `patch` applied (or taken back out): no longer
+    the wheel the copy's stamp names."""
+    (site / STAMP).unlink(missing_ok=True)
+    digest = hashlib.sha256(f"{site_digest(origin)}\n{'-R' if reverse else ''}\n".encode() + patch.read_bytes())
+    (site / DERIVED).write_text(digest.hexdigest())
+
+
+def _gpus() -> list[str]:
+    # a test that skipped for lack of a GPU runs where there is one: not the same evidence
+    return sorted(p.name for p in Path("/dev").glob("nvidia[0-9]*"))
+
+
+def _key(venv: Path, site: Path, node_ids: list[str], tests_root: Path, extra: list[str], per_file: bool) -> str:
+    parts = {"venv": venv.resolve().name, "site": site_digest(site), "tests": tests_digest(tests_root),
+             "ids": sorted(node_ids), "extra": list(extra), "per_file": per_file, "gpus": _gpus()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def outcomes(paths: config.Paths, venv: Path, site: Path, node_ids: list[str], tests_root: Path,
+             extra: list[str] = (), per_file: bool = False, fresh: bool = False) -> tuple[dict, bool]:
+    """(the outcomes of `node_ids` on `site`, whether they are a stored run's).
+
+    per_file: pytest_run.outcomes_per_file() with cannot-run allowed (rebase, matrix: the
+    caller reads it); otherwise pytest_run.outcomes(), where cannot-run fails (prove).
+    fresh: run them even when stored, and store the new run."""
+    if not node_ids:
+        return {}, False
+    stored = paths.cache / "outcomes" / f"{_key(venv, site, node_ids, tests_root, extra, per_file)}.json"
+    if not fresh:
+        try:
+            return {k: tuple(v) for k, v in json.loads(stored.read_text()).items()}, True
+        except (OSError, ValueError, AttributeError):
+            pass  # none yet, or a damaged one: run the tests
+    if per_file:
+        results = pytest_run.outcomes_per_file(venv, site, node_ids, tests_root, extra=extra,
+                                               extra_env=pytest_run.ALLOW_CANNOT_RUN)
+    else:
+        results = pytest_run.outcomes(venv, site, node_ids, tests_root, extra=extra)
     if "__run__" not in results:  # pytest did not run at all: nothing worth keeping
         stored.parent.mkdir(parents=True, exist_ok=True)
         partial = stored.with_suffix(f".{os.getpid()}.tmp")
         partial.write_text(json.dumps(results, indent=1))
         os.replace(partial, stored)  # all or nothing, also when interrupted
     return results, False
+
+
+def reused_line(label: str, count: int) -> str:
+    """What a caller prints for a reused side."""
+    return f"{label}: reused the outcomes of {count} test ids (same installed files, venv and tests; FRESH=1 runs them again)"

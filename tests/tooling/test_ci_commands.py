@@ -27,7 +27,7 @@ _SPACE = re.compile(r"\s+")
 def dry_env() -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTEST_ARGS", "REQUIRE_CUDA", "UPSTREAM_VERSION",
-                         "WRITE", "STRICT", "FORCE", "CONTINUE", "COPY_TO", "RELEASES", "PUBLISH")}
+                         "WRITE", "STRICT", "FORCE", "CONTINUE", "COPY_TO", "RELEASES", "PUBLISH", "LINE", "FRESH")}
     return {**env, "SGLANG_SERIES_DRY_RUN": "1"}
 
 
@@ -208,10 +208,12 @@ def test_one_exit_code_for_both_runs(registered, tooling, combined):
 
 
 def test_tooling_tests_run_again_only_when_what_they_judge_changed(tmp_path):
-    """A pass is kept (in the cache, by content) for the checkout's files but patches/ and docs/; the hint's command
-    (`make test PYTEST_ARGS=tests/tooling`) names them, which always runs them."""
+    """A pass is kept (in the cache, by content) for the checkout's files but patches/, docs/ and the
+    registered checks (their names aside); the hint's command (`make test PYTEST_ARGS=tests/tooling`)
+    names them, which always runs them."""
     root = tmp_path / "repo"
-    for name in ("scripts/a.py", "patches/series", "docs/matrix.md", "README.md"):
+    for name in ("scripts/a.py", "patches/series", "docs/matrix.md", "README.md", "tests/registered/test_a.py",
+                 "tests/fixes.toml", "tests/seam/__init__.py"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("one\n")
     subprocess.run(["git", "init", "-q", str(root)], check=True)
@@ -222,11 +224,14 @@ def test_tooling_tests_run_again_only_when_what_they_judge_changed(tmp_path):
     test_verb.record_pass(paths, inputs)
     said = test_verb.passed_before(paths, inputs)
     assert said and said.endswith("run them anyway with `make test PYTEST_ARGS=tests/tooling`")
-    for name in ("patches/series", "docs/matrix.md"):
+    for name in ("patches/series", "docs/matrix.md", "patches/0001-new.patch", "tests/registered/test_a.py",
+                 "tests/fixes.toml"):
         (root / name).write_text("two\n")
-        assert test_verb.tooling_inputs(root) == inputs
-    for name in ("scripts/a.py", "scripts/new.py"):  # an edit, and a file git does not track yet
+        assert test_verb.tooling_inputs(root) == inputs, name
+    # an edit, a file git does not track yet, a check added (a test may name its folder)
+    for name in ("scripts/a.py", "scripts/new.py", "tests/seam/__init__.py", "tests/registered/test_b.py"):
+        test_verb.record_pass(paths, test_verb.tooling_inputs(root))  # each change on its own
         (root / name).write_text("two\n")
-        assert test_verb.passed_before(paths, test_verb.tooling_inputs(root)) is None
+        assert test_verb.passed_before(paths, test_verb.tooling_inputs(root)) is None, name
     hint = re.search(r"`make test PYTEST_ARGS=(\S+)`", said).group(1)
     assert test_verb.split_ids(REPO, [hint]) == (None, ["tests/tooling"])  # the tooling run, with its id: never reused

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from synthetic import VERSION, Upstream, _format_patch  # noqa: E402
 
 from scripts import build, prove  # noqa: E402
-from scripts.lib import config, envs, series  # noqa: E402
+from scripts.lib import config, envs, evidence, series  # noqa: E402
 from scripts.lib.errors import SeriesError  # noqa: E402
 
 TEST_FILE = "tests/test_synthetic_prove.py"
@@ -74,7 +74,7 @@ def proving(tmp_path, monkeypatch):
     after_first = lines(line_10="'ten'", line_12="'oops'")
     up.add_raw_patch("0001-ten.patch", patch(lines(), after_first, "set line 10", f"{TEST_FILE}::TestTen"))
 
-    def run(line_12: str | None) -> dict:
+    def run(line_12: str | None, fresh: bool = False) -> dict:
         names = ["0001-ten.patch"]
         if line_12 is not None:
             up.add_raw_patch("0002-twelve.patch", patch(after_first, lines(line_10="'ten'", line_12=line_12),
@@ -90,8 +90,9 @@ def proving(tmp_path, monkeypatch):
             "vanilla": envs.install_site(paths, venv, up.wheel, build.site(paths, VERSION, "vanilla")),
             "patched": envs.install_site(paths, venv, build.patched_wheel(paths, VERSION), build.site(paths, VERSION, "patched")),
         }
-        return prove.prove(paths, rel, venv, sites, root)
+        return prove.prove(paths, rel, venv, sites, root, fresh=fresh)
 
+    run.tests_root = root
     return run
 
 
@@ -120,3 +121,35 @@ def test_a_keeper_that_cannot_be_taken_out_says_what_to_do(proving, tmp_path):
     # had rewritten the lines 0002 touches
     with pytest.raises(SeriesError, match="cannot be taken back out of the patched 1.0.0 build"):
         prove.site_with(paths, VERSION, build.site(paths, VERSION, "vanilla"), keeper, reverse=True)
+
+
+def test_an_unchanged_side_reuses_its_outcomes_until_something_it_rests_on_changes(proving, capsys):
+    """Each side (vanilla, patched, the guard's vanilla + revert, patched without the keeper)
+    reruns only when its installed files, the venv or tests/ changed; FRESH=1 reruns all."""
+    first = proving("12")
+    capsys.readouterr()
+
+    def reused(**kwargs) -> list[str]:
+        again = proving("12", **kwargs)  # `make apply` again: the same series packs the same wheel
+        assert again == first
+        return sorted(line.split(":")[0] for line in capsys.readouterr().out.splitlines() if "reused the outcomes" in line)
+
+    assert reused() == [f"patched {VERSION}", f"patched {VERSION} without 0002-twelve.patch",
+                        f"vanilla {VERSION}", f"vanilla {VERSION} + revert-40.patch"]
+    assert reused(fresh=True) == []
+    (proving.tests_root / "tests/NOTE.txt").write_text("any change under tests/ is new evidence\n")
+    assert reused() == []
+
+
+def test_a_site_made_by_a_patch_is_not_the_wheel_it_was_copied_from(proving, tmp_path):
+    """A guard's site carries its own stamp: its origin's and the revert's content, so it
+    never reuses vanilla's outcomes, and another revert makes another site."""
+    proving("12")
+    paths = config.Paths.from_env()
+    vanilla = build.site(paths, VERSION, "vanilla")
+    revert = series.parse(proving.tests_root / "tests/reverts/revert-40.patch")
+    reverted = prove.site_with(paths, VERSION, vanilla, revert)
+    first = evidence.site_digest(reverted)
+    assert first != evidence.site_digest(vanilla)
+    revert.path.write_text(revert.path.read_text().replace("'forty'", "'forty!'"))
+    assert evidence.site_digest(prove.site_with(paths, VERSION, vanilla, revert)) not in (first, evidence.site_digest(vanilla))

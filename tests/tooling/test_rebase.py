@@ -170,16 +170,21 @@ def test_a_queue_conflict_in_the_tree_is_not_the_reports_to_drop(done):
     assert {r["patch"]: r["category"] for r in data["patches"]} == EXPECTED
 
 
-def test_a_rerun_reuses_the_vanilla_outcomes_until_a_test_changes(done):
-    """The base's and X's vanilla sides rerun only when the wheel, the venv or tests/ changed;
-    the patched side always runs (its wheel is rebuilt per trial)."""
+def test_a_rerun_reuses_the_outcomes_until_a_test_changes(done):
+    """Every side (the base's and X's vanilla wheels, X with the series) reruns only when
+    its installed files, the venv or tests/ changed."""
     up, paths, first = done
     said = []
     again = rebase.rebase(paths, NEW, tests_root=up.tests_root, venv_of=lambda v: Path(sys.prefix), log=said.append)
     reused = [line for line in said if "reused the outcomes" in line]
-    assert sorted(line.split(":")[0] for line in reused) == [f"sglang {BASE}", f"sglang {NEW}"], said
-    assert any(line.startswith("ran ") and " on patched " in line for line in said), said
+    assert sorted(line.split(":")[0] for line in reused) == ["patched", f"sglang {BASE}", f"sglang {NEW}"], said
+    assert not [line for line in said if line.startswith("ran ")], said
     assert again["patches"] == first["patches"] and again["guards"] == first["guards"]
+
+    said.clear()
+    rebase.rebase(paths, NEW, tests_root=up.tests_root, venv_of=lambda v: Path(sys.prefix), log=said.append, fresh=True)
+    assert not [line for line in said if "reused the outcomes" in line], said  # FRESH=1
+    assert sum(line.startswith("ran ") for line in said) == 3, said
 
     note = up.tests_root / "tests" / "NOTE.txt"
     note.write_text("any change under tests/ is new evidence\n")
