@@ -33,7 +33,7 @@ def release_results(paths: config.Paths, version: str, tests: list[str], extra: 
     rel = config.release(paths, version)
     venv = envs.venv(paths, version)
     site = envs.install_site(paths, venv, scratch.upstream_wheel(paths, rel), build.site(paths, version, "vanilla"))
-    results, reused = evidence.outcomes(paths, venv, site, tests, paths.root, extra=extra, per_file=True, fresh=fresh)
+    results, reused = evidence.outcomes(paths, venv, site, tests, paths.root, extra=extra, fresh=fresh)
     if reused:
         print(evidence.reused_line(f"sglang {version}", len(tests)), flush=True)
     return results

@@ -59,7 +59,7 @@ def run_tests(paths: config.Paths, venv: Path, site: Path, ids: list[str], cwd: 
     """({test id: verdict.Outcome}, whether they are a stored run's); one file's import or
     collection error hides no other's. An unchanged site, venv and tests reuse their
     outcomes (lib/evidence.py)."""
-    results, reused = evidence.outcomes(paths, venv, site, ids, cwd, per_file=True, fresh=fresh)
+    results, reused = evidence.outcomes(paths, venv, site, ids, cwd, fresh=fresh)
     return {t: verdict.outcomes_for(results, t) for t in ids}, reused
 
 

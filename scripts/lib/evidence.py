@@ -23,10 +23,12 @@ DERIVED = ".site-digest"  # derive(): a site made from another one by a patch
 
 
 def tests_digest(tests_root: Path) -> str:
-    """Changes whenever a file under tests/ does: the evidence a result rests on."""
+    """Changes whenever a file under tests/ does (but tests/tooling, which judges the scripts
+    and which no registered check reads): the evidence a result rests on."""
     digest = hashlib.sha256()
+    tooling = tests_root / "tests" / "tooling"
     for path in sorted((tests_root / "tests").rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
+        if path.is_file() and "__pycache__" not in path.parts and not path.is_relative_to(tooling):
             digest.update(str(path.relative_to(tests_root)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
@@ -49,32 +51,28 @@ def _gpus() -> list[str]:
     return sorted(p.name for p in Path("/dev").glob("nvidia[0-9]*"))
 
 
-def _key(venv: Path, site: Path, node_ids: list[str], tests_root: Path, extra: list[str], per_file: bool) -> str:
+def _key(venv: Path, site: Path, node_ids: list[str], tests_root: Path, extra: list[str]) -> str:
     parts = {"venv": venv.resolve().name, "site": site_digest(site), "tests": tests_digest(tests_root),
-             "ids": sorted(node_ids), "extra": list(extra), "per_file": per_file, "gpus": _gpus()}
+             "ids": sorted(node_ids), "extra": list(extra), "gpus": _gpus()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def outcomes(paths: config.Paths, venv: Path, site: Path, node_ids: list[str], tests_root: Path,
-             extra: list[str] = (), per_file: bool = False, fresh: bool = False) -> tuple[dict, bool]:
-    """(the outcomes of `node_ids` on `site`, whether they are a stored run's).
-
-    per_file: pytest_run.outcomes_per_file() with cannot-run allowed (rebase, matrix: the
-    caller reads it); otherwise pytest_run.outcomes(), where cannot-run fails (prove).
-    fresh: run them even when stored, and store the new run."""
+             extra: list[str] = (), fresh: bool = False) -> tuple[dict, bool]:
+    """(pytest_run.outcomes_per_file() of `node_ids` on `site`, cannot-run allowed: the
+    caller reads it; whether they are a stored run's). fresh: run them even when stored,
+    and store the new run. prove, rebase and matrix ask the same of a vanilla release, so
+    one run serves all three."""
     if not node_ids:
         return {}, False
-    stored = paths.cache / "outcomes" / f"{_key(venv, site, node_ids, tests_root, extra, per_file)}.json"
+    stored = paths.cache / "outcomes" / f"{_key(venv, site, node_ids, tests_root, extra)}.json"
     if not fresh:
         try:
             return {k: tuple(v) for k, v in json.loads(stored.read_text()).items()}, True
         except (OSError, ValueError, AttributeError):
             pass  # none yet, or a damaged one: run the tests
-    if per_file:
-        results = pytest_run.outcomes_per_file(venv, site, node_ids, tests_root, extra=extra,
-                                               extra_env=pytest_run.ALLOW_CANNOT_RUN)
-    else:
-        results = pytest_run.outcomes(venv, site, node_ids, tests_root, extra=extra)
+    results = pytest_run.outcomes_per_file(venv, site, node_ids, tests_root, extra=extra,
+                                           extra_env=pytest_run.ALLOW_CANNOT_RUN)
     if "__run__" not in results:  # pytest did not run at all: nothing worth keeping
         stored.parent.mkdir(parents=True, exist_ok=True)
         partial = stored.with_suffix(f".{os.getpid()}.tmp")

@@ -153,3 +153,15 @@ def test_a_site_made_by_a_patch_is_not_the_wheel_it_was_copied_from(proving, tmp
     assert first != evidence.site_digest(vanilla)
     revert.path.write_text(revert.path.read_text().replace("'forty'", "'forty!'"))
     assert evidence.site_digest(prove.site_with(paths, VERSION, vanilla, revert)) not in (first, evidence.site_digest(vanilla))
+
+
+def test_a_test_that_cannot_run_is_never_a_pass_nor_a_plain_skip():
+    cannot = ("skipped", "cannot run on sglang 9.9.9: no such pool [tests/seam]")
+    assert prove.summarize({"t::a": cannot}) == "cannot-run"
+    assert prove.summarize({"t::a": cannot, "t::b": ("skipped", "needs a CUDA device")}) == "cannot-run"
+    assert prove.summarize({"t[python]::a": ("passed", ""), "t[rust]::a": cannot}) == "passed"
+    assert prove.summarize({"t::a": ("failed", "x"), "t::b": cannot}) == "failed"
+    assert prove.verdict([("failed", "cannot-run")], good=1).startswith("not proven here")
+    assert prove.verdict([("cannot-run", "passed")], good=1).startswith("not proven here")
+    assert prove.verdict([("failed", "passed")], good=1) == "proven"
+    assert prove.verdict([("failed", "missing")], good=1).startswith("BROKEN")
