@@ -98,6 +98,17 @@ def test_pytest_args_reach_pytest_verbatim():
                 "'tests/tooling/test_lint.py::TestX::test_y']") in proc.stdout
 
 
+def test_fresh_reaches_the_verbs_that_reuse_outcomes():
+    """FRESH=1, which the reuse lines name, turns reuse off (tests/tooling/test_prove.py and
+    test_rebase.py show what --fresh does)."""
+    for target in ("prove", "rebase UPSTREAM_VERSION=0.5.14", "matrix"):
+        for value, fresh in (("1", True), ("", False)):
+            proc = subprocess.run(["make", *target.split(), f"FRESH={value}"], cwd=REPO, env=dry_env(),
+                                  capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 0, proc.stderr
+            assert f"'fresh': {fresh}" in proc.stdout, proc.stdout
+
+
 def test_ci_run_and_the_cpu_workflow_run_one_lane_script():
     runs = workflow_runs()
     assert runs["cpu.yml/test"] == [f"{LANE} cpu"]
