@@ -7,9 +7,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 from .errors import SeriesError
@@ -72,6 +69,11 @@ def disk_error(exc: OSError, where: Path) -> SeriesError:
 
 
 def _download(url: str, part: Path, name: str, release: str) -> None:
+    # imported here: urllib.request costs every verb ~80 ms at start, and only a download needs it
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
     start = time.monotonic()
     where = urllib.parse.urlsplit(url).netloc or url
     try:
