@@ -147,6 +147,10 @@ def adopt(paths: config.Paths, version: str, exported: list, reasons: dict, line
             print(f"the sglang {base} series stays as its line: {series.display(paths.patches, old_line)}")
     changes = patch_queue.write(paths.patches, exported, target, reasons=reasons, ported=lines.ported_dir(paths, version),
                                 shared=lines.referenced(paths, skip=target))
+    if line:  # a new line never listed the base's patches it leaves out: they are its drops
+        kept = {e.name for e in exported}
+        changes.dropped += [n for n in reasons if n not in kept and n not in changes.dropped]
+        changes.reasons = {**reasons, **changes.reasons}
     if not exported and series.declared_empty(target) is None:
         target.write_text(target.read_text() + f"{series.NO_PATCHES} sglang {version} has every fix of the series\n")
     if not line:

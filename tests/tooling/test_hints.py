@@ -124,6 +124,9 @@ def test_a_move_to_a_release_that_lacks_nothing_writes_a_line_that_says_so(up):
     assert proc.stdout.count("before applying anything") == len(CHANGES)
     line = (up.patches / "lines" / "3.0.0.series").read_text()
     assert "# no patches: sglang 3.0.0 has every fix of the series" in line
+    summary = next(x for x in proc.stdout.splitlines() if x.startswith("Added "))
+    dropped = summary.split(" / ")[1]  # the line's drops are said, with their reasons
+    assert all(f"{name} (absorbed upstream" in dropped for name in CHANGES), summary
     assert json.loads(up.releases.read_text())["base"] == BASE
     applied = up.run("apply", "--no-env", "--upstream", "3.0.0")
     assert applied.returncode == 0, applied.stderr
