@@ -83,4 +83,5 @@ def outcomes(paths: config.Paths, venv: Path, site: Path, node_ids: list[str], t
 
 def reused_line(label: str, count: int) -> str:
     """What a caller prints for a reused side."""
-    return f"{label}: reused the outcomes of {count} test ids (same installed files, venv and tests; FRESH=1 runs them again)"
+    ids = f"{count} test id{'' if count == 1 else 's'}"
+    return f"{label}: reused the outcomes of {ids} (same installed files, venv and tests; FRESH=1 runs them again)"
