@@ -11,7 +11,9 @@ import difflib
 import os
 import re
 import shlex
+import shutil
 import sys
+from pathlib import Path
 
 from scripts.lib import config
 from scripts.lib.errors import SeriesError, run_main
@@ -91,6 +93,22 @@ def keep_bytecode(environ) -> None:
     environ.setdefault("PYTHONPYCACHEPREFIX", str(config.Paths.from_env().cache / "pycache"))
 
 
+def prune_bytecode(prefix: Path, depth: int = 6) -> None:
+    """Drop the bytecode of source folders that are gone (a deleted clone, a release's build
+    after `make clean`, pytest's old temporary folders): the prefix mirrors every source
+    folder's absolute path, so each fresh clone would otherwise leave its builds' bytecode
+    behind for good. Folders deeper than `depth` (inside a venv or a build) go with theirs."""
+    for folder, children, _ in os.walk(prefix):
+        source = Path("/") / Path(folder).relative_to(prefix)
+        if len(source.parts) > depth:
+            children.clear()
+            continue
+        for child in list(children):
+            if not (source / child).is_dir():
+                shutil.rmtree(Path(folder) / child, ignore_errors=True)
+                children.remove(child)
+
+
 def main(argv=None) -> None:
     # (argv: so that a dry run goes on to the verb, which stops after parsing its own)
     target = (argv or sys.argv[1:] or [""])[0]
@@ -99,6 +117,8 @@ def main(argv=None) -> None:
     check_names(command_line_variables(os.environ.get("MAKEFLAGS", "")))
     verb = arguments(target, os.environ)
     keep_bytecode(os.environ)
+    if target == "apply" and not os.environ.get("SGLANG_SERIES_DRY_RUN"):  # once per build, not per verb
+        prune_bytecode(Path(os.environ["PYTHONPYCACHEPREFIX"]))
     print(shlex.join([os.environ.get("PYTHON") or "python3", *verb[1:]]), flush=True)  # what make used to echo
     os.execv(verb[0], verb)  # the verb in this process's place: make's signals reach it
 

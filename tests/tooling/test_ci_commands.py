@@ -246,3 +246,22 @@ def test_tooling_tests_run_again_only_when_what_they_judge_changed(tmp_path):
         assert test_verb.passed_before(paths, test_verb.tooling_inputs(root)) is None, name
     hint = re.search(r"`make test PYTEST_ARGS=(\S+)`", said).group(1)
     assert test_verb.split_ids(REPO, [hint]) == (None, ["tests/tooling"])  # the tooling run, with its id: never reused
+
+
+def test_the_bytecode_of_sources_that_are_gone_is_dropped(tmp_path):
+    """The shared bytecode mirrors source folders by absolute path: a deleted clone's (or a
+    release's removed build) goes at the next `make apply`; a living folder's stays."""
+    from scripts import cli
+
+    prefix = tmp_path / "pycache"
+    kept = tmp_path / "clone-kept" / "build" / "0.5.12" / "site"
+    gone = tmp_path / "clone-gone" / "build" / "0.5.12" / "site"
+    kept.mkdir(parents=True)
+    for source in (kept, gone, kept.parent.parent / "0.5.14"):
+        mirror = prefix / source.relative_to("/")  # PYTHONPYCACHEPREFIX's layout: no __pycache__ level
+        mirror.mkdir(parents=True)
+        (mirror / "x.cpython-311.pyc").write_bytes(b"\0")
+    cli.prune_bytecode(prefix, depth=len(kept.parts))
+    assert (prefix / kept.relative_to("/") / "x.cpython-311.pyc").exists()
+    assert not (prefix / (tmp_path / "clone-gone").relative_to("/")).exists()
+    assert not (prefix / (kept.parent.parent / "0.5.14").relative_to("/")).exists()
