@@ -33,14 +33,10 @@ from scripts.lib.errors import SeriesError, run_main
 REVERTS = "tests/reverts"
 
 
-def _kind(outcome: str, message: str) -> str:
-    # the seam's skip when a test cannot reach its checks on this release: never a plain skip
-    return "cannot-run" if outcome == "skipped" and message.startswith(verdict_.CANNOT_RUN) else outcome
-
-
 def summarize(chosen: dict) -> str:
-    """One word for a group of test results: failed > error > passed > cannot-run > skipped > missing."""
-    kinds = {_kind(*result) for result in chosen.values()}
+    """One word for a group of test results: failed > error > passed > cannot-run > skipped > missing.
+    (Stricter than lib/verdict.py: here an error where a test must pass is a failure.)"""
+    kinds = {"cannot-run" if verdict_.seam_refused(*result) else result[0] for result in chosen.values()}
     for kind in ("failed", "error", "passed", "cannot-run", "skipped"):
         if kind in kinds:
             return kind
