@@ -137,6 +137,12 @@ def test_an_unchanged_side_reuses_its_outcomes_until_something_it_rests_on_chang
     assert reused() == [f"patched {VERSION}", f"patched {VERSION} without 0002-twelve.patch",
                         f"vanilla {VERSION}", f"vanilla {VERSION} + revert-40.patch"]
     assert reused(fresh=True) == []
+    stored = sorted((config.Paths.from_env().cache / "outcomes").glob("*.json"))
+    assert len(stored) == 4
+    for record in stored:  # damaged records (a full disk, a hand edit) are run again, never read
+        record.write_text(record.read_text()[:20])
+    assert reused() == []
+    assert reused() != []  # and stored again
     (proving.tests_root / "tests/NOTE.txt").write_text("any change under tests/ is new evidence\n")
     assert reused() == []
 
