@@ -42,7 +42,7 @@ def trial_site(paths: config.Paths, rel: config.Release, tools: envs.Tools, venv
     head = git.rev(repo, trial.BRANCH)
     site = build.site(paths, rel.version, "rebased")
     stamp = rebase_dir(paths, rel.version) / ".site-head"
-    if stamp.exists() and stamp.read_text() == head and (site / ".wheel-sha256").exists():
+    if stamp.exists() and stamp.read_text() == head and (site / envs.SITE_STAMP).exists():
         return site
     work = rebase_dir(paths, rel.version) / ".build"
     shutil.rmtree(work, ignore_errors=True)

@@ -201,10 +201,13 @@ def venv(paths: Paths, version: str) -> Path:
     return _build_once(home, build, ("bin/python",))
 
 
+SITE_STAMP = ".wheel-sha256"  # in a site: the sha256 of the wheel installed there
+
+
 def install_site(paths: Paths, venv_home: Path, wheel: Path, site: Path) -> Path:
     """Install `wheel` (no dependencies: the venv has them) into the folder `site`,
     which tests put on PYTHONPATH. Skipped when that exact wheel is already there."""
-    stamp = site / ".wheel-sha256"
+    stamp = site / SITE_STAMP
     digest = sha256_of(wheel)
     if stamp.exists() and stamp.read_text() == digest:
         return site

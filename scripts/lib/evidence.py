@@ -16,9 +16,8 @@ import json
 import os
 from pathlib import Path
 
-from scripts.lib import config, pytest_run
+from scripts.lib import config, envs, pytest_run
 
-STAMP = ".wheel-sha256"  # envs.install_site: the wheel installed in a site
 DERIVED = ".site-digest"  # derive(): a site made from another one by a patch
 
 
@@ -35,13 +34,13 @@ def tests_digest(tests_root: Path) -> str:
 
 def site_digest(site: Path) -> str:
     derived = site / DERIVED
-    return derived.read_text() if derived.exists() else "wheel " + (site / STAMP).read_text()
+    return derived.read_text() if derived.exists() else "wheel " + (site / envs.SITE_STAMP).read_text()
 
 
 def derive(site: Path, origin: Path, patch: Path, reverse: bool) -> None:
     """Stamp `site`, a copy of `origin` with `patch` applied (or taken back out): no longer
     the wheel the copy's stamp names."""
-    (site / STAMP).unlink(missing_ok=True)
+    (site / envs.SITE_STAMP).unlink(missing_ok=True)
     digest = hashlib.sha256(f"{site_digest(origin)}\n{'-R' if reverse else ''}\n".encode() + patch.read_bytes())
     (site / DERIVED).write_text(digest.hexdigest())
 
