@@ -6,8 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from scripts import build
-from scripts.lib import config, envs, git, lines, scratch, series
+from scripts.lib import build, config, envs, git, lines, scratch, series
 from scripts.lib.errors import SeriesError, run_main
 
 
@@ -43,7 +42,7 @@ def apply_series(paths: config.Paths, rel: config.Release, tools: envs.Tools) ->
             git.am_abort(repo)
             git.checkout_fresh(repo, scratch.APPLIED, scratch.BASELINE)
             scratch.applying(paths, rel.version).unlink()
-            raise SeriesError(describe_failure(patch, proc.stderr + proc.stdout) + "; the tree is back at the baseline")
+            raise SeriesError(series.describe_failure(patch, proc.stderr + proc.stdout) + "; the tree is back at the baseline")
         applied.append({"patch": patch.name, "subject": patch.subject, "commit": git.rev(repo, "HEAD"), **patch.headers})
         print(f"applied {patch.name}", flush=True)
     state = {"upstream": rel.version, "wheel_sha256": rel.sha256, "fingerprint": fp,
@@ -76,23 +75,6 @@ def _refuse_foreign_commits(repo: Path, state: dict | None) -> None:
         )
 
 
-def describe_failure(patch: series.Patch, git_output: str) -> str:
-    """Name the patch and, where git says where, the hunk that did not apply."""
-    m = re.search(r"patch failed: (.+):(\d+)", git_output)
-    if m:
-        path, line = m.group(1), int(m.group(2))
-        file_hunks = [h for h in series.hunks(patch.path.read_text()) if h[0] == path]
-        for index, (_, start, header) in enumerate(file_hunks, 1):
-            if start == line:
-                return (f"{patch.name} does not apply: hunk #{index} of {len(file_hunks)} in {path} ({header}); "
-                        "refresh the patch (`make queue`, fix, `make export`) or drop it from patches/series")
-        return f"{patch.name} does not apply at {path}:{line}; refresh it or drop it from patches/series"
-    lines = [l.strip() for l in git_output.splitlines() if l.strip()] or ["git am failed"]
-    corrupt = next((l for l in lines if "corrupt patch" in l or "detection failed" in l), None)
-    if corrupt:
-        return f"{patch.name} is corrupt ({corrupt}); restore it from git or regenerate it with `make export`"
-    detail = next((l for l in lines if l.startswith("error:")), lines[0])
-    return f"{patch.name} does not apply ({detail}); refresh it or drop it from patches/series"
 
 
 def main(argv=None) -> None:

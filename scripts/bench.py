@@ -4,8 +4,7 @@ the two installed builds (each benchmark runs each side in its own process)."""
 import argparse
 import subprocess
 
-from scripts import build
-from scripts.lib import config, envs
+from scripts.lib import build, config, envs
 from scripts.lib.errors import SeriesError, run_main
 
 COMPARISONS = ["bench/write_through_replay.py", "bench/swa_translation.py"]

@@ -3,8 +3,8 @@ included; it goes back to the baseline. patches/ is not touched."""
 
 import argparse
 
-from scripts.queue import moving_to, up_of
-from scripts.lib import config, scratch
+from scripts.lib import config, hints, scratch
+from scripts.lib.queue_plan import moving_to
 from scripts.lib.errors import run_main
 
 
@@ -16,7 +16,7 @@ def main(argv=None) -> None:
     rel = config.release(paths, args.upstream)
     with scratch.exclusive(paths, rel.version):
         scratch.discard(paths, rel.version)
-    up = up_of(paths, rel.version)
+    up = hints.up(paths, rel.version)
     then = (f"start the move again with `make queue{up}`" if moving_to(paths, rel.version)
             else f"run `make apply{up}` (or `make queue{up}` to edit the series)")
     print(f"{scratch.tree(paths, rel.version)} is back at the baseline and has no queue; {then}")

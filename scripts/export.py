@@ -16,8 +16,8 @@ machine (see lib/patch_queue.py)."""
 
 import argparse
 
-from scripts.queue import moving_to, require_idle, source, subjects, up_of
-from scripts.lib import config, git, lines, moving, patch_queue, scratch, series
+from scripts.lib import config, git, hints, lines, moving, patch_queue, scratch, series
+from scripts.lib.queue_plan import moving_to, require_idle, source, subjects
 from scripts.lib.errors import SeriesError, run_main
 
 
@@ -35,7 +35,7 @@ def source_branch(repo, up: str = "", state: dict | None = None) -> str:
 
 def export_series(paths: config.Paths, rel: config.Release, line: bool = False) -> patch_queue.Changes:
     repo = scratch.tree(paths, rel.version)
-    up = up_of(paths, rel.version)
+    up = hints.up(paths, rel.version)
     if not git.is_repo(repo):
         raise SeriesError(f"no scratch tree for sglang {rel.version}; create the queue with `make queue{up}`")
     require_idle(repo, f"`make export{up}`")

@@ -21,8 +21,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from scripts import build
-from scripts.lib import config, envs, evidence, fixes, pins, scratch, verdict
+from scripts.lib import build, config, envs, evidence, fixes, pins, scratch, verdict
 from scripts.lib.errors import SeriesError, run_main
 
 DOC = "docs/matrix.md"

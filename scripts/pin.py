@@ -11,8 +11,7 @@ import argparse
 import re
 import zipfile
 
-from scripts import lock
-from scripts.lib import config, pins, scratch
+from scripts.lib import config, envs, pins, scratch
 from scripts.lib.errors import SeriesError, run_main
 
 
@@ -87,7 +86,7 @@ def main(argv=None) -> None:
         text, dropped = drop_redundant(requirements_for(paths, version), declared_bounds(wheel), version)
         source.write_text(text)
         print(f"wrote {source}" + (f" (dropped constraints sglang {version} declares itself: {', '.join(dropped)})" if dropped else ""))
-    lock.main(["--upstream", version])
+    envs.lock_release(paths, config.release(paths, version))
 
 
 if __name__ == "__main__":

@@ -25,8 +25,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from scripts import build
-from scripts.lib import config, envs, evidence, fixes, lines, pins, pytest_run, series
+from scripts.lib import build, config, envs, evidence, fixes, lines, pins, pytest_run, series
 from scripts.lib import verdict as verdict_
 from scripts.lib.errors import SeriesError, run_main
 

@@ -13,59 +13,27 @@ then goes on with the rest."""
 
 import argparse
 
-from scripts.apply import describe_failure
-from scripts.lib import config, envs, git, lines, moving, patch_queue, scratch, series
+from scripts.lib import config, envs, git, hints, lines, moving, patch_queue, scratch, series
+from scripts.lib.queue_plan import moving_to, replayed, require_idle, source, unexported
 from scripts.lib.errors import SeriesError, run_main
 
 
-def up_of(paths: config.Paths, version: str) -> str:
-    """' UPSTREAM_VERSION=X' for every hint about a release other than the base."""
-    return "" if version == config.base_version(paths) else f" UPSTREAM_VERSION={version}"
 
 
-def moving_to(paths: config.Paths, version: str) -> bool:
-    """A queue on `version` moves the base's series there (no line of its own yet)."""
-    return version != config.base_version(paths) and not lines.exists(paths, version)
 
 
-def source(paths: config.Paths, version: str) -> tuple:
-    """(series file, its patches) a queue on `version` starts from."""
-    if moving_to(paths, version):
-        return series.series_file(paths.patches), series.load(paths.patches)
-    return lines.series_file(paths, version), lines.load(paths, version)
 
 
-def unexported(paths: config.Paths, repo, patches: list[series.Patch]) -> patch_queue.Changes:
-    """What `make export` would change in patches/ if run now (`patches`: the ones the queue holds)."""
-    exported = patch_queue.export(repo, scratch.BASELINE, patch_queue.QUEUE, old_names=subjects(patches))
-    return patch_queue.diff_against(paths.patches, exported, [p.entry for p in patches])
 
 
-def replayed(paths: config.Paths, rel: config.Release, patches: list[series.Patch]) -> tuple[list[series.Patch], dict | None]:
-    """The patches a queue on rel holds (a line: all of them; a move to X: those X's rebase
-    report keeps) and that report."""
-    if not moving_to(paths, rel.version):
-        return patches, None
-    report = moving.load(paths, rel.version, patches)
-    reasons = moving.drop_reasons(report)
-    for name, why in reasons.items():
-        print(f"not replayed {name}: {why}")
-    return [p for p in patches if p.name not in reasons], report
 
 
-def subjects(patches: list[series.Patch]) -> dict:
-    return {p.subject: p.name for p in patches}
 
 
-def require_idle(repo, hint: str) -> None:
-    if patch_queue.am_in_progress(repo):
-        raise SeriesError(f"{repo} is in the middle of a git am/rebase; finish it (`git am --continue` or `--skip`) "
-                          f"or drop it (`git am --abort`), then run {hint} again")
-    scratch.require_clean(repo)
 
 
 def build_queue(paths: config.Paths, rel: config.Release, force: bool = False) -> int:
-    up = up_of(paths, rel.version)
+    up = hints.up(paths, rel.version)
     _, patches = source(paths, rel.version)
     patches, report = replayed(paths, rel, patches)
     tools = envs.tools(paths)
@@ -95,7 +63,7 @@ def stop_on_conflict(paths: config.Paths, proc, patches: list[series.Patch], rep
     name = patch_queue.stopped_at(repo)
     patch = next((p for p in patches if p.name == name), patches[0])
     where = moving.conflicts(report, patch.name)
-    what = f"{patch.name} does not apply: {where}" if where else describe_failure(patch, proc.stdout + proc.stderr).split(";")[0]
+    what = f"{patch.name} does not apply: {where}" if where else series.describe_failure(patch, proc.stdout + proc.stderr).split(";")[0]
     raise SeriesError(f"{what} on sglang {rel.version}; "
                       f"resolve it in {repo} (`git status`, edit the files, `git add -A`), then "
                       f"`make queue{up} CONTINUE=1` applies the rest and `make export{up}` writes the series "
@@ -104,7 +72,7 @@ def stop_on_conflict(paths: config.Paths, proc, patches: list[series.Patch], rep
 
 def export_writes(paths: config.Paths, version: str) -> str:
     """What `make export` on this queue writes, said in every hint that leads there."""
-    up = up_of(paths, version)
+    up = hints.up(paths, version)
     if not moving_to(paths, version):
         return f"into {lines.label(paths, version)}"
     return f"the base moves to {version}; `make export{up} LINE=1` writes only the line of {version}"
@@ -112,7 +80,7 @@ def export_writes(paths: config.Paths, version: str) -> str:
 
 def continue_queue(paths: config.Paths, rel: config.Release) -> int:
     """Go on with a queue import that stopped on a conflict the person has resolved and staged."""
-    up = up_of(paths, rel.version)
+    up = hints.up(paths, rel.version)
     repo = scratch.tree(paths, rel.version)
     if not git.is_repo(repo) or not patch_queue.am_in_progress(repo):
         raise SeriesError(f"no stopped queue import for sglang {rel.version}; start one with `make queue{up}`")
@@ -137,7 +105,7 @@ def main(argv=None) -> None:
     with scratch.exclusive(paths, rel.version):
         count = continue_queue(paths, rel) if args.resume else build_queue(paths, rel, args.force)
     repo = scratch.tree(paths, rel.version)
-    up = up_of(paths, rel.version)
+    up = hints.up(paths, rel.version)
     print(f"branch queue in {repo}: {count} commits on baseline (sglang {rel.version}); "
           f"edit with git (e.g. `git rebase -i baseline`), then `make export{up}` ({export_writes(paths, rel.version)})")
 

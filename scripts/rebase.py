@@ -25,8 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from scripts import build
-from scripts.lib import config, envs, evidence, fixes, git, lines, moving, patch_queue, report, scratch, series, trial, verdict, wheels
+from scripts.lib import build, config, envs, evidence, fixes, git, lines, moving, patch_queue, report, scratch, series, trial, verdict, wheels
 from scripts.lib.errors import SeriesError, run_main
 
 PROPOSED = "rebase-proposed"
@@ -47,7 +46,7 @@ def trial_site(paths: config.Paths, rel: config.Release, tools: envs.Tools, venv
     work = rebase_dir(paths, rel.version) / ".build"
     shutil.rmtree(work, ignore_errors=True)
     root = wheels.unpack(tools.wheel, scratch.upstream_wheel(paths, rel), work)
-    build._replace_contents(repo, head, root)  # the same swap `make apply`'s build does
+    build.replace_contents(repo, head, root)  # the same swap `make apply`'s build does
     wheel = wheels.pack(tools.wheel, root, rebase_dir(paths, rel.version) / "dist", f"{build.LABEL}.{count}")
     shutil.rmtree(work)
     envs.install_site(paths, venv, wheel, site)

@@ -27,8 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from scripts import build
-from scripts.lib import config, envs, lines, pytest_run, scratch
+from scripts.lib import build, config, envs, lines, pytest_run, scratch
 from scripts.lib.errors import SeriesError, run_main
 
 TIERS = {

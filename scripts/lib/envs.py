@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Paths, writable_cache
+from .config import Paths, base_version, writable_cache
 from .errors import SeriesError
 from .wheels import sha256_of
 
@@ -220,3 +220,30 @@ def install_site(paths: Paths, venv_home: Path, wheel: Path, site: Path) -> Path
     )
     stamp.write_text(digest)
     return site
+
+
+def compile_lock(paths: Paths, source, target, extra: list[str], command: str) -> None:
+    tools_ = tools(paths)
+    cmd = [str(tools_.uv), "pip", "compile", str(source), "-o", str(target), "-q", "--generate-hashes",
+           "--python-version", "3.11", "--custom-compile-command", command, *extra]
+    proc = subprocess.run(cmd, cwd=paths.root, env=uv_env(paths), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SeriesError(f"uv pip compile {source.name} failed: {uv_reason(proc.stderr)}; fix {source}, then run `{command}`")
+    print(f"wrote {target}")
+
+
+def lock_release(paths: Paths, rel) -> None:
+    """env/<X>.lock from env/<X>.in: hashed, cut off at the release's upload date."""
+    source = paths.env / f"{rel.version}.in"
+    if not source.exists():
+        raise SeriesError(f"{source} is missing; copy env/{base_version(paths)}.in and set sglang=={rel.version}")
+    # no cut-off when the package index did not say when the release was uploaded
+    cutoff = ["--exclude-newer", rel.exclude_newer] if rel.exclude_newer else []
+    # env/X.overrides replaces a pin of sglang's own that cannot be installed from the index
+    overrides = paths.env / f"{rel.version}.overrides"
+    override = ["--overrides", str(overrides)] if overrides.exists() else []
+    compile_lock(
+        paths, source, paths.env / f"{rel.version}.lock",
+        ["--python-platform", "x86_64-manylinux_2_34", *cutoff, *override, "--no-emit-package", "sglang"],
+        f"make lock UPSTREAM_VERSION={rel.version}",
+    )

@@ -191,6 +191,24 @@ def hunks(patch_text: str) -> list[tuple[str, int, str]]:
                 found.append((current, int(m.group(1)), line.split(" @@")[0] + " @@"))
     return found
 
+def describe_failure(patch: Patch, git_output: str) -> str:
+    """Name the patch and, where git says where, the hunk that did not apply."""
+    m = re.search(r"patch failed: (.+):(\d+)", git_output)
+    if m:
+        path, line = m.group(1), int(m.group(2))
+        file_hunks = [h for h in hunks(patch.path.read_text()) if h[0] == path]
+        for index, (_, start, header) in enumerate(file_hunks, 1):
+            if start == line:
+                return (f"{patch.name} does not apply: hunk #{index} of {len(file_hunks)} in {path} ({header}); "
+                        "refresh the patch (`make queue`, fix, `make export`) or drop it from patches/series")
+        return f"{patch.name} does not apply at {path}:{line}; refresh it or drop it from patches/series"
+    lines = [l.strip() for l in git_output.splitlines() if l.strip()] or ["git am failed"]
+    corrupt = next((l for l in lines if "corrupt patch" in l or "detection failed" in l), None)
+    if corrupt:
+        return f"{patch.name} is corrupt ({corrupt}); restore it from git or regenerate it with `make export`"
+    detail = next((l for l in lines if l.startswith("error:")), lines[0])
+    return f"{patch.name} does not apply ({detail}); refresh it or drop it from patches/series"
+
 
 def fingerprint(patches_dir: Path, patches: list[Patch], file: Path | None = None) -> str:
     """Changes whenever the series or any of its patches changes."""

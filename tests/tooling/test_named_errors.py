@@ -136,7 +136,7 @@ def test_an_emptied_state_file_is_rebuilt(up):
     state = up.build / VERSION / "applied.json"
     state.write_text("")
     # a reader names the command that rebuilds it ...
-    from scripts import build  # noqa: E402
+    from scripts.lib import build  # noqa: E402
     from scripts.lib import config
     from scripts.lib.errors import SeriesError
 

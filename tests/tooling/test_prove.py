@@ -11,7 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic import VERSION, Upstream, _format_patch  # noqa: E402
 
-from scripts import build, prove  # noqa: E402
+from scripts import prove  # noqa: E402
+from scripts.lib import build  # noqa: E402
 from scripts.lib import config, envs, evidence, series  # noqa: E402
 from scripts.lib.errors import SeriesError  # noqa: E402
 

@@ -7,8 +7,8 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from scripts.lib import config, envs, git, scratch, wheels
-from scripts.lib.errors import SeriesError
+from . import config, envs, git, scratch, wheels
+from .errors import SeriesError
 
 LABEL = "dsv4fix"  # local version: <upstream>+dsv4fix.<number of patches>
 RECORD_MODULE = "sglang/downstream_series.py"
@@ -59,7 +59,7 @@ def build(paths: config.Paths, rel: config.Release, tools: envs.Tools) -> Path:
     work = paths.release_dir(rel.version) / ".build"
     shutil.rmtree(work, ignore_errors=True)
     root = wheels.unpack(tools.wheel, scratch.upstream_wheel(paths, rel), work)
-    _replace_contents(scratch.tree(paths, rel.version), state["head"], root)
+    replace_contents(scratch.tree(paths, rel.version), state["head"], root)
     version = f"{LABEL}.{len(state['patches'])}"
     record = dict(state, version=f"{rel.version}+{version}")
     (root / RECORD_MODULE).write_text(_RECORD_TEMPLATE.format(payload=json.dumps(record, sort_keys=True)))
@@ -69,7 +69,7 @@ def build(paths: config.Paths, rel: config.Release, tools: envs.Tools) -> Path:
     return wheel
 
 
-def _replace_contents(repo: Path, commit: str, root: Path) -> None:
+def replace_contents(repo: Path, commit: str, root: Path) -> None:
     """Swap the wheel's package files for the committed tree (never the working copy)."""
     for entry in root.iterdir():
         if not entry.name.endswith(".dist-info"):
