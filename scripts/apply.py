@@ -3,7 +3,6 @@ patched wheel and prepare the test environment. The series is the release's line
 (lib/lines.py): patches/series on the base, patches/lines/X.series on release X."""
 
 import argparse
-import re
 from pathlib import Path
 
 from scripts.lib import build, config, envs, git, lines, scratch, series
@@ -16,7 +15,7 @@ def apply_series(paths: config.Paths, rel: config.Release, tools: envs.Tools) ->
     patches = lines.load(paths, rel.version)  # every entry checked before the tree is touched
     _refuse_paths_outside_python(patches)
     file = lines.series_file(paths, rel.version)
-    fp = series.fingerprint(paths.patches, patches, file)
+    fp = series.fingerprint(patches, file)
     empty = series.declared_empty(file) if not patches else None
     if empty:
         print(f"sglang {rel.version} needs no patch of the series ({lines.label(paths, rel.version)}: {empty}); "

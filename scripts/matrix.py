@@ -17,7 +17,6 @@ docs/matrix.json, the evidence each fix's first release is read from.
 import argparse
 import json
 import re
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 

@@ -18,14 +18,12 @@ files, venv and tests are unchanged since it last ran reuses that run's outcomes
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from scripts.lib import build, config, envs, evidence, fixes, lines, pins, pytest_run, series
+from scripts.lib import build, config, envs, evidence, fixes, git, lines, pins, pytest_run, series
 from scripts.lib import verdict as verdict_
 from scripts.lib.errors import SeriesError, run_main
 
@@ -70,9 +68,8 @@ def site_with(paths: config.Paths, version: str, start: Path, patch: series.Patc
     shutil.copytree(start, site, symlinks=True)
     # The site lies inside this repo's work tree: stop git from finding that repo, or it
     # would resolve the patch's paths against the repo root and skip them silently.
-    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(site.parent)}
-    cmd = ["git", "apply", "-p2", *(["-R"] if reverse else []), str(patch.path)]
-    proc = subprocess.run(cmd, cwd=site, capture_output=True, text=True, env=env)
+    proc = git.run(None, "apply", "-p2", *(["-R"] if reverse else []), str(patch.path), check=False, cwd=site,
+                   env={"GIT_CEILING_DIRECTORIES": str(site.parent)})
     if proc.returncode == 0:
         evidence.derive(site, start, patch.path, reverse)
     else:

@@ -247,7 +247,7 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
         "tests_digest": evidence.tests_digest(tests_root),
         "pins": [rel.sha256, base_rel.sha256],
         "categories": verdict.CATEGORIES,
-        "series": moving.fingerprint(patches),
+        "series": series.fingerprint(patches),
         "patches": rows,
         "guards": guard_rows,
         "summary": {c: [r["patch"] for r in rows if r["category"] == c] for c in verdict.CATEGORIES},

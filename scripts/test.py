@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from scripts.lib import build, config, envs, lines, pytest_run, scratch
+from scripts.lib import build, config, envs, git, lines, pytest_run, scratch
 from scripts.lib.errors import SeriesError, run_main
 
 TIERS = {
@@ -163,8 +163,7 @@ def tooling_inputs(root: Path) -> str | None:
     """Digest of what the tooling tests judge: every file git sees in the working tree
     (tracked, or new and not ignored) but NOT_READ, only the names of NAMES_ONLY, and the
     interpreter. None outside a git checkout."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=root, capture_output=True)
+    listed = git.run(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard", check=False, text=False)
     if listed.returncode != 0:
         return None
     digest = hashlib.sha256(sys.version.encode())

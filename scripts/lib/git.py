@@ -27,6 +27,7 @@ ISOLATED = {
     "GIT_CONFIG_NOSYSTEM": "1",
     "GIT_TERMINAL_PROMPT": "0",
     "LC_ALL": "C",
+    "TZ": "UTC",  # dates format-patch writes do not depend on the machine's zone
     # an identity for the commands that need one (reflogs, stash); commits fix theirs below
     "GIT_AUTHOR_NAME": FIXED_ENV["GIT_AUTHOR_NAME"],
     "GIT_AUTHOR_EMAIL": FIXED_ENV["GIT_AUTHOR_EMAIL"],
@@ -40,14 +41,24 @@ def environ(fixed_identity: bool = False) -> dict:
     return {**os.environ, **ISOLATED, **(FIXED_ENV if fixed_identity else {})}
 
 
-def git(repo: Path, *args: str, check: bool = True, fixed_identity: bool = False,
-        env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["git", "-C", str(repo), *CONFIG, *args], capture_output=True, text=True,
+def run(repo: Path | None, *args: str, check: bool = True, fixed_identity: bool = False, env: dict | None = None,
+        input: str | bytes | None = None, text: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The one way the tooling runs git: isolated from the user's and the system's config
+    (ISOLATED, CONFIG). `repo` None runs outside any repository (in `cwd`)."""
+    where = ["-C", str(repo)] if repo is not None else []
+    proc = subprocess.run(["git", *where, *CONFIG, *args], capture_output=True, text=text, input=input, cwd=cwd,
                           env={**environ(fixed_identity), **(env or {})})
     if check and proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise SeriesError(f"git {args[0]} failed in {repo}: {detail[-1] if detail else proc.returncode}")
+        err = proc.stderr if text else proc.stderr.decode(errors="replace")
+        out_ = proc.stdout if text else proc.stdout.decode(errors="replace")
+        detail = (err or out_).strip().splitlines()
+        raise SeriesError(f"git {args[0]} failed in {repo or cwd}: {detail[-1] if detail else proc.returncode}")
     return proc
+
+
+def git(repo: Path, *args: str, check: bool = True, fixed_identity: bool = False,
+        env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+    return run(repo, *args, check=check, fixed_identity=fixed_identity, env=env, input=input)
 
 
 def out(repo: Path, *args: str) -> str:
@@ -113,8 +124,8 @@ def committers(repo: Path, revs: str) -> set[str]:
 def patch_paths(patch: Path) -> list[str] | None:
     """Every path a patch would write, as git resolves it (-p1: `+++ /abs/x` is abs/x);
     None when git cannot read the patch (`git am` then says why)."""
-    proc = subprocess.run(["git", "apply", "--numstat", "-z", str(patch.resolve())], capture_output=True, text=True,
-                          cwd=tempfile.gettempdir(), env={**environ(), "GIT_CEILING_DIRECTORIES": tempfile.gettempdir()})
+    proc = run(None, "apply", "--numstat", "-z", str(patch.resolve()), check=False, cwd=Path(tempfile.gettempdir()),
+               env={"GIT_CEILING_DIRECTORIES": tempfile.gettempdir()})
     if proc.returncode != 0:
         return None
     fields, paths = proc.stdout.split("\0"), []
@@ -132,7 +143,4 @@ def reverse_applies(repo: Path, patch: Path) -> bool:
 
 
 def git_bytes(repo: Path, *args: str) -> bytes:
-    proc = subprocess.run(["git", "-C", str(repo), *CONFIG, *args], capture_output=True, env=environ())
-    if proc.returncode != 0:
-        raise SeriesError(f"git {args[0]} failed in {repo}: {proc.stderr.decode(errors='replace').strip()}")
-    return proc.stdout
+    return run(repo, *args, text=False).stdout

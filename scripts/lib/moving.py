@@ -4,7 +4,6 @@ One reading of report.json, so every verb drops the same patches for the same re
 and one way to adopt what a move proposes (adopt())."""
 
 import datetime
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -20,11 +19,6 @@ def report_path(paths: config.Paths, version: str) -> Path:
     return paths.release_dir(version) / "rebase" / "report.json"
 
 
-def fingerprint(patches: list[series.Patch]) -> list[list[str]]:
-    """[name, sha256] per patch: a report judges exactly these files."""
-    return [[p.name, hashlib.sha256(p.path.read_bytes()).hexdigest()] for p in patches]
-
-
 def load(paths: config.Paths, version: str, patches: list[series.Patch]) -> dict:
     """X's report, refused when it judged another series than patches/ holds now."""
     path = report_path(paths, version)
@@ -35,7 +29,7 @@ def load(paths: config.Paths, version: str, patches: list[series.Patch]) -> dict
         raise SeriesError(f"no rebase report for sglang {version} yet; {again}")
     except json.JSONDecodeError:
         raise SeriesError(f"{path} is damaged; {again}")
-    if data.get("series") != fingerprint(patches):
+    if data.get("series") != series.fingerprint(patches):
         raise SeriesError(f"the rebase report for sglang {version} judged another series than patches/ holds now; {again}")
     return data
 
@@ -135,7 +129,7 @@ def adopt(paths: config.Paths, version: str, exported: list, reasons: dict, line
         # The line says why each of the base's patches it does not hold is not there.
         recorded = series.dropped(target)
         missing = [f"# dropped {n}: {why}\n" for n, why in reasons.items() if n not in recorded]
-        text = target.read_text()
+        text = series.read_text(target)
         head = _header_end(text)
         target.write_text(text[:head] + "".join(missing) + text[head:])
     else:
@@ -143,7 +137,7 @@ def adopt(paths: config.Paths, version: str, exported: list, reasons: dict, line
         old_line = paths.patches / lines.LINES / f"{base}.series"
         if not old_line.exists():  # the teams on the old base keep their series
             old_line.parent.mkdir(parents=True, exist_ok=True)
-            old_line.write_text(base_series.read_text())
+            old_line.write_text(series.read_text(base_series))
             print(f"the sglang {base} series stays as its line: {series.display(paths.patches, old_line)}")
     changes = patch_queue.write(paths.patches, exported, target, reasons=reasons, ported=lines.ported_dir(paths, version),
                                 shared=lines.referenced(paths, skip=target))
@@ -152,7 +146,7 @@ def adopt(paths: config.Paths, version: str, exported: list, reasons: dict, line
         changes.dropped += [n for n in reasons if n not in kept and n not in changes.dropped]
         changes.reasons = {**reasons, **changes.reasons}
     if not exported and series.declared_empty(target) is None:
-        target.write_text(target.read_text() + f"{series.NO_PATCHES} sglang {version} has every fix of the series\n")
+        target.write_text(series.read_text(target) + f"{series.NO_PATCHES} sglang {version} has every fix of the series\n")
     if not line:
         own = paths.patches / lines.LINES / f"{version}.series"
         if own.exists():

@@ -7,7 +7,6 @@ exports to its own file; the export strips that line again.
 """
 
 import datetime
-import os
 import re
 import subprocess
 import tempfile
@@ -34,8 +33,6 @@ FORMAT_PATCH = [
     "--no-color",
     "--encoding=UTF-8",
 ]
-# A user's or the system's git config (format.*, diff.*, core.abbrev) must not change the bytes.
-_ISOLATED = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C", "TZ": "UTC"}
 # The committer is fixed, the author (name, date) comes from the patch: re-importing a
 # series gives the same commit ids, so an untouched queue re-exports untouched.
 _COMMITTER = {k: v for k, v in git.FIXED_ENV.items() if k.startswith("GIT_COMMITTER_")}
@@ -47,12 +44,7 @@ _FALLBACK_DATE = "Sat, 1 Jan 2000 00:00:00 +0000"  # git.FIXED_ENV's clock, for 
 
 
 def _git(repo: Path, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["git", "-C", str(repo), "-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false", *args],
-                          capture_output=True, text=True, env={**os.environ, **_ISOLATED, **_COMMITTER, **(env or {})})
-    if check and proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise SeriesError(f"git {args[0]} failed in {repo}: {detail[-1] if detail else proc.returncode}")
-    return proc
+    return git.git(repo, *args, env={**_COMMITTER, **(env or {})}, check=check)
 
 
 # ---- import: patch files -> commits ---------------------------------------------------------

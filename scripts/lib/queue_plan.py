@@ -2,7 +2,7 @@
 read it the same way): the line of X, or on a release without a line the base's series
 less what X's rebase report drops."""
 
-from . import config, git, hints, lines, moving, patch_queue, scratch, series
+from . import config, lines, moving, patch_queue, scratch, series
 from .errors import SeriesError
 
 

@@ -115,7 +115,7 @@ def display(patches_dir: Path, file: Path) -> str:
 
 def declared_empty(file: Path) -> str | None:
     """The reason a series holds no patch on purpose (its `# no patches:` line), else None."""
-    for line in file.read_text().splitlines() if file.exists() else []:
+    for line in read_text(file).splitlines() if file.exists() else []:
         if line.startswith(NO_PATCHES):
             return line[len(NO_PATCHES):].strip() or "declared"
     return None
@@ -124,7 +124,7 @@ def declared_empty(file: Path) -> str | None:
 def dropped(file: Path) -> dict:
     """{name: why} of the series' `# dropped NAME: why` lines."""
     found = {}
-    for line in file.read_text().splitlines() if file.exists() else []:
+    for line in read_text(file).splitlines() if file.exists() else []:
         m = _DROPPED.match(line)
         if m:
             found[m.group(1)] = m.group(2)
@@ -210,9 +210,10 @@ def describe_failure(patch: Patch, git_output: str) -> str:
     return f"{patch.name} does not apply ({detail}); refresh it or drop it from patches/series"
 
 
-def fingerprint(patches_dir: Path, patches: list[Patch], file: Path | None = None) -> str:
-    """Changes whenever the series or any of its patches changes."""
-    digest = hashlib.sha256((file or series_file(patches_dir)).read_bytes())
+def fingerprint(patches: list[Patch], file: Path | None = None) -> str:
+    """Changes whenever any of the patches changes (their names, order, bytes) and, when
+    `file` is given, the series file itself (its comments included)."""
+    digest = hashlib.sha256(file.read_bytes() if file else b"")
     for patch in patches:
         digest.update(patch.name.encode() + b"\0" + patch.path.read_bytes())
     return digest.hexdigest()

@@ -9,7 +9,6 @@ and in reverse (quilt's hint that upstream already has the change).
 """
 
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,13 +63,11 @@ def failing_hunks(repo: Path, patch_text: str) -> list[Hunk]:
     failing = []
     for header, file, hunks in _files(patch_text):
         for index, hunk in enumerate(hunks, 1):
-            proc = subprocess.run(["git", "-C", str(repo), "apply", "--check", "-"], input=header + hunk,
-                                  capture_output=True, text=True)
+            proc = git.git(repo, "apply", "--check", "-", input=header + hunk, check=False)
             if proc.returncode != 0:
                 failing.append(Hunk(file, index, len(hunks), hunk.splitlines()[0], _reason(proc.stderr)))
         if not hunks:  # a file-level change (new, deleted, mode): check it whole
-            proc = subprocess.run(["git", "-C", str(repo), "apply", "--check", "-"], input=header,
-                                  capture_output=True, text=True)
+            proc = git.git(repo, "apply", "--check", "-", input=header, check=False)
             if proc.returncode != 0:
                 failing.append(Hunk(file, 0, 0, "(file header)", _reason(proc.stderr)))
     return failing

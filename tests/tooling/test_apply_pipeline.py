@@ -1,7 +1,6 @@
 """fetch / apply / build on a synthetic upstream: the happy path, idempotence, and every
 kind of bad input ending in one line that says what to do, a non-zero exit, nothing lost."""
 
-import json
 import sys
 import zipfile
 from pathlib import Path

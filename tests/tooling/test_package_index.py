@@ -4,7 +4,6 @@ UV_DEFAULT_INDEX or a uv.toml, and the pins record a wheel by file name and sha2
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
