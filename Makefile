@@ -19,10 +19,12 @@ COPY_TO ?=
 RELEASES ?=
 PUBLISH ?=
 LINE ?=
+# FROM=Y (rebase): the line a move starts from (default: the newest line at or below UPSTREAM_VERSION)
+FROM ?=
 # FRESH=1 (prove, rebase, matrix): run every side's tests again instead of reusing the
 # stored outcomes of the very same installed files, venv and tests
 FRESH ?=
-export PYTHON UPSTREAM_VERSION PYTEST_ARGS REQUIRE_CUDA WRITE STRICT FORCE CONTINUE COPY_TO RELEASES PUBLISH LINE FRESH
+export PYTHON UPSTREAM_VERSION PYTEST_ARGS REQUIRE_CUDA WRITE STRICT FORCE CONTINUE COPY_TO RELEASES PUBLISH LINE FRESH FROM
 # SGLANG_SERIES_DRY_RUN=1: every verb stops once its arguments are parsed (tests/tooling)
 # exec: the verb is make's own child, so the SIGTERM make passes on reaches it (not a shell)
 CLI = @exec "$$PYTHON" -m scripts.cli
@@ -65,7 +67,7 @@ bench:  ## the benchmarks in bench/, vanilla vs patched
 pin:  ## pin sglang X (default: the newest the configured package index has): wheel name + sha256, cut-off date, env/X.in + env/X.lock
 	$(CLI) pin
 
-rebase:  ## report how the series fares on UPSTREAM_VERSION=X (WRITE=1: adopt the proposed series, X becomes the base; WRITE=1 LINE=1: write X's line only; STRICT=1: fail if a kept patch no longer applies or a guard fails; COPY_TO=docs/rebase: keep the report there)
+rebase:  ## report how the newest line at or below UPSTREAM_VERSION=X (or FROM=Y) fares on X (WRITE=1: write X's line and make X the base; WRITE=1 LINE=1: write X's line only; STRICT=1: fail if a kept patch no longer applies or a guard fails; COPY_TO=docs/rebase: keep the report there)
 	$(CLI) rebase
 
 queue:  ## the series as branch `queue` of the scratch tree, one commit per patch (FORCE=1: rebuild over unexported edits; CONTINUE=1: go on after a resolved conflict)
@@ -74,7 +76,7 @@ queue:  ## the series as branch `queue` of the scratch tree, one commit per patc
 export:  ## write branch `queue` back to the series it came from (deterministic; on a release without a line: the move, LINE=1: its line only)
 	$(CLI) export
 
-lines:  ## which patches each pinned release gets (PUBLISH=1: also the README's title and table)
+lines:  ## which patches each pinned release gets, and what the evidence asks of each line (WRITE=1: rewrite the lines from docs/matrix.json and the ports; PUBLISH=1: also the README's title and table)
 	$(CLI) lines
 
 matrix:  ## every fix's tests on each pinned vanilla release: present / fixed / cannot-run (RELEASES=a,b; PUBLISH=1 writes docs/matrix.md and the README table)

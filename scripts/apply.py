@@ -1,11 +1,11 @@
 """make apply: fetch the pinned upstream, apply its series (all or nothing), build the
 patched wheel and prepare the test environment. The series is the release's line
-(lib/lines.py): patches/series on the base, patches/lines/X.series on release X."""
+(lib/lines.py): patches/lines/X.series for release X (the base when none is named)."""
 
 import argparse
 from pathlib import Path
 
-from scripts.lib import build, config, envs, git, lines, scratch, series
+from scripts.lib import build, config, envs, git, hints, lines, scratch, series
 from scripts.lib.errors import SeriesError, run_main
 
 
@@ -16,6 +16,9 @@ def apply_series(paths: config.Paths, rel: config.Release, tools: envs.Tools) ->
     _refuse_paths_outside_python(patches)
     file = lines.series_file(paths, rel.version)
     fp = series.fingerprint(patches, file)
+    for fix, why in lines.lacking(file).items():
+        print(f"warning: sglang {rel.version} lacks {fix} and its line carries no port of it ({why}); "
+              "the wheel built here does not have that fix")
     empty = series.declared_empty(file) if not patches else None
     if empty:
         print(f"sglang {rel.version} needs no patch of the series ({lines.label(paths, rel.version)}: {empty}); "
@@ -92,7 +95,7 @@ def main(argv=None) -> None:
         if args.no_env:
             return
         build.install_sites(paths, rel)
-    up = "" if rel.version == config.base_version(paths) else f" UPSTREAM_VERSION={rel.version}"
+    up = hints.up(paths, rel.version)
     print(f"test environment ready; run `make test{up}`")
 
 

@@ -21,7 +21,7 @@ from scripts.lib.errors import SeriesError, run_main
 # the variables the Makefile exports, and the flag each one turns into
 FLAGS = {"WRITE": "--write", "STRICT": "--strict", "FORCE": "--force", "CONTINUE": "--continue",
          "REQUIRE_CUDA": "--require-cuda", "PUBLISH": "--publish", "LINE": "--line", "FRESH": "--fresh"}
-VALUES = {"UPSTREAM_VERSION": "--upstream", "COPY_TO": "--copy-to", "RELEASES": "--releases"}
+VALUES = {"UPSTREAM_VERSION": "--upstream", "COPY_TO": "--copy-to", "RELEASES": "--releases", "FROM": "--from"}
 OURS = {*FLAGS, *VALUES, "PYTEST_ARGS", "PYTHON", "SGLANG_SERIES_DRY_RUN"}
 
 # make target: (verb module, fixed arguments, the variables it takes; PYTEST_ARGS goes after `--`)
@@ -38,10 +38,10 @@ TARGETS = {
     "lock-tools": ("lock", ["--tools"], []),
     "bench": ("bench", [], ["UPSTREAM_VERSION"]),
     "pin": ("pin", [], ["UPSTREAM_VERSION"]),
-    "rebase": ("rebase", [], ["UPSTREAM_VERSION", "WRITE", "LINE", "STRICT", "COPY_TO", "FRESH"]),
+    "rebase": ("rebase", [], ["UPSTREAM_VERSION", "FROM", "WRITE", "LINE", "STRICT", "COPY_TO", "FRESH"]),
     "queue": ("queue", [], ["UPSTREAM_VERSION", "FORCE", "CONTINUE"]),
     "export": ("export", [], ["UPSTREAM_VERSION", "LINE"]),
-    "lines": ("lines", [], ["PUBLISH"]),
+    "lines": ("lines", [], ["WRITE", "PUBLISH"]),
     "matrix": ("matrix", [], ["RELEASES", "PUBLISH", "FRESH", "PYTEST_ARGS"]),
 }
 

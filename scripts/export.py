@@ -2,13 +2,11 @@
 
 The branch exported is `queue` (from `make queue`), or `applied` when that is the one
 checked out and carries commits of your own. What it writes:
-  - on the base: patches/series and its patch files;
-  - on a release X with a line: patches/lines/X.series, a changed patch as a copy ported
-    to X (patches/lines/X/) wherever another line still uses the file;
-  - on a release X without a line (a move): X becomes the base and patches/series holds
-    what the queue holds, the base's old series staying as its line; with --line
-    (LINE=1) only X's line is written. Patches X's rebase report calls absorbed are
-    dropped with its reason.
+  - on a release X with a line: patches/lines/X.series, a changed or new patch written
+    to X's folder (patches/lines/X/), a file another line still uses never rewritten;
+  - on a release X without a line (a move): X's line, holding what the queue holds, and
+    X becomes the base; with --line (LINE=1) the base stays. Patches X's rebase report
+    calls absorbed are dropped with its reason.
 A patch is dropped only with a reason: the report's, or a `# dropped NAME: why` line the
 maintainer put in the series. patches/ with uncommitted changes is refused.
 The output is deterministic: the same commits give byte-identical files on every run and
@@ -16,8 +14,8 @@ machine (see lib/patch_queue.py)."""
 
 import argparse
 
-from scripts.lib import config, git, hints, lines, moving, patch_queue, scratch, series
-from scripts.lib.queue_plan import moving_to, require_idle, source, subjects
+from scripts.lib import config, git, hints, lines, moving, patch_queue, scratch
+from scripts.lib.queue_plan import moving_to, require_idle, source, start, subjects
 from scripts.lib.errors import SeriesError, run_main
 
 
@@ -49,19 +47,19 @@ def export_series(paths: config.Paths, rel: config.Release, line: bool = False) 
     file, patches = source(paths, rel.version)
     exported = patch_queue.export(repo, scratch.BASELINE, branch, known, subjects(patches))
     if move:
-        base = config.base_version(paths)
-        reasons = moving.drop_reasons(moving.load(paths, rel.version, series.load(paths.patches)))
+        base = start(paths, rel.version)
+        reasons = moving.drop_reasons(moving.load(paths, rel.version, lines.load(paths, base)))
         changes = moving.adopt(paths, rel.version, exported, reasons, line)
         message = paths.release_dir(rel.version) / "rebase" / "COMMIT_MSG"
         message.write_text(moving.commit_message(rel.version, base, changes, line))
         where = (f"wrote {lines.label(paths, rel.version)}" if line
-                 else f"the series now targets sglang {rel.version}: upstream/releases.json base = {rel.version}")
+                 else f"wrote {lines.label(paths, rel.version)}; upstream/releases.json base = {rel.version}")
         print(f"{where}; commit it with `git add -A patches upstream env README.md && git commit -F {message}`")
     else:
         if patch_queue.diff_against(paths.patches, exported, [p.entry for p in patches]).any:
             lines.keep_copy(paths, "export")
-        ported = lines.ported_dir(paths, rel.version) if file != series.series_file(paths.patches) else None
-        changes = patch_queue.write(paths.patches, exported, file, ported=ported, shared=lines.referenced(paths, skip=file))
+        changes = patch_queue.write(paths.patches, exported, file, ported=lines.ported_dir(paths, rel.version),
+                                    shared=lines.referenced(paths, skip=file))
     if branch == scratch.APPLIED and git.rev(repo, branch) != (state["head"] if state else git.rev(repo, scratch.BASELINE)):
         # The commits live on as the queue; `applied` goes back to what `make apply` expects.
         git.checkout_fresh(repo, patch_queue.QUEUE, scratch.APPLIED)
@@ -73,7 +71,7 @@ def export_series(paths: config.Paths, rel: config.Release, line: bool = False) 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--upstream", help="release whose queue to export (default: the pinned base)")
+    parser.add_argument("--upstream", help="release whose queue to export (default: the base)")
     parser.add_argument("--line", action="store_true", help="on a release without a line: write its line, keep the base")
     args = parser.parse_args(argv)
     paths = config.Paths.from_env()

@@ -1,7 +1,10 @@
-"""make lint: check the series and the tests for the mistakes that make a green run lie.
+"""make lint: check the lines and the tests for the mistakes that make a green run lie.
 
-- every series entry exists, none twice, and no patch file sits outside the series;
-- every patch has the DEP-3 style headers, and the tests it names exist;
+- every line's entries exist, none twice; every patch file is on a line, in the folder
+  of the release it was written on; every line names what the evidence asks of it
+  (lib/lines.py derive: the fixes docs/matrix.json says the release lacks, each from its
+  newest port at or below the release, and a `# lacks` line for a fix with no port);
+- every patch every line names has the DEP-3 style headers, and the tests it names exist;
 - every revert in tests/reverts names guard tests that exist;
 - tests/fixes.toml names tests that exist, and every patch's `Tests:` is exactly one
   fix's tests there (so a fix keeps its evidence when its patch is dropped);
@@ -19,21 +22,37 @@ from scripts.lib import config, fixes, lines, readme, series
 from scripts.lib.errors import SeriesError, run_main
 
 
-def check_lines(paths: config.Paths) -> list[str]:
-    """Every release's line loads, every patch file is on some line, and the README's
-    table of lines says what the series files say."""
+def check_lines(paths: config.Paths, tests_root: Path) -> list[str]:
+    """Every release's line loads and names what the evidence asks (lines.derive), every
+    patch file is on some line and lies in a release's folder, and the README's table of
+    lines says what the series files say."""
     problems, listed = [], set()
+    pinned = set(config.load_releases(paths)["releases"]) if paths.releases.exists() else set()
     for file in lines.all_files(paths):
-        listed |= {(paths.patches / e).resolve() for e in series.entries(paths.patches, file)}
-        if file == series.series_file(paths.patches):
-            continue  # check_series has the base's own problems
+        label = series.display(paths.patches, file)
+        version = file.name[: -len(".series")]
         try:
-            if not series.load(paths.patches, file) and series.declared_empty(file) is None:
-                problems.append(f"{series.display(paths.patches, file)} lists no patch and does not say the release needs none")
+            entries = series.entries(paths.patches, file)
+            problems += [f"{label} lists {n} more than once" for n, c in Counter(entries).items() if c > 1]
+            listed |= {(paths.patches / e).resolve() for e in entries}
+            series.load(paths.patches, file)
         except SeriesError as exc:
             problems.append(str(exc))
-    patch_files = list(paths.patches.glob("*.patch")) + list((paths.patches / lines.LINES).glob("*/*.patch"))
-    problems += [f"patches/{p.relative_to(paths.patches)} is not in patches/series nor on any line (patches/lines/*.series)"
+            continue
+        if version not in pinned:
+            problems.append(f"{label} is the line of sglang {version}, which upstream/releases.json does not pin; "
+                            f"pin it with `make pin UPSTREAM_VERSION={version}` or remove the line")
+            continue
+        differs = lines.differs(paths, version, tests_root)
+        if differs:
+            problems.append(f"{label} {differs}; rewrite it from the evidence with `make lines WRITE=1`")
+    if not lines.exists(paths, config.base_version(paths)) and paths.releases.exists():
+        problems.append(f"the base, sglang {config.base_version(paths)}, has no line ({lines.label(paths, config.base_version(paths))})")
+    stray = sorted(p for p in paths.patches.rglob("*.patch") if p.parent.parent != paths.patches / lines.LINES)
+    problems += [f"patches/{p.relative_to(paths.patches)} lies outside a release's folder; move it to "
+                 "patches/lines/<the release it was written on>/" for p in stray]
+    patch_files = list((paths.patches / lines.LINES).glob("*/*.patch"))
+    problems += [f"patches/{p.relative_to(paths.patches)} is on no line (patches/lines/*.series)"
                  for p in sorted(patch_files) if p.resolve() not in listed]
     text = (paths.root / "README.md").read_text() if paths.patches == paths.root / "patches" and paths.releases.exists() else ""
     if "<!-- lines:begin -->" in text and readme.replace_block(text, "lines", readme.lines_table(paths)) != text:
@@ -41,21 +60,27 @@ def check_lines(paths: config.Paths) -> list[str]:
     return problems
 
 
-def check_series(paths: config.Paths) -> list[str]:
-    problems = []
-    names = series.entries(paths.patches)
-    problems += [f"patches/series lists {n} more than once" for n, c in Counter(names).items() if c > 1]
-    for name in names:
-        if not (paths.patches / name).is_file():
-            problems.append(f"patches/series lists {name}, which does not exist")
-    problems += check_lines(paths)
-    for name in names:
-        if not (paths.patches / name).is_file():
-            continue
+def line_patches(paths: config.Paths) -> list[Path]:
+    """Every patch file some line names, once (a file shared by lines is checked once)."""
+    found = {}
+    for file in lines.all_files(paths):
         try:
-            patch = series.parse(paths.patches / name)
+            for entry in series.entries(paths.patches, file):
+                found.setdefault((paths.patches / entry).resolve(), paths.patches / entry)
+        except SeriesError:
+            continue  # check_lines names it
+    return [p for p in found.values() if p.is_file()]
+
+
+def check_series(paths: config.Paths) -> list[str]:
+    """Every patch every line names has the DEP-3 headers, and the tests it names exist."""
+    problems = check_lines(paths, paths.root)
+    for path in line_patches(paths):
+        name = path.relative_to(paths.patches).as_posix()
+        try:
+            patch = series.parse(path)
         except SeriesError as exc:
-            problems.append(str(exc))
+            problems.append(f"{name}: {exc}")
             continue
         missing = [h for h in series.REQUIRED_HEADERS if not patch.headers.get(h)]
         if missing:
@@ -122,7 +147,7 @@ def check_reverts(paths: config.Paths) -> list[str]:
     if not (reverts / "series").exists():
         return []
     try:
-        loaded = series.load(reverts, allow_empty=True)
+        loaded = series.load(reverts, reverts / "series", allow_empty=True)
     except SeriesError as exc:
         return [f"tests/reverts: {exc}"]
     problems = [f"tests/reverts/{r.name}: no Tests header" for r in loaded if not r.tests]
@@ -148,11 +173,14 @@ def check_fixes(paths: config.Paths) -> list[str]:
     problems = [f"{where}: {f.pr} names no tests" for f in registry if not f.tests]
     problems += [f"{where}: {f.pr} names {t}, which does not exist" for f in registry for t in f.tests if not test_exists(paths.root, t)]
     problems += [f"{where}: {pr} appears more than once" for pr, c in Counter(f.pr for f in registry).items() if c > 1]
-    for name in series.entries(paths.patches):
-        if (paths.patches / name).is_file():
-            patch = series.parse(paths.patches / name)
-            if patch.tests and fixes.carried_by(registry, patch.tests) is None:
-                problems.append(f"{name}: its Tests are not exactly the tests of one fix in {where}; add or update the fix there")
+    for path in line_patches(paths):
+        try:
+            patch = series.parse(path)
+        except SeriesError:
+            continue  # check_series names it
+        if patch.tests and fixes.carried_by(registry, patch.tests) is None:
+            problems.append(f"{path.relative_to(paths.patches).as_posix()}: its Tests are not exactly the tests of "
+                            f"one fix in {where}; add or update the fix there")
     return problems
 
 
@@ -182,9 +210,8 @@ def main() -> None:
         print(f"lint: {problem}", file=sys.stderr)
     if found:
         raise SeriesError(f"{len(found)} lint problem(s), listed above")
-    line_files = sorted((paths.patches / lines.LINES).glob("*.series"))
-    print(f"lint: the series of {len(series.entries(paths.patches))} patches, the {len(line_files)} lines of "
-          "patches/lines/ and tests/ are consistent")
+    print(f"lint: the {len(lines.all_files(paths))} lines of patches/lines/, the {len(line_patches(paths))} patch files "
+          "they name and tests/ are consistent")
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def prove(paths: config.Paths, rel: config.Release, venv: Path, sites: dict, tes
           pytest_args: list[str] = (), fresh: bool = False) -> dict:
     """Both sides of every claim, printed as tables; returns the rows by kind."""
     patches = lines.load(paths, rel.version)
-    reverts = [revert_for(tests_root, rel.version, r) for r in series.load(tests_root / REVERTS, allow_empty=True)]
+    reverts = [revert_for(tests_root, rel.version, r) for r in series.load(tests_root / REVERTS, tests_root / REVERTS / "series", allow_empty=True)]
     carried = [set(p.tests) for p in patches + reverts]
     left_out = lines.left_out_fixes(paths, rel.version, tests_root)
     registry = [f for f in fixes.load(tests_root) if set(f.tests) not in carried]

@@ -1,14 +1,15 @@
-"""make queue: turn patches/series into branch `queue` of the scratch tree, one commit per
+"""make queue: turn a release's line into branch `queue` of its scratch tree, one commit per
 patch with its full message and headers. Edit, reorder, squash or rebase it with plain git
 (`git rebase -i baseline`, `git commit --amend`), then `make export` writes it back.
 
 On a release with a line (patches/lines/X.series) the queue holds that line, and
 `make export UPSTREAM_VERSION=X` writes it back. On a release without one the queue
-moves the base's series there, acting on the verdicts of `make rebase UPSTREAM_VERSION=X`
-(build/X/rebase/report.json): a patch upstream absorbed is not replayed, and `make export`
-drops it with the report's reason. A patch that does not apply stops the import with
-`git am --3way`'s conflict markers in the tree (merged against the base's blobs, taken
-from the base's wheel), for a person to resolve; `make queue UPSTREAM_VERSION=X CONTINUE=1`
+moves the line that X's rebase report judged (the newest line below X) there, acting on
+the verdicts of `make rebase UPSTREAM_VERSION=X` (build/X/rebase/report.json): a patch
+upstream absorbed is not replayed, and `make export` drops it with the report's reason.
+A patch that does not apply stops the import with `git am --3way`'s conflict markers in
+the tree (merged against the blobs of the release it was written on, taken from that
+release's wheel), for a person to resolve; `make queue UPSTREAM_VERSION=X CONTINUE=1`
 then goes on with the rest."""
 
 import argparse
@@ -44,9 +45,8 @@ def build_queue(paths: config.Paths, rel: config.Release, force: bool = False) -
         if pending.any:
             raise SeriesError(f"branch queue in {repo} differs from patches/ ({pending.summary()}); keep it with "
                               f"`make export{up}`, or rebuild it from patches/ with `make queue{up} FORCE=1`")
-    if rel.version != config.base_version(paths):  # the blobs a patch made on the base names, for `git am --3way`
-        base = config.release(paths, config.base_version(paths))
-        scratch.import_base(paths, repo, base, tools, series.load(paths.patches))
+    # the blobs each patch names, from the release it was written on, for `git am --3way`
+    scratch.import_bases(paths, repo, tools, [p for p in patches if not p.entry.startswith(f"lines/{rel.version}/")])
     git.checkout_fresh(repo, patch_queue.QUEUE, scratch.BASELINE)
     if not patches:
         return 0
@@ -75,7 +75,7 @@ def export_writes(paths: config.Paths, version: str) -> str:
     up = hints.up(paths, version)
     if not moving_to(paths, version):
         return f"into {lines.label(paths, version)}"
-    return f"the base moves to {version}; `make export{up} LINE=1` writes only the line of {version}"
+    return f"the line of {version}, which becomes the base; `make export{up} LINE=1` writes the line and keeps the base"
 
 
 def continue_queue(paths: config.Paths, rel: config.Release) -> int:
@@ -95,7 +95,7 @@ def continue_queue(paths: config.Paths, rel: config.Release) -> int:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--upstream", help="release to build the queue on (default: the pinned base)")
+    parser.add_argument("--upstream", help="release to build the queue on (default: the base)")
     parser.add_argument("--force", action="store_true", help="rebuild the queue even if it holds changes not exported yet")
     parser.add_argument("--continue", dest="resume", action="store_true",
                         help="go on after resolving the conflict an import stopped on")

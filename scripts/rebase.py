@@ -1,17 +1,20 @@
-"""make rebase UPSTREAM_VERSION=X: how the series fares on sglang X, sorted by evidence.
+"""make rebase UPSTREAM_VERSION=X: how a line fares on sglang X, sorted by evidence.
+
+The line judged is the newest one at or below X (FROM=Y names another): a new release
+is judged against the patches closest to it, line-only patches included.
 
 1. fetch X's pinned wheel (sha256-checked) and build its pristine scratch tree;
-2. evidence first: run each patch's `Tests:` on the base's vanilla wheel and on X's,
+2. evidence first: run each patch's `Tests:` on the start line's vanilla wheel and on X's,
    each in its own release's locked venv; a patch whose fix X has is dropped, with its
    reason, before anything is applied;
 3. try the others in order, cumulatively (lib/trial.py): as they are, else with a 3-way
-   merge against the base's blobs (taken from the base's wheel);
+   merge against the blobs of the release each was written on (taken from its wheel);
 4. run the tests on X with the patches that applied;
 5. sort every patch (lib/verdict.py), write report.md + report.json and a proposed
    series (absorbed patches dropped, the rest refreshed) under build/X/rebase/.
 
-patches/ changes only with --write (WRITE=1: X becomes the base; with --line, LINE=1:
-X's line only), and only when every kept patch applies and its tests pass on X. A
+patches/ changes only with --write (WRITE=1: X's line, and X becomes the base; with
+--line, LINE=1: X's line only), and only when every kept patch applies and its tests pass on X. A
 WRITE=1 that cannot adopt says so as soon as the evidence shows it: at once when a
 report for this series and these tests is there, else before the tests on patched X.
 """
@@ -140,14 +143,15 @@ def _progress(line: str) -> None:
 
 
 def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, venv_of=None, log=_progress,
-           fresh: bool = False) -> dict:
+           fresh: bool = False, start: str | None = None) -> dict:
     """The whole report as a dict (also written to build/X/rebase/). `venv_of(version)` and
     `tests_root` are the seams the tooling tests use; by default the locked venvs and this repo."""
     tests_root = tests_root or paths.root
     venv_of = venv_of or (lambda v: envs.venv(paths, v))
-    base = config.base_version(paths)
+    base = lines.start_for(paths, version, start)  # the line judged: "base" in the report
     rel, base_rel = config.release(paths, version), config.release(paths, base)
-    patches = series.load(paths.patches)
+    patches = lines.load(paths, base)
+    log(f"judging the line of sglang {base} ({lines.label(paths, base)}, {len(patches)} patches) on sglang {version}")
     tools = envs.tools(paths)
     repo = scratch.ensure_baseline(paths, rel, tools)
     if patch_queue.am_in_progress(repo) and git.current_branch(repo) == trial.BRANCH:
@@ -194,7 +198,7 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
     kept = [p for p in patches if p.name not in absorbed and p.name not in declared]
     git.checkout_fresh(repo, trial.BRANCH, scratch.BASELINE)
     reverse = {p.name: git.reverse_applies(repo, p.path) for p in patches if p not in kept}  # a hint for the report
-    scratch.import_base(paths, repo, base_rel, tools, patches)  # the blobs `git am --3way` merges with
+    scratch.import_bases(paths, repo, tools, patches)  # the blobs `git am --3way` merges with
     trials = {t.patch.name: t for t in trial.try_series(repo, kept, three_way=True)}
     log(f"tried {len(kept)} patches on sglang {version}: {sum(t.applies and not t.three_way for t in trials.values())} "
         f"apply as they are, {sum(t.three_way for t in trials.values())} with a 3-way merge "
@@ -225,7 +229,7 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
     guard_rows = [guard_row(g, runs, paths) for g in guards]
     out = rebase_dir(paths, version)
     proposed = proposed_series(repo, [trials[p.name] for p in kept])
-    changes = patch_queue.diff_against(paths.patches, proposed, series.entries(paths.patches))
+    changes = patch_queue.diff_against(paths.patches, proposed, series.entries(paths.patches, lines.series_file(paths, base)))
     notes = {r["patch"]: f"{r['category']}: see report.md" for r in rows
              if r["category"] not in (verdict.CLEAN, verdict.ABSORBED, verdict.LEFT_OUT)}
     shutil.rmtree(out / "patches", ignore_errors=True)
@@ -253,9 +257,9 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
         "summary": {c: [r["patch"] for r in rows if r["category"] == c] for c in verdict.CATEGORIES},
         "proposed_series": f"build/{version}/rebase/patches",
         "proposed_changes": changes.summary(),
-        "writes": {f"make rebase {up} WRITE=1": f"patches/series, with sglang {version} the base "
-                                                  f"(patches/lines/{base}.series keeps the sglang {base} series)",
-                   f"make rebase {up} WRITE=1 LINE=1": f"patches/lines/{version}.series only; the base stays sglang {base}"},
+        "writes": {f"make rebase {up} WRITE=1": f"patches/lines/{version}.series, and sglang {version} becomes the base",
+                   f"make rebase {up} WRITE=1 LINE=1": f"patches/lines/{version}.series only; the base stays "
+                                                       f"sglang {config.base_version(paths)}"},
         "rerun": [
             f"make pin {up}        # only if not pinned yet: records the wheel and writes env/{version}.lock",
             f"make rebase {up}     # this report",
@@ -292,24 +296,27 @@ def refuse_blocked(data: dict) -> None:
                                   [r["patch"] for r in stuck if r["applies"]]))
 
 
-def current_report(paths: config.Paths, version: str, tests_root: Path) -> dict | None:
-    """X's report when it judged this series with these tests on these pins: WRITE=1 acts
-    on it without running a test again."""
+def current_report(paths: config.Paths, version: str, tests_root: Path, start: str | None = None) -> dict | None:
+    """X's report when it judged the line it starts from with these tests on these pins:
+    WRITE=1 acts on it without running a test again."""
+    base = lines.start_for(paths, version, start)
     try:
-        data = moving.load(paths, version, series.load(paths.patches))
+        data = moving.load(paths, version, lines.load(paths, base))
     except SeriesError:
         return None
-    pins = [config.release(paths, version).sha256, config.release(paths, config.base_version(paths)).sha256]
+    if data.get("base") != base:
+        return None
+    pins = [config.release(paths, version).sha256, config.release(paths, base).sha256]
     fresh = data.get("tests_digest") == evidence.tests_digest(tests_root) and data.get("pins") == pins
     return data if fresh else None
 
 
 def write_to_patches(paths: config.Paths, data: dict, line: bool = False) -> patch_queue.Changes:
     version = data["upstream"]
-    moving.load(paths, version, series.load(paths.patches))  # the report judged patches/ as it is now
+    moving.load(paths, version, lines.load(paths, data["base"]))  # the report judged that line as it is now
     refuse_blocked(data)
     proposed_dir = paths.build / version / "rebase" / "patches"
-    exported = [patch_queue.Exported(Path(n).name, "", (proposed_dir / n).read_text()) for n in series.entries(proposed_dir)]
+    exported = [patch_queue.Exported(Path(n).name, "", (proposed_dir / n).read_text()) for n in series.entries(proposed_dir, proposed_dir / "series")]
     changes = moving.adopt(paths, version, exported, moving.drop_reasons(data), line)
     message = rebase_dir(paths, version) / "COMMIT_MSG"
     message.write_text(moving.commit_message(version, data["base"], changes, line))
@@ -321,6 +328,7 @@ def write_to_patches(paths: config.Paths, data: dict, line: bool = False) -> pat
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--upstream", help="pinned release to move to (see `make pin`)")
+    parser.add_argument("--from", dest="start", help="the line to start from (default: the newest at or below X)")
     parser.add_argument("--write", action="store_true", help="also write the proposed series to patches/ and make X the base")
     parser.add_argument("--line", action="store_true", help="with --write: write X's line (patches/lines/X.series); the base stays")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a patch no longer applies (for CI)")
@@ -332,8 +340,6 @@ def main(argv=None) -> None:
     paths = config.Paths.from_env()
     if not args.upstream:
         raise SeriesError("name the release to move to: `make rebase UPSTREAM_VERSION=X` (pin it first with `make pin UPSTREAM_VERSION=X`)")
-    if args.upstream == config.base_version(paths):
-        raise SeriesError(f"sglang {args.upstream} is already the base; pick a newer pinned release")
     config.release(paths, args.upstream)  # an unpinned X ends here, before anything is made under build/X
     if args.line and not args.write:
         raise SeriesError(f"LINE=1 says where WRITE=1 writes; run `make rebase UPSTREAM_VERSION={args.upstream} WRITE=1 LINE=1`")
@@ -343,7 +349,7 @@ def main(argv=None) -> None:
     data = None
     if args.write:  # refuse early: on the report already made for this series, before any test runs
         lines.require_committed(paths)
-        data = current_report(paths, args.upstream, tests_root)
+        data = current_report(paths, args.upstream, tests_root, args.start)
         if data:
             print(f"acting on {rebase_dir(paths, args.upstream) / 'report.json'} (made for this series, these tests and pins)")
             refuse_blocked(data)
@@ -351,7 +357,7 @@ def main(argv=None) -> None:
             print(f"no report for this series on sglang {args.upstream} yet: making it first (`make rebase UPSTREAM_VERSION={args.upstream}`)")
     if data is None:
         with scratch.exclusive(paths, args.upstream):  # the trial branches live in X's scratch tree
-            data = rebase(paths, args.upstream, tests_root, venv_of, fresh=args.fresh)
+            data = rebase(paths, args.upstream, tests_root, venv_of, fresh=args.fresh, start=args.start)
     for category, names in data["summary"].items():
         if names:
             print(f"{category}: {', '.join(names)}")

@@ -1,17 +1,17 @@
-"""Which series each pinned release gets: a line per release over shared patch files.
+"""Which series each pinned release gets: a line per release, every line the same kind.
 
-  patches/series             the base's line (upstream/releases.json "base")
-  patches/lines/<X>.series   the line of release X: the fixes X lacks, in order
-  patches/lines/<X>/         the copies of patches ported to X (a move or export writes them)
+  patches/lines/<X>.series   the line of release X: the fixes X lacks, in catalog order
+  patches/lines/<X>/         the patch files written on release X (its ports of the fixes)
 
-A line's entries are paths relative to patches/: `0004-....patch` is the base's file,
-`lines/0.5.14/0004-....patch` its copy ported to 0.5.14; a copy serves every line that
-names it. A release that lacks none of the fixes has a line that says so
-(`# no patches: ...`), and one not judged yet has no line: `make apply` then names the
-command that makes one. Adding or dropping a patch on a line is an edit of its file."""
+The base (upstream/releases.json "base") is only the line plain `make apply` builds.
+A line's entries are paths relative to patches/ (`lines/0.5.12/0004-....patch`); a file
+serves every line that names it. A release that lacks none of the fixes has a line that
+says so (`# no patches: ...`), and one not judged yet has no line: `make apply` then names
+the command that makes one. derive() says what a line should hold, from the evidence."""
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import config, fixes, git, series
@@ -22,8 +22,6 @@ LINES = "lines"
 
 
 def series_file(paths: config.Paths, version: str) -> Path:
-    if version == config.base_version(paths):
-        return series.series_file(paths.patches)
     return paths.patches / LINES / f"{version}.series"
 
 
@@ -47,7 +45,7 @@ def load(paths: config.Paths, version: str) -> list[series.Patch]:
                           f"fixes it lacks and `make rebase {up} WRITE=1 LINE=1` writes its line")
     file = series_file(paths, version)
     patches = series.load(paths.patches, file)
-    if not patches and version != config.base_version(paths) and series.declared_empty(file) is None:
+    if not patches and series.declared_empty(file) is None:
         raise SeriesError(f"{label(paths, version)} lists no patch and does not say that sglang {version} needs none; "
                           f"fill it with `make rebase UPSTREAM_VERSION={version} WRITE=1 LINE=1`")
     return patches
@@ -55,13 +53,27 @@ def load(paths: config.Paths, version: str) -> list[series.Patch]:
 
 def versions(paths: config.Paths) -> list[str]:
     """Every release with a line, the base first, the others in release order."""
+    base = config.base_version(paths)
     others = [f.name[: -len(".series")] for f in (paths.patches / LINES).glob("*.series")]
-    return [config.base_version(paths)] + sorted(others, key=version_key)
+    return [base] + sorted((v for v in others if v != base), key=version_key)
 
 
 def all_files(paths: config.Paths) -> list[Path]:
-    """Every series file in patches/ (the base's and each line's)."""
-    return [series.series_file(paths.patches), *sorted((paths.patches / LINES).glob("*.series"))]
+    """Every series file in patches/ (one per line)."""
+    return sorted((paths.patches / LINES).glob("*.series"))
+
+
+def start_for(paths: config.Paths, version: str, named: str | None = None) -> str:
+    """The line a move to `version` starts from: `named`, else the newest release at or
+    below `version` that has a line (so a new release is judged against the patches
+    closest to it), else the base."""
+    if named:
+        if not exists(paths, named):
+            raise SeriesError(f"sglang {named} has no line ({label(paths, named)}) to start from; name one of "
+                              f"{', '.join(versions(paths))}")
+        return named
+    below = [v for v in versions(paths) if version_key(v) <= version_key(version)]
+    return max(below, key=version_key) if below else config.base_version(paths)
 
 
 def referenced(paths: config.Paths, skip: Path | None = None) -> set[Path]:
@@ -122,3 +134,124 @@ def left_out_tests(paths: config.Paths, version: str, tests_root: Path) -> dict:
     registry = {f.pr: f for f in fixes.load(tests_root, required=False)}
     return {t: f"{pr} is left out of {label(paths, version)}: {why}"
             for pr, why in left_out_fixes(paths, version, tests_root).items() for t in registry[pr].tests}
+
+
+# ---- a line from the evidence --------------------------------------------------------------
+
+# `# lacks FIX: why`: a fix the release lacks (the matrix says so) that no port serves yet.
+LACKS = "# lacks"
+
+
+@dataclass
+class Derived:
+    entries: list[str]  # what the line names, in catalog order (paths under patches/)
+    lacking: dict  # {fix: why} the release lacks and no port at or below it serves
+    unjudged: list[str]  # fixes without a verdict on the release: the line keeps what it has of them
+
+
+def port_release(entry: str) -> str:
+    """lines/X/NNNN-name.patch was written on release X."""
+    return entry.split("/")[1]
+
+
+def ports(paths: config.Paths, registry: list) -> dict:
+    """{fix: [entry, ...] oldest release first}: every patch file under patches/lines/<X>/
+    and the fix whose tests its `Tests:` names exactly."""
+    found = {}
+    for path in sorted((paths.patches / LINES).glob("*/*.patch")):
+        fix = fixes.carried_by(registry, series.parse(path).tests)
+        if fix:
+            found.setdefault(fix.pr, []).append(path.relative_to(paths.patches).as_posix())
+    return {pr: sorted(e, key=lambda e: version_key(port_release(e))) for pr, e in found.items()}
+
+
+def derive(paths: config.Paths, version: str, tests_root: Path) -> Derived:
+    """Release `version`'s line as the evidence says: in the order of tests/fixes.toml,
+    every fix the matrix (docs/matrix.json) calls present on it, each from its newest port
+    at or below it. A maintainer's `# dropped NAME: why` keeps a fix off the line (a drop a
+    move recorded for an absorbed patch is evidence, judged again); a fix no port serves
+    is lacking; a fix the matrix has not judged there keeps what the line has of it."""
+    registry = fixes.load(tests_root, required=False)
+    states = {(r["fix"], r["release"]): r["state"] for r in fixes.evidence(tests_root)}
+    file = series_file(paths, version)
+    has = series.entries(paths.patches, file) if file.exists() else []
+    word = {n for n, why in series.dropped(file).items() if not why.startswith("absorbed upstream")}
+    by_fix = ports(paths, registry)
+    out = Derived([], {}, [])
+    for fix in registry:
+        own = by_fix.get(fix.pr, [])
+        state = states.get((fix.pr, version))
+        if any(Path(e).name in word for e in own):
+            continue
+        if state not in ("present", "fixed"):
+            out.unjudged.append(fix.pr)
+            out.entries += [e for e in has if e in own]
+            continue
+        if state == "fixed":
+            continue
+        usable = [e for e in own if version_key(port_release(e)) <= version_key(version)]
+        if usable:
+            out.entries.append(usable[-1])
+        else:
+            out.lacking[fix.pr] = f"no port at or below sglang {version} yet"
+    return out
+
+
+def lacking(file: Path) -> dict:
+    """{fix: why} of a line's `# lacks FIX: why` lines."""
+    found = {}
+    for line in series.read_text(file).splitlines() if file.exists() else []:
+        if line.startswith(LACKS + " ") and ":" in line:
+            fix, why = line[len(LACKS) + 1:].split(":", 1)
+            found[fix.strip()] = why.strip()
+    return found
+
+
+def differs(paths: config.Paths, version: str, tests_root: Path) -> str | None:
+    """How the line of `version` differs from derive(), or None."""
+    want = derive(paths, version, tests_root)
+    file = series_file(paths, version)
+    has = series.entries(paths.patches, file)
+    said = lacking(file)
+    problems = []
+    if has != want.entries:
+        def short(entries):  # lines/0.5.12/0004-name.patch -> 0.5.12/0004
+            return ", ".join(e.removeprefix(f"{LINES}/").split("-", 1)[0] for e in entries) or "no patch"
+        problems.append(f"names {short(has)} where the evidence asks for {short(want.entries)}")
+    if set(said) != set(want.lacking):
+        problems.append(f"says it lacks {', '.join(said) or 'nothing'} where the evidence says "
+                        f"{', '.join(want.lacking) or 'nothing'}")
+    empty = series.declared_empty(file)
+    if not want.entries and not want.lacking and empty is not None and "has every fix" not in empty:
+        problems.append("does not say that the release has every fix")
+    if (want.entries or want.lacking) and empty is not None and "has every fix" in empty:
+        problems.append("says the release has every fix, which the evidence does not")
+    return "; ".join(problems) or None
+
+
+def write_derived(paths: config.Paths, version: str, tests_root: Path) -> bool:
+    """Rewrite the line of `version` as derive() says, keeping every comment (a maintainer's
+    notes and drops) and each entry's `# note`; False when nothing changed."""
+    want = derive(paths, version, tests_root)
+    file = series_file(paths, version)
+    text = series.read_text(file) if file.exists() else (
+        f"# sglang {version}: the fixes of the series that sglang {version} lacks, in catalog order\n"
+        "# (`make lines WRITE=1` writes it from docs/matrix.json); entries are paths under patches/.\n")
+    comments, notes = [], {}
+    for line in text.splitlines():
+        entry, _, note = line.partition("#")
+        if entry.strip():
+            notes[entry.strip()] = note.strip()
+        elif not line.startswith((LACKS + " ", series.NO_PATCHES)) and line.strip():
+            comments.append(line)
+    body = [e + (f"  # {notes[e]}" if notes.get(e) else "") for e in want.entries]
+    body += [f"{LACKS} {fix}: {why}" for fix, why in want.lacking.items()]
+    if not want.entries:
+        body.append(f"{series.NO_PATCHES} sglang {version} has every fix of the series" if not want.lacking
+                    else f"{series.NO_PATCHES} no port yet of the fixes sglang {version} lacks (the `# lacks` lines)")
+    new = "\n".join(comments + body) + "\n"
+    if new == text:
+        return False
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(new)
+    return True

@@ -41,10 +41,11 @@ def drop_reasons(data: dict) -> dict:
 
 
 def left_out(paths: config.Paths, version: str, patches: list[series.Patch]) -> dict:
-    """{patch: why} for the base's patches that X's line (if X has one) drops by the
-    maintainer's word: its `# dropped NAME: why` lines. A move to X honours them."""
+    """{patch: why} for the patches of the line a move starts from that X's line (if X has
+    one) drops by the maintainer's word: its `# dropped NAME: why` lines. A move to X
+    honours them."""
     file = lines.series_file(paths, version)
-    if version == config.base_version(paths) or not file.exists():
+    if not file.exists():
         return {}
     # A record a move wrote for an absorbed patch is evidence, judged again; only the maintainer's word stands.
     recorded = {n: why for n, why in series.dropped(file).items() if not why.startswith("absorbed upstream")}
@@ -69,8 +70,8 @@ def drop_reason(version: str, fix, patch: series.Patch) -> str:
 
 
 def commit_message(version: str, base: str, changes, line: bool = False) -> str:
-    title = (f"The line of sglang {version}: the fixes of the sglang {base} series it lacks" if line
-             else f"Move the series from sglang {base} to sglang {version}")
+    title = (f"The line of sglang {version}: the fixes of the sglang {base} line it lacks" if line
+             else f"The line of sglang {version}, from the sglang {base} line; sglang {version} is the base")
     out = [title, ""]
     out += [f"Dropped {n}: {changes.reasons.get(n, 'no reason recorded')}" for n in changes.dropped]
     out += [f"Refreshed {n}" for n in changes.refreshed] + [f"Added {n}" for n in changes.added]
@@ -109,50 +110,34 @@ def _header_end(text: str) -> int:
 
 def adopt(paths: config.Paths, version: str, exported: list, reasons: dict, line: bool,
           day: datetime.date | None = None) -> patch_queue.Changes:
-    """Write what a move to `version` proposes. line=True: as version's line
-    (patches/lines/X.series), the base stays. Otherwise version becomes the base: its
-    series is patches/series, and the old base keeps its series as its own line. Every kept
-    patch's Last-Update is the day of the move; a changed patch is written as a copy ported
-    to X under patches/lines/X/ wherever another line still uses the file."""
+    """Write what a move to `version` proposes as its line (patches/lines/X.series); unless
+    line=True, X also becomes the base (the pointer in upstream/releases.json: every line
+    stays as it is). Every kept patch's Last-Update is the day of the move; an unchanged
+    patch names the file the line it came from uses, a changed one is written to X's
+    folder (patches/lines/X/)."""
     lines.require_committed(paths)
     lines.keep_copy(paths, f"before-{version}")
     day = day or datetime.datetime.now(datetime.timezone.utc).date()
     exported = [patch_queue.Exported(e.name, e.subject, last_updated(e.text, day)) for e in exported]
-    base = config.base_version(paths)
-    base_series = series.series_file(paths.patches)
-    if line:
-        target = lines.series_file(paths, version)
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(f"# sglang {version}: the fixes of the series that sglang {version} lacks, in this order\n"
-                              f"# (`make rebase UPSTREAM_VERSION={version}`); entries are paths under patches/.\n")
-        # The line says why each of the base's patches it does not hold is not there.
-        recorded = series.dropped(target)
-        missing = [f"# dropped {n}: {why}\n" for n, why in reasons.items() if n not in recorded]
-        text = series.read_text(target)
-        head = _header_end(text)
-        target.write_text(text[:head] + "".join(missing) + text[head:])
-    else:
-        target = base_series
-        old_line = paths.patches / lines.LINES / f"{base}.series"
-        if not old_line.exists():  # the teams on the old base keep their series
-            old_line.parent.mkdir(parents=True, exist_ok=True)
-            old_line.write_text(series.read_text(base_series))
-            print(f"the sglang {base} series stays as its line: {series.display(paths.patches, old_line)}")
+    target = lines.series_file(paths, version)
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f"# sglang {version}: the fixes of the series that sglang {version} lacks, in this order\n"
+                          f"# (`make rebase UPSTREAM_VERSION={version}`); entries are paths under patches/.\n")
+    # The line says why each patch of the line it came from that it does not hold is not there.
+    recorded = series.dropped(target)
+    missing = [f"# dropped {n}: {why}\n" for n, why in reasons.items() if n not in recorded]
+    text = series.read_text(target)
+    head = _header_end(text)
+    target.write_text(text[:head] + "".join(missing) + text[head:])
     changes = patch_queue.write(paths.patches, exported, target, reasons=reasons, ported=lines.ported_dir(paths, version),
                                 shared=lines.referenced(paths, skip=target))
-    if line:  # a new line never listed the base's patches it leaves out: they are its drops
-        kept = {e.name for e in exported}
-        changes.dropped += [n for n in reasons if n not in kept and n not in changes.dropped]
-        changes.reasons = {**reasons, **changes.reasons}
+    kept = {e.name for e in exported}  # a new line never listed the patches it leaves out: they are its drops
+    changes.dropped += [n for n in reasons if n not in kept and n not in changes.dropped]
+    changes.reasons = {**reasons, **changes.reasons}
     if not exported and series.declared_empty(target) is None:
         target.write_text(series.read_text(target) + f"{series.NO_PATCHES} sglang {version} has every fix of the series\n")
     if not line:
-        own = paths.patches / lines.LINES / f"{version}.series"
-        if own.exists():
-            own.unlink()
-            print(f"{series.display(paths.patches, own)} removed: sglang {version} is the base now and its series is "
-                  "patches/series (git keeps the old file)")
         pins.set_base(paths, version)
         name_release_in_env(paths, version)
     if readme.refresh(paths):

@@ -1,20 +1,32 @@
 """What a patch queue on release X holds (`make queue`, `make export`, `make discard`
-read it the same way): the line of X, or on a release without a line the base's series
-less what X's rebase report drops."""
+read it the same way): the line of X, or on a release without a line the line its move
+starts from (the one X's rebase report judged) less what that report drops."""
+
+import json
 
 from . import config, lines, moving, patch_queue, scratch, series
 from .errors import SeriesError
 
 
 def moving_to(paths: config.Paths, version: str) -> bool:
-    """A queue on `version` moves the base's series there (no line of its own yet)."""
-    return version != config.base_version(paths) and not lines.exists(paths, version)
+    """A queue on `version` moves a line there (the release has no line of its own yet)."""
+    return not lines.exists(paths, version)
+
+
+def start(paths: config.Paths, version: str) -> str:
+    """The line a move to `version` starts from: the one its rebase report judged, else
+    the newest line below it."""
+    try:
+        judged = json.loads(moving.report_path(paths, version).read_text()).get("base")
+    except (OSError, ValueError):
+        judged = None
+    return judged if judged and lines.exists(paths, judged) else lines.start_for(paths, version)
 
 
 def source(paths: config.Paths, version: str) -> tuple:
     """(series file, its patches) a queue on `version` starts from."""
     if moving_to(paths, version):
-        return series.series_file(paths.patches), series.load(paths.patches)
+        version = start(paths, version)
     return lines.series_file(paths, version), lines.load(paths, version)
 
 

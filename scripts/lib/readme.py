@@ -20,19 +20,21 @@ def replace_block(text: str, name: str, body: str) -> str:
 def lines_table(paths: config.Paths) -> str:
     """Every pinned release, its series file and the patches it gets."""
     base = config.base_version(paths)
-    rows = ["| release | series | patches it gets |", "|---|---|---|"]
+    rows = ["| release | line | patches it gets | fixes it lacks a port of |", "|---|---|---|---|"]
     for version in sorted(config.load_releases(paths)["releases"], key=pins.version_key):
         name = f"{version} (base)" if version == base else version
         if not lines.exists(paths, version):
-            rows.append(f"| {name} | none yet | not judged: `make rebase UPSTREAM_VERSION={version}` |")
+            rows.append(f"| {name} | none yet | not judged: `make rebase UPSTREAM_VERSION={version}` | |")
             continue
         file = lines.series_file(paths, version)
         patches = series.load(paths.patches, file)
-        gets = ", ".join(p.name.split("-", 1)[0] + (f" (`{p.entry.rsplit('/', 1)[0]}/`)" if "/" in p.entry else "")
-                         for p in patches)
+        # a patch written on another release names that release's folder
+        gets = ", ".join(p.name.split("-", 1)[0] + ("" if p.entry.startswith(f"{lines.LINES}/{version}/")
+                                                    else f" ({p.entry.split('/')[1]})") for p in patches)
         if not patches:
             gets = "none: " + (series.declared_empty(file) or "no patch listed")
-        rows.append(f"| {name} | `{lines.label(paths, version)}` | {gets} |")
+        lacks = ", ".join(lines.lacking(file)) or "none"
+        rows.append(f"| {name} | `{lines.label(paths, version)}` | {gets} | {lacks} |")
     return "\n".join(rows) + "\n"
 
 

@@ -17,8 +17,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import envs, git, pins, wheels
-from .config import Paths, Release, base_version
+from . import envs, git, hints, pins, wheels
+from .config import Paths, Release, release
 from .envs import Tools
 from .errors import SeriesError
 
@@ -112,6 +112,16 @@ def import_base(paths: Paths, repo: Path, base: Release, tools: Tools, patches: 
     return ref
 
 
+def import_bases(paths: Paths, repo: Path, tools: Tools, patches: list) -> None:
+    """import_base for every release the patches were written on (lines/X/NNNN-....patch
+    was made on X, and names X's blobs)."""
+    written_on = {}
+    for patch in patches:
+        written_on.setdefault(patch.entry.split("/")[1], []).append(patch)
+    for version, own in written_on.items():
+        import_base(paths, repo, release(paths, version), tools, own)
+
+
 def _retag_baseline(repo: Path, rel: Release) -> bool:
     """A lost `baseline` tag comes back when the tree still has the baseline commit
     (its message names the wheel's sha256)."""
@@ -163,7 +173,7 @@ def read_state(paths: Paths, version: str) -> dict | None:
     state = _parse_state(path)
     if state is None:
         raise SeriesError(f"{path} is damaged (not the JSON `make apply` writes); run "
-                          f"`make apply{'' if version == base_version(paths) else f' UPSTREAM_VERSION={version}'}`, "
+                          f"`make apply{hints.up(paths, version)}`, "
                           "which rebuilds it")
     return state
 

@@ -1,4 +1,5 @@
-"""The series: `patches/series` (order) and its git-format patch files with DEP-3 trailers."""
+"""A series file (a release's line, patches/lines/X.series: the order) and its git-format
+patch files with DEP-3 trailers. Every series file is read through read_text()."""
 
 import email.header
 import hashlib
@@ -34,10 +35,6 @@ class Patch:
         return self.headers.get("Tests", "").split()
 
 
-def series_file(patches_dir: Path) -> Path:
-    return patches_dir / "series"
-
-
 def read_text(path: Path) -> str:
     """A series or patch file as text: UTF-8 with LF line endings, or a one-line error that says so."""
     data = path.read_bytes()
@@ -54,11 +51,9 @@ def read_text(path: Path) -> str:
     return text
 
 
-def entries(patches_dir: Path, file: Path | None = None) -> list[str]:
-    """Series entries in order (paths relative to patches/, most of them plain file names);
-    '#' comments and blank lines are skipped. `file`: another series than patches/series
-    over the same patch files (a release's line, see lines.py)."""
-    path = file or series_file(patches_dir)
+def entries(patches_dir: Path, path: Path) -> list[str]:
+    """Series entries in order (paths relative to patches/: lines/X/NNNN-name.patch);
+    '#' comments and blank lines are skipped."""
     if not path.exists():
         raise SeriesError(f"{path} is missing; restore it with `git checkout -- {path}`")
     names = []
@@ -69,22 +64,20 @@ def entries(patches_dir: Path, file: Path | None = None) -> list[str]:
     return names
 
 
-def require_listed(patches_dir: Path, file: Path | None = None) -> None:
+def require_listed(patches_dir: Path, path: Path) -> None:
     """An empty series must say so on purpose: otherwise the build would silently carry no patch."""
-    path = file or series_file(patches_dir)
     if entries(patches_dir, path) or declared_empty(path) is not None:
         return
-    unlisted = sorted(p.name for p in patches_dir.glob("*.patch"))
-    held = f"; patches/ holds {len(unlisted)} patch file(s) ({', '.join(unlisted[:3])}{', ...' if len(unlisted) > 3 else ''})" \
+    unlisted = sorted(p.name for p in (path.parent / path.name[:-len(".series")]).glob("*.patch"))
+    held = f"; {display(patches_dir, path)[:-len('.series')]}/ holds {len(unlisted)} patch file(s) ({', '.join(unlisted[:3])}{', ...' if len(unlisted) > 3 else ''})" \
         if unlisted else ""
-    raise SeriesError(f"{display(patches_dir, path)} lists no patch{held}; list them in it, one file name a line, or, "
+    raise SeriesError(f"{display(patches_dir, path)} lists no patch{held}; list them in it, one path under patches/ a line (lines/X/NNNN-name.patch), or, "
                       f"if the release needs none, say so with a line `{NO_PATCHES} <why>`")
 
 
-def load(patches_dir: Path, file: Path | None = None, allow_empty: bool = False) -> list[Patch]:
+def load(patches_dir: Path, file: Path, allow_empty: bool = False) -> list[Patch]:
     """The series' patches, each checked to exist and to look like a git patch. An empty
     series is refused unless it says so on purpose (or the caller allows it)."""
-    file = file or series_file(patches_dir)
     label = display(patches_dir, file)
     if not allow_empty:
         require_listed(patches_dir, file)
@@ -109,7 +102,7 @@ def load(patches_dir: Path, file: Path | None = None, allow_empty: bool = False)
 
 
 def display(patches_dir: Path, file: Path) -> str:
-    """'patches/series', 'patches/lines/X.series': how messages name a series file."""
+    """'patches/lines/X.series': how messages name a series file."""
     return f"patches/{file.relative_to(patches_dir)}" if file.is_relative_to(patches_dir) else str(file)
 
 
@@ -200,14 +193,14 @@ def describe_failure(patch: Patch, git_output: str) -> str:
         for index, (_, start, header) in enumerate(file_hunks, 1):
             if start == line:
                 return (f"{patch.name} does not apply: hunk #{index} of {len(file_hunks)} in {path} ({header}); "
-                        "refresh the patch (`make queue`, fix, `make export`) or drop it from patches/series")
-        return f"{patch.name} does not apply at {path}:{line}; refresh it or drop it from patches/series"
+                        "refresh the patch (`make queue`, fix, `make export`) or drop it from its line")
+        return f"{patch.name} does not apply at {path}:{line}; refresh it or drop it from its line"
     lines = [l.strip() for l in git_output.splitlines() if l.strip()] or ["git am failed"]
     corrupt = next((l for l in lines if "corrupt patch" in l or "detection failed" in l), None)
     if corrupt:
         return f"{patch.name} is corrupt ({corrupt}); restore it from git or regenerate it with `make export`"
     detail = next((l for l in lines if l.startswith("error:")), lines[0])
-    return f"{patch.name} does not apply ({detail}); refresh it or drop it from patches/series"
+    return f"{patch.name} does not apply ({detail}); refresh it or drop it from its line"
 
 
 def fingerprint(patches: list[Patch], file: Path | None = None) -> str:
