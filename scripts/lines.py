@@ -27,11 +27,11 @@ def main(argv=None) -> None:
     if args.write:
         lines.require_committed(paths)
         lines.keep_copy(paths, "lines")
-        judged = {r["release"] for r in fixes.evidence(paths.root)}
+        judged = {r["release"] for r in fixes.evidence(paths.tests_root)}
         for version in sorted(config.load_releases(paths)["releases"], key=pins.version_key):
             if version not in judged and not lines.exists(paths, version):
                 print(f"sglang {version}: no evidence yet (`make matrix RELEASES={version}`), no line written")
-            elif lines.write_derived(paths, version, paths.root):
+            elif lines.write_derived(paths, version, paths.tests_root):
                 print(f"wrote {lines.label(paths, version)}")
     print(readme.lines_table(paths), end="")
     if args.publish:

@@ -57,6 +57,8 @@ def check_lines(paths: config.Paths, tests_root: Path) -> list[str]:
     text = (paths.root / "README.md").read_text() if paths.patches == paths.root / "patches" and paths.releases.exists() else ""
     if "<!-- lines:begin -->" in text and readme.replace_block(text, "lines", readme.lines_table(paths)) != text:
         problems.append("README.md's table of lines is not what patches/ says; regenerate it with `make lines PUBLISH=1`")
+    if "<!-- fixes:begin -->" in text and readme.replace_block(text, "fixes", readme.fixes_table(paths)) != text:
+        problems.append("README.md's table of fixes is not what tests/fixes.toml says; regenerate it with `make lines PUBLISH=1`")
     return problems
 
 

@@ -344,7 +344,7 @@ def main(argv=None) -> None:
     if args.line and not args.write:
         raise SeriesError(f"LINE=1 says where WRITE=1 writes; run `make rebase UPSTREAM_VERSION={args.upstream} WRITE=1 LINE=1`")
     # Seams for the tooling tests (a synthetic upstream): where the Tests: ids live, one venv for every release.
-    tests_root = args.tests_root or (Path(os.environ["SGLANG_SERIES_TESTS_ROOT"]) if os.environ.get("SGLANG_SERIES_TESTS_ROOT") else paths.root)
+    tests_root = args.tests_root or paths.tests_root
     venv_of = (lambda v: Path(os.environ["SGLANG_SERIES_VENV"])) if os.environ.get("SGLANG_SERIES_VENV") else None
     data = None
     if args.write:  # refuse early: on the report already made for this series, before any test runs

@@ -45,6 +45,12 @@ class Paths:
     def release_dir(self, version: str) -> Path:
         return self.build / version
 
+    @property
+    def tests_root(self) -> Path:
+        """Where tests/fixes.toml, the checks and docs/matrix.json live: this repository,
+        or SGLANG_SERIES_TESTS_ROOT (a synthetic upstream's, in the tooling tests)."""
+        return _path("SGLANG_SERIES_TESTS_ROOT", self.root)
+
 
 @dataclass(frozen=True)
 class Release:

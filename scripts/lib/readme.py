@@ -1,10 +1,11 @@
-"""The generated parts of README.md: its title and the table release -> the patches it
-gets, each between `<!-- name:begin -->` and `<!-- name:end -->` markers (the matrix
-table is written the same way by `make matrix PUBLISH=1`)."""
+"""The generated parts of README.md: its title, the table of fixes (tests/fixes.toml) and
+the table release -> the patches it gets, each between `<!-- name:begin -->` and
+`<!-- name:end -->` markers (the matrix table is written the same way by
+`make matrix PUBLISH=1`)."""
 
 import re
 
-from . import config, lines, pins, series
+from . import config, fixes, lines, pins, series
 from .errors import SeriesError
 
 TITLE = "# sglang DSV4 / HiCache fix series for sglang {base}"
@@ -38,6 +39,26 @@ def lines_table(paths: config.Paths) -> str:
     return "\n".join(rows) + "\n"
 
 
+def fixes_table(paths: config.Paths) -> str:
+    """Every fix of tests/fixes.toml: where it comes from, the checks that judge it, and
+    the patch files that carry it (by the release each was written on)."""
+    registry = fixes.load(paths.root, required=False)
+    carried = lines.ports(paths, registry)
+    rows = ["| fix | what a user sees fixed | checks (tests/registered/...) | ports (written on) |", "|---|---|---|---|"]
+    for fix in registry:
+        by_file = {}
+        for test in fix.tests:
+            file, _, rest = test.removeprefix("tests/registered/").partition("::")
+            by_file.setdefault(file, []).append(rest.split("::")[-1] if rest else "")
+        tests = "<br>".join(f"`{f}`" + (": " + ", ".join(n for n in names if n) if any(names) else "")
+                            for f, names in by_file.items())
+        ports = ", ".join(f"{e.split('/')[2].split('-', 1)[0]} ({lines.port_release(e)})" for e in carried.get(fix.pr, []))
+        origin = "downstream" if fix.upstream == fixes.DOWNSTREAM else f"upstream, first released in {fix.upstream}" \
+            if fix.upstream else "upstream"
+        rows.append(f"| {fix.pr} ({origin}) | {fix.title} | {tests} | {ports or 'none: a guard'} |")
+    return "\n".join(rows) + "\n"
+
+
 def refresh(paths: config.Paths) -> bool:
     """Rewrite the README's title and lines table from the pins and the series; False when
     this checkout has no README with the markers (a synthetic upstream in the tooling tests)."""
@@ -47,5 +68,6 @@ def refresh(paths: config.Paths) -> bool:
     text = readme.read_text()
     text = replace_block(text, "title", TITLE.format(base=config.base_version(paths)) + "\n")
     text = replace_block(text, "lines", lines_table(paths))
+    text = replace_block(text, "fixes", fixes_table(paths))
     readme.write_text(text)
     return True

@@ -90,10 +90,25 @@ class Upstream:
         (folder / "index.html").write_text(f"<!DOCTYPE html>\n<html><body>\n{links}</body></html>\n")
         (self.index / "index.html").write_text('<!DOCTYPE html>\n<html><body><a href="sglang/">sglang</a></body></html>\n')
 
+    @property
+    def base(self) -> str:
+        return json.loads(self.releases.read_text())["base"]
+
+    @property
+    def series(self) -> Path:
+        """The base's line."""
+        return self.patches / "lines" / f"{self.base}.series"
+
+    def patch_path(self, name: str) -> Path:
+        """A patch file written on the base (its folder), or `lines/X/name` as given."""
+        return self.patches / (name if "/" in name else f"lines/{self.base}/{name}")
+
     def write_series(self, names: list[str]) -> None:
-        # an empty series says it is empty on purpose, as the real one would have to
-        (self.patches / "series").write_text("# test series\n" + ("" if names else "# no patches: none to carry yet\n")
-                                             + "".join(n + "\n" for n in names))
+        # an empty line says it is empty on purpose, as a real one would have to
+        entries = [n if "/" in n else f"lines/{self.base}/{n}" for n in names]
+        self.series.parent.mkdir(parents=True, exist_ok=True)
+        self.series.write_text("# test series\n" + ("" if names else "# no patches: none to carry yet\n")
+                               + "".join(e + "\n" for e in entries))
 
     def add_patch(self, name: str, replacements: dict[int, str], subject: str = "change pool") -> Path:
         """A git-format patch of sglang/pool.py with {line number: new text} changes."""
@@ -108,7 +123,8 @@ class Upstream:
         return self.add_raw_patch(name, _format_patch(path, [], text.splitlines(keepends=True), subject))
 
     def add_raw_patch(self, name: str, text: str) -> Path:
-        path = self.patches / name
+        path = self.patch_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         return path
 

@@ -88,7 +88,7 @@ def test_corrupt_patch(up):
     line = one_line_error(up.run("apply", "--no-env"))
     assert "0001-a.patch" in line and "corrupt" in line
     assert at_baseline(up)
-    assert (up.patches / "0001-a.patch").read_text() == corrupt  # nothing lost
+    assert (up.patch_path("0001-a.patch")).read_text() == corrupt  # nothing lost
 
 
 def test_not_a_patch(up):

@@ -98,15 +98,15 @@ def test_every_hint_of_a_move_leads_where_it_says(up):
     # The promised end state: 2.0.0 is the base, 0002 dropped with the report's reason,
     # 0003 ported for 2.0.0, and the 1.0.0 series kept whole as that release's line.
     assert json.loads(up.releases.read_text())["base"] == NEW
-    series = (up.patches / "series").read_text()
+    series = up.series.read_text()
     assert "# dropped 0002-ten.patch: absorbed upstream: sglang 2.0.0" in series
     entries = [l for l in series.splitlines() if l and not l.startswith("#")]
     kept = ["0001-five.patch", "0003-twenty.patch", "0004-thirty.patch", "0005-thirty-five.patch"]
     assert entries == [f"lines/{NEW}/{n}" for n in kept]  # each verified on 2.0.0 today: its own copy
     assert "LINE_19 = 'nineteen'" in (up.patches / "lines" / NEW / "0003-twenty.patch").read_text()
     old = (up.patches / "lines" / f"{BASE}.series").read_text()
-    assert [l for l in old.splitlines() if l and not l.startswith("#")] == list(CHANGES)
-    assert all((up.patches / name).read_bytes() == before[name] for name in CHANGES)
+    assert [l for l in old.splitlines() if l and not l.startswith("#")] == [f"lines/{BASE}/{n}" for n in CHANGES]
+    assert all((up.patches / "lines" / BASE / name).read_bytes() == before[f"lines/{BASE}/{name}"] for name in CHANGES)
     applied = up.run("apply", "--no-env")
     assert applied.returncode == 0 and "applied 0003-twenty.patch" in applied.stdout
 
@@ -143,7 +143,7 @@ def test_write_refuses_uncommitted_patches_before_any_test(up):
     git("init", "-q")
     git("add", "-A")
     git("commit", "-qm", "series")
-    series = up.patches / "series"
+    series = up.series
     series.write_text(series.read_text() + "# 0006 comes after review\n")
     before = snapshot(up.patches)
     proc = make(up, f"make rebase {UP} WRITE=1")

@@ -72,7 +72,7 @@ def assert_fully_applied(up) -> None:
 def test_interrupted_apply_recovers_on_the_next_run(up, applied_lines, sig):
     if applied_lines:  # a first, complete run, so that the interrupted one has to redo the series
         assert up.run("apply", "--no-env").returncode == 0
-        (up.patches / "series").write_text((up.patches / "series").read_text() + "# changed\n")
+        up.series.write_text(up.series.read_text() + "# changed\n")
     proc = up.start("apply", "--no-env")
     lines = lines_of(proc)
     if applied_lines:

@@ -164,7 +164,7 @@ def test_write_keeps_what_the_new_release_lacks_of_a_partly_absorbed_patch(moved
     assert partial["applies"] and partial["three_way"]
     assert [t["patched"]["status"] for t in partial["tests"]] == ["pass", "pass"]
     rebase.write_to_patches(paths, data)
-    (entry,) = [l for l in (up.patches / "series").read_text().splitlines() if "0002" in l and not l.startswith("#")]
+    (entry,) = [l for l in up.series.read_text().splitlines() if "0002" in l and not l.startswith("#")]
     diff = (up.patches / entry).read_text().split("\ndiff --git", 1)[1]
     assert "+LINE_14 = 'fourteen'" in diff and "LINE_12 = 'twelve'" not in diff.replace(" LINE_12 = 'twelve'", "")
 
@@ -173,10 +173,10 @@ def test_write_drops_the_absorbed_patch_with_its_reason(moved_applying):
     up, paths, data = moved_applying
     changes = rebase.write_to_patches(paths, data)
     assert changes.dropped == ["0001-ten.patch"]
-    series = (up.patches / "series").read_text()
+    series = up.series.read_text()
     assert [l for l in series.splitlines() if l and not l.startswith("#")] == [f"lines/{NEW}/0003-five.patch"]
     # The 1.0.0 series stays whole as its line, so no patch file goes away.
-    assert sorted(p.name for p in up.patches.glob("*.patch")) == ["0001-ten.patch", "0003-five.patch"]
+    assert sorted(p.name for p in (up.patches / "lines" / BASE).glob("*.patch")) == ["0001-ten.patch", "0003-five.patch"]
     assert (up.patches / "lines" / f"{BASE}.series").is_file()
     assert "# dropped 0001-ten.patch: absorbed upstream: sglang 2.0.0 has #10" in series
     message = (paths.build / NEW / "rebase" / "COMMIT_MSG").read_text()
@@ -186,6 +186,6 @@ def test_write_drops_the_absorbed_patch_with_its_reason(moved_applying):
 
 def test_write_refuses_a_report_made_for_another_series(moved):
     up, paths, data = moved
-    (up.patches / "0003-five.patch").write_text((up.patches / "0003-five.patch").read_text() + "\n")
+    (up.patch_path("0003-five.patch")).write_text((up.patch_path("0003-five.patch")).read_text() + "\n")
     with pytest.raises(SeriesError, match="judged another series"):
         rebase.write_to_patches(paths, data)

@@ -76,13 +76,13 @@ def test_an_unclosed_quote_in_pytest_args(up):
 @pytest.mark.parametrize("text", ["", "# only a comment\n# 0001-a.patch\n"])
 def test_an_empty_series_is_an_error_unless_on_purpose(up, text):
     up.add_patch("0001-a.patch", {5: "LINE_5 = 'five'"})
-    (up.patches / "series").write_text(text)
+    up.series.write_text(text)
     line = one_line_error(up.run("apply", "--no-env"))
     assert line == (f"error: patches/series lists no patch; patches/ holds 1 patch file(s) (0001-a.patch); "
                     "list them in it, one file name a line, or, if the release needs none, say so with a line "
                     "`# no patches: <why>`")
     assert not (up.build / VERSION / "dist").exists()
-    (up.patches / "series").write_text(text + "# no patches: upstream has every fix\n")
+    up.series.write_text(text + "# no patches: upstream has every fix\n")
     proc = up.run("apply", "--no-env")
     assert proc.returncode == 0, proc.stderr
     assert [w.name for w in (up.build / VERSION / "dist").glob("*.whl")] == [f"sglang-{VERSION}+dsv4fix.0-py3-none-any.whl"]

@@ -30,7 +30,7 @@ def one_line_error(proc) -> str:
 
 
 def snapshot(up) -> dict:
-    return {p.name: p.read_bytes() for p in sorted(up.patches.iterdir())}
+    return {p.relative_to(up.patches).as_posix(): p.read_bytes() for p in sorted(up.patches.rglob("*")) if p.is_file()}
 
 
 def edit_commit(up, subject: str, old: str, new: str) -> None:
@@ -60,7 +60,7 @@ def exported_form(up) -> str:
     ok(up.run("queue"))
     ok(up.run("export"))
     ok(up.run("queue"))
-    return (up.patches / "0001-five.patch").read_text()
+    return (up.patch_path("0001-five.patch")).read_text()
 
 
 def test_export_twice_is_byte_identical_and_keeps_headers(up):
@@ -112,22 +112,22 @@ def test_reorder_drop_and_add_are_reported(up):
     up.git_in(BASE, "-c", "user.name=m", "-c", "user.email=m@x", "commit", "-qa", "-m", "pool: set line 40",
               "-m", "Origin: vendor\nLast-Update: 2026-11-22\nTests: tests/test_synthetic_pool.py")
     # A drop needs a reason in the series; without one nothing is written.
-    before = {f.name: f.read_bytes() for f in up.patches.iterdir()}
+    before = snapshot(up)
     error = one_line_error(up.run("export"))
     assert "would drop 0002-ten.patch without a reason" in error and "# dropped 0002-ten.patch: <why>" in error
-    assert {f.name: f.read_bytes() for f in up.patches.iterdir()} == before
-    series = up.patches / "series"
+    assert snapshot(up) == before
+    series = up.series
     series.write_text(series.read_text() + "# dropped 0002-ten.patch: line ten is right as upstream has it\n")
     out = ok(up.run("export"))
     # the later patches of the same file get a new pre-image blob id once 0002 is gone
     assert ("Added 0005-pool-set-line-40.patch / Dropped 0002-ten.patch (line ten is right as upstream has it) / "
             "Refreshed 0003-twenty.patch, 0004-thirty.patch, 0005-thirty-five.patch") in out
-    assert not (up.patches / "0002-ten.patch").exists()
+    assert not (up.patch_path("0002-ten.patch")).exists()
     assert "# dropped 0002-ten.patch: line ten is right as upstream has it" in series.read_text()
-    names = [l for l in (up.patches / "series").read_text().splitlines() if not l.startswith("#")]
+    names = [Path(l).name for l in up.series.read_text().splitlines() if not l.startswith("#")]
     assert names == ["0001-five.patch", "0003-twenty.patch", "0004-thirty.patch",
                      "0005-thirty-five.patch", "0005-pool-set-line-40.patch"]
-    assert "Date: Sun, 22 Nov 2026 00:00:00 +0000" in (up.patches / "0005-pool-set-line-40.patch").read_text()
+    assert "Date: Sun, 22 Nov 2026 00:00:00 +0000" in (up.patch_path("0005-pool-set-line-40.patch")).read_text()
 
 
 def test_queue_refuses_to_drop_unexported_work(up):
@@ -208,16 +208,17 @@ def test_moving_to_a_new_release_on_the_queue(up):
     assert subjects == ["pool: set line 5", "pool: set line 20", "pool: set line 30", "pool: set line 35"]  # 0002 is upstream
     out = ok(up.run("export", "--upstream", NEW))
     assert "Dropped 0002-ten.patch (absorbed upstream: sglang 2.0.0 has" in out and "base = 2.0.0" in out
-    assert "# dropped 0002-ten.patch: absorbed upstream: sglang 2.0.0" in (up.patches / "series").read_text()
+    assert "# dropped 0002-ten.patch: absorbed upstream: sglang 2.0.0" in up.series.read_text()
     message = (up.build / NEW / "rebase" / "COMMIT_MSG").read_text()
-    assert message.startswith("Move the series from sglang 1.0.0 to sglang 2.0.0")
+    assert message.startswith("The line of sglang 2.0.0, from the sglang 1.0.0 line; sglang 2.0.0 is the base")
     assert "Dropped 0002-ten.patch: absorbed upstream: sglang 2.0.0 has" in message and "git commit -F" in out
     # The ported patch is a copy for 2.0.0; the 1.0.0 series stays as that release's line.
     assert "LINE_19 = 'nineteen'" in (up.patches / "lines" / NEW / "0003-twenty.patch").read_text()
-    assert "lines/2.0.0/0003-twenty.patch" in (up.patches / "series").read_text()
+    assert "lines/2.0.0/0003-twenty.patch" in up.series.read_text()
     old_line = (up.patches / "lines" / f"{BASE}.series").read_text()
-    assert [l for l in old_line.splitlines() if not l.startswith("#")] == list(CHANGES)
-    assert "LINE_19 = 19" in (up.patches / "0003-twenty.patch").read_text() and (up.patches / "0002-ten.patch").exists()
+    assert [Path(l).name for l in old_line.splitlines() if not l.startswith("#")] == list(CHANGES)
+    old = up.patches / "lines" / BASE
+    assert "LINE_19 = 19" in (old / "0003-twenty.patch").read_text() and (old / "0002-ten.patch").exists()
     assert "applied 0005-thirty-five.patch" in ok(up.run("apply", "--no-env"))  # the new base takes the series
 
 
@@ -225,7 +226,7 @@ def test_series_comments_and_commented_out_entries_survive_queue_and_export(up):
     """A note between entries, a commented-out entry and an entry's own note stay where the
     maintainer put them through `make queue FORCE=1` and `make export`, also when a patch
     is dropped (with its reason) and one is added."""
-    series = up.patches / "series"
+    series = up.series
     text = series.read_text().replace("0003-twenty.patch\n", "# 0003 waits for a review:\n# 0003-twenty.patch\n\n")
     text = text.replace("0004-thirty.patch\n", "0004-thirty.patch  # keep until upstream settles\n")
     series.write_text(text)
@@ -253,7 +254,7 @@ def test_export_refuses_uncommitted_edits_in_patches(up):
     git("commit", "-qm", "series")
     ok(up.run("queue"))
     edit_commit(up, "pool: set line 5", "LINE_5 = 'five'", "LINE_5 = 'FIVE'")
-    patch = up.patches / "0002-ten.patch"
+    patch = up.patch_path("0002-ten.patch")
     patch.write_text(patch.read_text().replace("Forwarded: not-needed", "Forwarded: not-needed\nReviewed-by: R <r@x>"))
     before = {f: f.read_bytes() for f in up.patches.glob("*.patch")}
     error = one_line_error(up.run("export"))

@@ -90,7 +90,7 @@ def test_reports_and_proposed_series_are_written_but_patches_untouched(done):
     assert "hunk 1 of 1" in md and str(paths.build) not in md
     proposed = [l.split()[0] for l in (out / "patches" / "series").read_text().splitlines() if l and not l.startswith("#")]
     assert proposed == [n for n in EXPECTED if n != "0002-ten.patch"]  # absorbed dropped
-    assert (out / "patches" / "0003-twenty.patch").read_bytes() == (up.patches / "0003-twenty.patch").read_bytes()
+    assert (out / "patches" / "0003-twenty.patch").read_bytes() == (up.patch_path("0003-twenty.patch")).read_bytes()
     refreshed = (out / "patches" / "0005-thirty-five.patch").read_text()
     assert "@@ -32,7 +32,7 @@" in refreshed  # re-made on 2.0.0 without 0002's context
     assert len(list(up.patches.glob("*.patch"))) == 5
@@ -146,7 +146,7 @@ def test_a_report_killed_mid_trial_is_recovered_by_the_next_one(done):
     """kill -9 during `make rebase` leaves its trial's `git am` half done in X's tree: the next
     report drops it by itself (it was the report's own) and reports as usual."""
     up, paths, _ = done
-    patch = up.patches / "0003-twenty.patch"  # does not apply on NEW: git am stops half way
+    patch = up.patch_path("0003-twenty.patch")  # does not apply on NEW: git am stops half way
     up.git_in(NEW, "checkout", "-q", "-B", "rebase-trial", "baseline")
     am = subprocess.run(["git", "-C", str(up.tree_of(NEW)), "am", str(patch)], capture_output=True, text=True)
     assert am.returncode != 0 and (up.tree_of(NEW) / ".git/rebase-apply").exists()
@@ -158,7 +158,7 @@ def test_a_report_killed_mid_trial_is_recovered_by_the_next_one(done):
 
 def test_a_queue_conflict_in_the_tree_is_not_the_reports_to_drop(done):
     up, paths, _ = done
-    patch = up.patches / "0003-twenty.patch"
+    patch = up.patch_path("0003-twenty.patch")
     up.git_in(NEW, "checkout", "-q", "-B", "queue", "baseline")
     subprocess.run(["git", "-C", str(up.tree_of(NEW)), "am", str(patch)], capture_output=True, text=True)
     with pytest.raises(SeriesError) as err:
