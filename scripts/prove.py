@@ -54,10 +54,8 @@ def revert_for(tests_root: Path, version: str, patch: series.Patch) -> series.Pa
     """The copy of a revert that applies to `version`: the one in the folder named after the
     highest release <= version that holds it, else the top-level file (the oldest)."""
     root = tests_root / REVERTS
-    folders = sorted((d for d in root.iterdir() if d.is_dir() and (d / patch.name).is_file()),
-                     key=lambda d: pins.version_key(d.name))
-    chosen = [d for d in folders if pins.version_key(d.name) <= pins.version_key(version)]
-    return series.parse(chosen[-1] / patch.name) if chosen else patch
+    chosen = pins.newest_at_or_below([d.name for d in root.iterdir() if d.is_dir() and (d / patch.name).is_file()], version)
+    return series.parse(root / chosen / patch.name) if chosen else patch
 
 
 def site_with(paths: config.Paths, version: str, start: Path, patch: series.Patch, reverse: bool = False) -> Path:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import config, fixes, git, series
-from .pins import version_key
+from .pins import newest_at_or_below, version_key
 from .errors import SeriesError
 
 LINES = "lines"
@@ -72,8 +72,7 @@ def start_for(paths: config.Paths, version: str, named: str | None = None) -> st
             raise SeriesError(f"sglang {named} has no line ({label(paths, named)}) to start from; name one of "
                               f"{', '.join(versions(paths))}")
         return named
-    below = [v for v in versions(paths) if version_key(v) <= version_key(version)]
-    return max(below, key=version_key) if below else config.base_version(paths)
+    return newest_at_or_below(versions(paths), version) or config.base_version(paths)
 
 
 def referenced(paths: config.Paths, skip: Path | None = None) -> set[Path]:
@@ -189,9 +188,9 @@ def derive(paths: config.Paths, version: str, tests_root: Path) -> Derived:
             continue
         if state == "fixed":
             continue
-        usable = [e for e in own if version_key(port_release(e)) <= version_key(version)]
-        if usable:
-            out.entries.append(usable[-1])
+        release = newest_at_or_below({port_release(e) for e in own}, version)
+        if release:
+            out.entries.append(next(e for e in own if port_release(e) == release))
         else:
             out.lacking[fix.pr] = f"no port at or below sglang {version} yet"
     return out

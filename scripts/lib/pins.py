@@ -146,6 +146,13 @@ def version_key(version: str) -> tuple:
     return tuple(int(p) for p in public.split(".")) + (int(post or 0),)
 
 
+def newest_at_or_below(candidates, version: str) -> str | None:
+    """The one rule for picking a per-release file (a patch's port, a revert's copy, the
+    line a move starts from): the newest candidate release at or below `version`."""
+    below = [c for c in candidates if version_key(c) <= version_key(version)]
+    return max(below, key=version_key) if below else None
+
+
 def pinned_versions(paths: Paths) -> list[str]:
     """Every pinned release, oldest first."""
     return sorted(load_releases(paths)["releases"], key=version_key)
