@@ -13,7 +13,7 @@ then goes on with the rest."""
 
 import argparse
 
-from scripts.apply import describe_failure
+from scripts.lib.applying import describe_failure
 from scripts.lib import config, envs, git, lines, moving, patch_queue, scratch, series
 from scripts.lib.errors import SeriesError, run_main
 

@@ -27,7 +27,8 @@ _SPACE = re.compile(r"\s+")
 def dry_env() -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTEST_ARGS", "REQUIRE_CUDA", "UPSTREAM_VERSION",
-                         "WRITE", "STRICT", "FORCE", "CONTINUE", "COPY_TO", "RELEASES", "PUBLISH", "LINE", "FRESH")}
+                         "WRITE", "STRICT", "FORCE", "CONTINUE", "COPY_TO", "RELEASES", "PUBLISH", "LINE", "FRESH",
+                         "WHEELHOUSE", "PART", "MERGE")}
     return {**env, "SGLANG_SERIES_DRY_RUN": "1"}
 
 
