@@ -36,7 +36,13 @@ def project(wheel_name: str) -> str:
 def build_release(paths: config.Paths, rel: config.Release, tools: envs.Tools) -> Path:
     """The release's patched wheel, as `make apply` builds it (reused when up to date)."""
     with scratch.exclusive(paths, rel.version):
+        if not scratch.tree(paths, rel.version).exists():  # the slow steps say so before they start
+            print("  making the scratch tree from the upstream wheel ...", flush=True)
         apply_series(paths, rel, tools)
+        try:
+            return build.patched_wheel(paths, rel.version)
+        except SeriesError:
+            print("  packing the patched wheel ...", flush=True)
         return build.build(paths, rel, tools)
 
 
