@@ -85,8 +85,9 @@ def write_part(path: Path, fix_list: list[fixes.Fix], versions: list[str], cells
     print(f"wrote {path} (the part of {', '.join(versions)}; `make matrix MERGE={path.parent}` merges the parts)")
 
 
-def merge(folder: Path, fix_list: list[fixes.Fix], tests_root: Path) -> tuple[list[str], dict, float]:
-    """(releases oldest first, cells, the longest part's seconds) of the parts (*.json) under `folder`."""
+def merge(folder: Path, fix_list: list[fixes.Fix], tests_root: Path) -> tuple[list[str], dict, float, int]:
+    """(releases oldest first, cells, the longest part's seconds, how many parts) of the parts
+    (*.json) under `folder`."""
     files = sorted(folder.rglob("*.json")) if folder.is_dir() else []
     if not files:
         raise SeriesError(f"{folder} holds no parts (*.json); make one per release with "
@@ -114,7 +115,7 @@ def merge(folder: Path, fix_list: list[fixes.Fix], tests_root: Path) -> tuple[li
             if (fix.pr, version) not in cells:
                 raise SeriesError(f"{source[version]} has no outcome of {fix.pr} on sglang {version}; make it again "
                                   f"with `make matrix RELEASES={version} PART={source[version]}`")
-    return versions, cells, seconds
+    return versions, cells, seconds, len(files)
 
 
 def render(fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds: float, parts: int = 0) -> str:
@@ -193,8 +194,8 @@ def main(argv=None) -> None:
         raise SeriesError("MERGE=dir reads the parts as they are; give it without RELEASES, PART, FRESH or PYTEST_ARGS")
     fix_list = fixes.load(paths.root)
     if args.merge:
-        versions, cells, seconds = merge(Path(args.merge), fix_list, paths.root)
-        write(paths, fix_list, versions, cells, render(fix_list, versions, cells, seconds, parts=len(versions)), args.publish)
+        versions, cells, seconds, parts = merge(Path(args.merge), fix_list, paths.root)
+        write(paths, fix_list, versions, cells, render(fix_list, versions, cells, seconds, parts), args.publish)
         return
     for v in versions:
         config.release(paths, v)  # unknown -> one line naming the pins

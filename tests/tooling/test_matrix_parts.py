@@ -73,9 +73,9 @@ def test_the_merged_parts_are_the_one_machine_matrix(judged, tmp_path):
     for version in (NEW, VERSION):
         matrix.write_part(parts / f"matrix-part-{version}" / f"{version}.json", fix_list, [version],
                           judge([version], fresh=True), 1.0, root)
-    versions, cells, _ = matrix.merge(parts, fix_list, root)
+    versions, cells, _, count = matrix.merge(parts, fix_list, root)
     shutil.rmtree(paths.build / "matrix")
-    assert versions == [VERSION, NEW]
+    assert versions == [VERSION, NEW] and count == 2
     assert written(paths, fix_list, versions, cells) == one_machine
 
 
