@@ -24,12 +24,18 @@ FROM ?=
 # FRESH=1 (prove, rebase, matrix): run every side's tests again instead of reusing the
 # stored outcomes of the very same installed files, venv and tests
 FRESH ?=
-export PYTHON UPSTREAM_VERSION PYTEST_ARGS REQUIRE_CUDA WRITE STRICT FORCE CONTINUE COPY_TO RELEASES PUBLISH LINE FRESH FROM
+# WHEELHOUSE=dir (wheelhouse): the folder the wheels go into (default build/wheelhouse)
+WHEELHOUSE ?=
+# PART=file (matrix): write these releases' outcomes there only, one CI job's part of the
+# matrix; MERGE=dir (matrix): the matrix from the parts in dir, no test run
+PART ?=
+MERGE ?=
+export PYTHON UPSTREAM_VERSION PYTEST_ARGS REQUIRE_CUDA WRITE STRICT FORCE CONTINUE COPY_TO RELEASES PUBLISH LINE FRESH FROM WHEELHOUSE PART MERGE
 # SGLANG_SERIES_DRY_RUN=1: every verb stops once its arguments are parsed (tests/tooling)
 # exec: the verb is make's own child, so the SIGTERM make passes on reaches it (not a shell)
 CLI = @exec "$$PYTHON" -m scripts.cli
 
-.PHONY: apply test test-vanilla test-manual lint lint-ci prove discard clean lock lock-tools bench rebase pin queue export matrix lines
+.PHONY: apply test test-vanilla test-manual lint lint-ci prove discard clean lock lock-tools bench rebase pin queue export matrix lines wheelhouse
 
 apply:  ## fetch the pinned sglang, apply patches/series, build the patched wheel, prepare the venv
 	$(CLI) apply
@@ -79,8 +85,11 @@ export:  ## write branch `queue` back to the series it came from (deterministic;
 lines:  ## which patches each pinned release gets, and what the evidence asks of each line (WRITE=1: rewrite the lines from docs/matrix.json and the ports; PUBLISH=1: also the README's title and table)
 	$(CLI) lines
 
-matrix:  ## every fix's tests on each pinned vanilla release: present / fixed / cannot-run (RELEASES=a,b; PUBLISH=1 writes docs/matrix.md and the README table)
+matrix:  ## every fix's tests on each pinned vanilla release: present / fixed / cannot-run (RELEASES=a,b; PUBLISH=1 writes docs/matrix.md and the README table; PART=file: these releases' part only; MERGE=dir: the matrix from such parts)
 	$(CLI) matrix
+
+wheelhouse:  ## the patched wheel of every pinned release's line (or UPSTREAM_VERSION's) in one folder, a simple index with SHA256SUMS (WHEELHOUSE=dir, default build/wheelhouse)
+	$(CLI) wheelhouse
 
 clean:  ## remove the scratch trees (build/); the shared cache stays
 	$(if $(SGLANG_SERIES_DRY_RUN),@echo dry run:) rm -rf build

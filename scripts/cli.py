@@ -21,7 +21,8 @@ from scripts.lib.errors import SeriesError, run_main
 # the variables the Makefile exports, and the flag each one turns into
 FLAGS = {"WRITE": "--write", "STRICT": "--strict", "FORCE": "--force", "CONTINUE": "--continue",
          "REQUIRE_CUDA": "--require-cuda", "PUBLISH": "--publish", "LINE": "--line", "FRESH": "--fresh"}
-VALUES = {"UPSTREAM_VERSION": "--upstream", "COPY_TO": "--copy-to", "RELEASES": "--releases", "FROM": "--from"}
+VALUES = {"UPSTREAM_VERSION": "--upstream", "COPY_TO": "--copy-to", "RELEASES": "--releases", "FROM": "--from",
+          "WHEELHOUSE": "--dest", "PART": "--part", "MERGE": "--merge"}
 OURS = {*FLAGS, *VALUES, "PYTEST_ARGS", "PYTHON", "SGLANG_SERIES_DRY_RUN"}
 
 # make target: (verb module, fixed arguments, the variables it takes; PYTEST_ARGS goes after `--`)
@@ -42,7 +43,8 @@ TARGETS = {
     "queue": ("queue", [], ["UPSTREAM_VERSION", "FORCE", "CONTINUE"]),
     "export": ("export", [], ["UPSTREAM_VERSION", "LINE"]),
     "lines": ("lines", [], ["WRITE", "PUBLISH"]),
-    "matrix": ("matrix", [], ["RELEASES", "PUBLISH", "FRESH", "PYTEST_ARGS"]),
+    "matrix": ("matrix", [], ["RELEASES", "PUBLISH", "FRESH", "PART", "MERGE", "PYTEST_ARGS"]),
+    "wheelhouse": ("wheelhouse", [], ["UPSTREAM_VERSION", "WHEELHOUSE"]),
 }
 
 

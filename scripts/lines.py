@@ -15,9 +15,13 @@ def main(argv=None) -> None:
     parser.add_argument("--write", action="store_true", help="rewrite the lines from the evidence and the ports")
     parser.add_argument("--publish", action="store_true", help="also write the table and the title into README.md")
     parser.add_argument("--others", action="store_true", help="only list the releases with a line other than the base")
+    parser.add_argument("--base", action="store_true", help="only the base release (the line plain `make apply` builds)")
     parser.add_argument("--today", action="store_true", help="only the release whose line the CPU lane proves today, in turn")
     args = parser.parse_args(argv)
     paths = config.Paths.from_env()
+    if args.base:
+        print(config.base_version(paths))
+        return
     others = lines.versions(paths)[1:]
     if args.others or args.today:
         day = datetime.datetime.now(datetime.timezone.utc).date().toordinal()

@@ -12,6 +12,11 @@ A release whose wheel, venv and tests are unchanged since its last run reuses th
 outcomes (lib/evidence.py; FRESH=1 runs them again). Writes build/matrix/matrix.json ([{"fix", "release", "state", "why"}]) and
 build/matrix/matrix.md; --publish also writes docs/matrix.md, the README's copy and
 docs/matrix.json, the evidence each fix's first release is read from.
+
+On CI the releases fan out, one job each (ci/matrix.yml): `make matrix RELEASES=X
+PART=file` writes X's records only, and `make matrix MERGE=dir` (PUBLISH=1 too) makes the
+matrix from those parts with the same assembly as one machine's run (assemble()), so the
+merged matrix.json is the one a single `make matrix` writes.
 """
 
 import argparse
@@ -19,6 +24,7 @@ import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from scripts.lib import build, config, envs, evidence, fixes, pins, scratch, verdict
 from scripts.lib.errors import SeriesError, run_main
@@ -27,17 +33,90 @@ DOC = "docs/matrix.md"
 README_MARKS = ("<!-- matrix:begin -->", "<!-- matrix:end -->")
 
 
-def release_results(paths: config.Paths, version: str, tests: list[str], extra: list[str], fresh: bool) -> dict:
+def release_results(paths: config.Paths, version: str, venv: Path, tests: list[str], tests_root: Path,
+                    extra: list[str], fresh: bool) -> dict:
     rel = config.release(paths, version)
-    venv = envs.venv(paths, version)
     site = envs.install_site(paths, venv, scratch.upstream_wheel(paths, rel), build.site(paths, version, "vanilla"))
-    results, reused = evidence.outcomes(paths, venv, site, tests, paths.root, extra=extra, fresh=fresh)
+    results, reused = evidence.outcomes(paths, venv, site, tests, tests_root, extra=extra, fresh=fresh)
     if reused:
         print(evidence.reused_line(f"sglang {version}", len(tests)), flush=True)
     return results
 
 
-def render(fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds: float) -> str:
+def judge(paths: config.Paths, versions: list[str], fix_list: list[fixes.Fix], tests_root: Path, venv_of,
+          extra: list[str] = (), fresh: bool = False, jobs: int = 2) -> dict:
+    """{(fix, release): {"state", "why"}} of every fix on each release, `jobs` releases at a time."""
+    tests = sorted({t for f in fix_list for t in f.tests})
+    if not tests:
+        raise SeriesError(f"{fixes.REGISTRY} names no tests")
+    print(f"{len(tests)} test ids of {len(fix_list)} fixes on {len(versions)} releases, {jobs} at a time", flush=True)
+    cells = {}
+
+    def one(version: str) -> None:
+        t0 = time.monotonic()
+        results = release_results(paths, version, venv_of(version), tests, tests_root, list(extra), fresh)
+        for fix in fix_list:
+            state, why = verdict.fix_state([verdict.outcomes_for(results, t) for t in fix.tests])
+            cells[(fix.pr, version)] = {"state": state, "why": why}
+        states = ", ".join(f"{f.pr} {cells[(f.pr, version)]['state']}" for f in fix_list)
+        print(f"sglang {version} ({time.monotonic() - t0:.0f} s): {states}", flush=True)
+
+    # One pytest process per release, mostly importing torch and sglang: a few at a time.
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(one, versions))
+    return cells
+
+
+def assemble(fix_list: list[fixes.Fix], versions: list[str], cells: dict) -> list[dict]:
+    """The matrix's records ([{"fix", "release", "state", "why"}], fix by fix in the catalog's
+    order, each over `versions`): one machine's run and a merge of CI's parts both write these."""
+    return [{"fix": f.pr, "release": v, **cells[(f.pr, v)]} for f in fix_list for v in versions]
+
+
+def write_part(path: Path, fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds: float,
+               tests_root: Path) -> None:
+    """One CI job's part: its releases' records, and what they rest on (merge() checks it)."""
+    part = {"tests": evidence.tests_digest(tests_root), "fixes": [f.pr for f in fix_list], "seconds": round(seconds, 1),
+            "records": assemble(fix_list, versions, cells)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(part, indent=2) + "\n")
+    print(f"wrote {path} (the part of {', '.join(versions)}; `make matrix MERGE={path.parent}` merges the parts)")
+
+
+def merge(folder: Path, fix_list: list[fixes.Fix], tests_root: Path) -> tuple[list[str], dict, float, int]:
+    """(releases oldest first, cells, the longest part's seconds, how many parts) of the parts
+    (*.json) under `folder`."""
+    files = sorted(folder.rglob("*.json")) if folder.is_dir() else []
+    if not files:
+        raise SeriesError(f"{folder} holds no parts (*.json); make one per release with "
+                          f"`make matrix RELEASES=X PART={folder}/X.json`")
+    digest, wanted = evidence.tests_digest(tests_root), [f.pr for f in fix_list]
+    cells, source, seconds = {}, {}, 0.0
+    for file in files:
+        try:
+            part = json.loads(file.read_text())
+            records, tests, prs, took = part["records"], part["tests"], part["fixes"], float(part["seconds"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SeriesError(f"{file} is not a part of `make matrix PART=...` ({exc}); make it again")
+        if tests != digest or prs != wanted:
+            raise SeriesError(f"{file} was made with other tests or fixes than this checkout's; merge on the commit "
+                              "that made the parts, or make them again here")
+        for version in {r["release"] for r in records}:
+            if version in source:
+                raise SeriesError(f"sglang {version} is in both {source[version]} and {file}; keep one of them")
+            source[version] = file
+        cells.update({(r["fix"], r["release"]): {"state": r["state"], "why": r["why"]} for r in records})
+        seconds = max(seconds, took)
+    versions = sorted(source, key=pins.version_key)
+    for fix in fix_list:
+        for version in versions:
+            if (fix.pr, version) not in cells:
+                raise SeriesError(f"{source[version]} has no outcome of {fix.pr} on sglang {version}; make it again "
+                                  f"with `make matrix RELEASES={version} PART={source[version]}`")
+    return versions, cells, seconds, len(files)
+
+
+def render(fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds: float, parts: int = 0) -> str:
     lines = [
         "| fix | " + " | ".join(versions) + " |",
         "|---|" + "---|" * len(versions),
@@ -54,6 +133,8 @@ def render(fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds:
     text = "\n".join(lines) + "\n"
     if notes:
         text += "\nWhat could not run, in full or in part:\n\n" + "\n".join(notes) + "\n"
+    if parts:
+        return text + f"\n`make matrix` over {len(versions)} releases in {parts} parts took {seconds:.0f} s in the longest.\n"
     return text + f"\n`make matrix` over {len(versions)} releases took {seconds:.0f} s.\n"
 
 
@@ -77,48 +158,54 @@ def publish(paths: config.Paths, table: str, records: list[dict]) -> None:
     print(f"wrote {DOC}, {fixes.EVIDENCE} and the README's table")
 
 
+def write(paths: config.Paths, fix_list: list[fixes.Fix], versions: list[str], cells: dict, table: str,
+          publish_too: bool) -> None:
+    records = assemble(fix_list, versions, cells)
+    out = paths.build / "matrix"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "matrix.json").write_text(json.dumps(records, indent=2) + "\n")
+    (out / "matrix.md").write_text(table)
+    print("\n" + table + f"\nwrote {out / 'matrix.json'}")
+    if publish_too:
+        publish(paths, table, records)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--releases", help="comma-separated pinned releases (default: all)")
     parser.add_argument("--jobs", type=int, default=2, help="releases tested at once (default 2)")
     parser.add_argument("--publish", action="store_true", help=f"also write {DOC} and the README's table")
     parser.add_argument("--fresh", action="store_true", help="run every release's tests again, even where stored (lib/evidence.py)")
+    parser.add_argument("--part", help="write only these releases' outcomes to this file (one CI job's part)")
+    parser.add_argument("--merge", help="the matrix from the parts (*.json) in this folder; runs no test")
+    parser.add_argument("--list", action="store_true", help="print the releases it would run, as a JSON list")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest options (after --)")
     args = parser.parse_args(argv)
-    config.require_python()
     paths = config.Paths.from_env()
     pinned = pins.pinned_versions(paths)
     versions = args.releases.split(",") if args.releases else pinned
+    if args.list:  # for CI's fan-out: one job per release
+        print(json.dumps(versions))
+        return
+    config.require_python()
+    if args.merge and (args.part or args.releases or args.fresh or args.pytest_args):
+        raise SeriesError("MERGE=dir reads the parts as they are; give it without RELEASES, PART, FRESH or PYTEST_ARGS")
+    fix_list = fixes.load(paths.root)
+    if args.merge:
+        versions, cells, seconds, parts = merge(Path(args.merge), fix_list, paths.root)
+        write(paths, fix_list, versions, cells, render(fix_list, versions, cells, seconds, parts), args.publish)
+        return
     for v in versions:
         config.release(paths, v)  # unknown -> one line naming the pins
-    fix_list = fixes.load(paths.root)
-    tests = sorted({t for f in fix_list for t in f.tests})
-    if not tests:
-        raise SeriesError(f"{fixes.REGISTRY} names no tests")
-    started, cells = time.monotonic(), {}
-    print(f"{len(tests)} test ids of {len(fix_list)} fixes on {len(versions)} releases, {args.jobs} at a time", flush=True)
-
-    def judge(version: str) -> None:
-        t0 = time.monotonic()
-        results = release_results(paths, version, tests, args.pytest_args, args.fresh)
-        for fix in fix_list:
-            state, why = verdict.fix_state([verdict.outcomes_for(results, t) for t in fix.tests])
-            cells[(fix.pr, version)] = {"state": state, "why": why}
-        states = ", ".join(f"{f.pr} {cells[(f.pr, version)]['state']}" for f in fix_list)
-        print(f"sglang {version} ({time.monotonic() - t0:.0f} s): {states}", flush=True)
-
-    # One pytest process per release, mostly importing torch and sglang: a few at a time.
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        list(pool.map(judge, versions))
-    records = [{"fix": f.pr, "release": v, **cells[(f.pr, v)]} for f in fix_list for v in versions]
-    table = render(fix_list, versions, cells, time.monotonic() - started)
-    out = paths.build / "matrix"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "matrix.json").write_text(json.dumps(records, indent=2) + "\n")
-    (out / "matrix.md").write_text(table)
-    print("\n" + table + f"\nwrote {out / 'matrix.json'}")
-    if args.publish:
-        publish(paths, table, records)
+    if args.part and args.publish:
+        raise SeriesError("PART=file writes one job's part only; publish from the merge: `make matrix MERGE=dir PUBLISH=1`")
+    started = time.monotonic()
+    cells = judge(paths, versions, fix_list, paths.root, lambda v: envs.venv(paths, v), args.pytest_args, args.fresh,
+                  args.jobs)
+    if args.part:
+        write_part(Path(args.part), fix_list, versions, cells, time.monotonic() - started, paths.root)
+        return
+    write(paths, fix_list, versions, cells, render(fix_list, versions, cells, time.monotonic() - started), args.publish)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 # own .ci/run all run this script, so a step that fails on a runner fails .ci/run first.
 #
 #   cpu     make apply; make test (CUDA tests skip, with their reason); make prove; then the
-#           line of one other release a day, in turn: make apply, make prove with UPSTREAM_VERSION
+#           line of one other release a day, in turn: make apply, make prove with UPSTREAM_VERSION;
+#           each proven wheel goes into build/wheelhouse (make wheelhouse), which ci/cpu.yml keeps
 #   gpu     the same with REQUIRE_CUDA=1: a test skipped for lack of CUDA fails the lane; and
 #           every other release's line: make apply, make test, make prove
 #   manual  make apply; make test-manual (tests/manual: a DSV4 model on GPUs), REQUIRE_CUDA=1
@@ -29,6 +30,11 @@ esac
 if [ "$lane" != manual ]; then
   make prove
 fi
+# The cpu lane keeps each wheel it proved (the base's here, today's line's below) in build/wheelhouse.
+if [ "$lane" = cpu ]; then
+  base="$(SGLANG_SERIES_DRY_RUN= "${PYTHON:-python3}" -m scripts.lines --base)"
+  make wheelhouse UPSTREAM_VERSION="$base"
+fi
 # The other releases' lines (patches/lines/X.series): every one on the gpu lane, one a day on the cpu lane.
 # (Which lines there are is read for real even in a dry run: it only reads patches/.)
 case "$lane" in
@@ -40,4 +46,5 @@ for version in $others; do
   make apply UPSTREAM_VERSION="$version"
   if [ "$lane" = gpu ]; then make test REQUIRE_CUDA=1 UPSTREAM_VERSION="$version"; fi
   make prove UPSTREAM_VERSION="$version"
+  if [ "$lane" = cpu ]; then make wheelhouse UPSTREAM_VERSION="$version"; fi
 done

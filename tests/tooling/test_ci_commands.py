@@ -2,6 +2,7 @@
 give runs through make and the verbs' argument parsing (SGLANG_SERIES_DRY_RUN stops each
 verb right after it), so a renamed target, variable or option fails here, not on a runner."""
 
+import json
 import os
 import re
 import subprocess
@@ -14,7 +15,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from scripts import test as test_verb  # noqa: E402
-from scripts.lib import config, pytest_run  # noqa: E402
+from scripts.lib import config, pins, pytest_run  # noqa: E402
 from scripts.lib.errors import SeriesError  # noqa: E402
 
 LANE = "ci/lanes/run.sh"
@@ -27,7 +28,8 @@ _SPACE = re.compile(r"\s+")
 def dry_env() -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTEST_ARGS", "REQUIRE_CUDA", "UPSTREAM_VERSION",
-                         "WRITE", "STRICT", "FORCE", "CONTINUE", "COPY_TO", "RELEASES", "PUBLISH", "LINE", "FRESH")}
+                         "WRITE", "STRICT", "FORCE", "CONTINUE", "COPY_TO", "RELEASES", "PUBLISH", "LINE", "FRESH",
+                         "WHEELHOUSE", "PART", "MERGE")}
     return {**env, "SGLANG_SERIES_DRY_RUN": "1"}
 
 
@@ -112,6 +114,36 @@ def test_a_flag_variable_reaches_its_verb(target, variable, option):
         assert f"'{option}': {expected}" in proc.stdout, proc.stdout
 
 
+@pytest.mark.parametrize("target, variable, option", [
+    ("wheelhouse", "WHEELHOUSE", "dest"),
+    ("matrix RELEASES=0.5.14", "PART", "part"),
+    ("matrix", "MERGE", "merge"),
+])
+def test_a_value_variable_reaches_its_verb(target, variable, option):
+    proc = subprocess.run(["make", *target.split(), f"{variable}=some dir/x"], cwd=REPO, env=dry_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"'{option}': 'some dir/x'" in proc.stdout, proc.stdout
+
+
+def test_the_cpu_workflow_keeps_the_wheelhouse_and_the_matrix_fans_out_over_the_pinned_releases():
+    def steps(workflow: str, job: str) -> list[dict]:
+        return yaml.safe_load((REPO / "ci" / workflow).read_text())["jobs"][job]["steps"]
+
+    kept = [s for s in steps("cpu.yml", "test") if s.get("uses", "").startswith("actions/upload-artifact@")]
+    assert [s["with"]["path"] for s in kept] == ["build/wheelhouse/"]
+    jobs = yaml.safe_load((REPO / "ci/matrix.yml").read_text())["jobs"]
+    assert "scripts.matrix --list" in steps("matrix.yml", "releases")[-1]["run"]  # the list is made, not written down
+    assert jobs["release"]["strategy"]["matrix"]["release"] == "${{ fromJSON(needs.releases.outputs.releases) }}"
+    assert jobs["release"]["runs-on"] == ["self-hosted", "linux", "x64", "cpu"]
+    assert any("PART=" in s.get("run", "") for s in steps("matrix.yml", "release"))
+    assert jobs["merge"]["needs"] == "release"
+    assert [s["run"] for s in steps("matrix.yml", "merge") if "make" in s.get("run", "")] == [
+        "make matrix MERGE=build/matrix/parts"]
+    listed = subprocess.run([sys.executable, "-m", "scripts.matrix", "--list"], cwd=REPO, capture_output=True, text=True)
+    assert json.loads(listed.stdout) == sorted(config.load_releases(config.Paths.from_env())["releases"], key=pins.version_key)
+
+
 def test_ci_run_and_the_cpu_workflow_run_one_lane_script():
     runs = workflow_runs()
     assert runs["cpu.yml/test"] == [f"{LANE} cpu"]
@@ -126,10 +158,14 @@ def other_lines(flag: str) -> list[str]:
     return out.stdout.split()
 
 
+def base() -> str:
+    return config.base_version(config.Paths.from_env())
+
+
 # the base's line, then the other releases' lines: one a day on the cpu lane, every one on the gpu lane
 LANE_COMMANDS = {
-    "cpu": lambda: ["apply", "test", "prove"] + [f"{step} UPSTREAM_VERSION={v}" for v in other_lines("--today")
-                                                 for step in ("apply", "prove")],
+    "cpu": lambda: ["apply", "test", "prove", f"wheelhouse UPSTREAM_VERSION={base()}"] + [
+        f"{step} UPSTREAM_VERSION={v}" for v in other_lines("--today") for step in ("apply", "prove", "wheelhouse")],
     "gpu": lambda: ["apply", "test REQUIRE_CUDA=1", "prove"] + [
         f"{step} UPSTREAM_VERSION={v}" for v in other_lines("--others")
         for step in ("apply", "test REQUIRE_CUDA=1", "prove")],
@@ -137,7 +173,7 @@ LANE_COMMANDS = {
 }
 def cpu_steps() -> list[str]:
     """The verbs the cpu lane's make commands run, in order (`make test` lints first)."""
-    return ["apply", "lint", "lint_ci", "test", "prove"] + ["apply", "prove"] * len(other_lines("--today"))
+    return ["apply", "lint", "lint_ci", "test", "prove", "wheelhouse"] + ["apply", "prove", "wheelhouse"] * len(other_lines("--today"))
 
 
 @pytest.mark.parametrize("lane", list(LANE_COMMANDS))
