@@ -19,7 +19,7 @@ COPY_TO ?=
 RELEASES ?=
 PUBLISH ?=
 LINE ?=
-# FROM=Y (rebase): the line a move starts from (default: the newest line at or below UPSTREAM_VERSION)
+# FROM=Y (rebase): the line a move starts from (default: the newest line below UPSTREAM_VERSION)
 FROM ?=
 # FRESH=1 (prove, rebase, matrix): run every side's tests again instead of reusing the
 # stored outcomes of the very same installed files, venv and tests
@@ -73,7 +73,7 @@ bench:  ## the benchmarks in bench/, vanilla vs patched
 pin:  ## pin sglang X (default: the newest the configured package index has): wheel name + sha256, cut-off date, env/X.in + env/X.lock
 	$(CLI) pin
 
-rebase:  ## report how the newest line at or below UPSTREAM_VERSION=X (or FROM=Y) fares on X (WRITE=1: write X's line and make X the base; WRITE=1 LINE=1: write X's line only; STRICT=1: fail if a kept patch no longer applies or a guard fails; COPY_TO=docs/rebase: keep the report there)
+rebase:  ## report how the newest line below UPSTREAM_VERSION=X (or FROM=Y) fares on X (WRITE=1: write X's line and make X the base; WRITE=1 LINE=1: write X's line only; STRICT=1: fail if a kept patch no longer applies or a guard fails; COPY_TO=docs/rebase: keep the report there)
 	$(CLI) rebase
 
 queue:  ## the series as branch `queue` of the scratch tree, one commit per patch (FORCE=1: rebuild over unexported edits; CONTINUE=1: go on after a resolved conflict)

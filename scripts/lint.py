@@ -33,11 +33,15 @@ def check_lines(paths: config.Paths, tests_root: Path) -> list[str]:
         version = file.name[: -len(".series")]
         try:
             entries = series.entries(paths.patches, file)
-            problems += [f"{label} lists {n} more than once" for n, c in Counter(entries).items() if c > 1]
             listed |= {(paths.patches / e).resolve() for e in entries}
-            series.load(paths.patches, file)
+            found = [f"{label} lists {n} more than once" for n, c in Counter(entries).items() if c > 1]
+            found += [f"{label} lists {e}, which does not exist" for e in entries if not (paths.patches / e).is_file()]
+            if not found:
+                series.load(paths.patches, file)
         except SeriesError as exc:
-            problems.append(str(exc))
+            found = [str(exc)]
+        if found:
+            problems += found
             continue
         if version not in pinned:
             problems.append(f"{label} is the line of sglang {version}, which upstream/releases.json does not pin; "
@@ -54,7 +58,8 @@ def check_lines(paths: config.Paths, tests_root: Path) -> list[str]:
     patch_files = list((paths.patches / lines.LINES).glob("*/*.patch"))
     problems += [f"patches/{p.relative_to(paths.patches)} is on no line (patches/lines/*.series)"
                  for p in sorted(patch_files) if p.resolve() not in listed]
-    text = (paths.root / "README.md").read_text() if paths.patches == paths.root / "patches" and paths.releases.exists() else ""
+    readme_file = paths.root / "README.md"
+    text = readme_file.read_text() if paths.patches == paths.root / "patches" and readme_file.exists() else ""
     if "<!-- lines:begin -->" in text and readme.replace_block(text, "lines", readme.lines_table(paths)) != text:
         problems.append("README.md's table of lines is not what patches/ says; regenerate it with `make lines PUBLISH=1`")
     if "<!-- fixes:begin -->" in text and readme.replace_block(text, "fixes", readme.fixes_table(paths)) != text:

@@ -1,6 +1,6 @@
 """make rebase UPSTREAM_VERSION=X: how a line fares on sglang X, sorted by evidence.
 
-The line judged is the newest one at or below X (FROM=Y names another): a new release
+The line judged is the newest one below X (FROM=Y names another): a new release
 is judged against the patches closest to it, line-only patches included.
 
 1. fetch X's pinned wheel (sha256-checked) and build its pristine scratch tree;
@@ -328,7 +328,7 @@ def write_to_patches(paths: config.Paths, data: dict, line: bool = False) -> pat
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--upstream", help="pinned release to move to (see `make pin`)")
-    parser.add_argument("--from", dest="start", help="the line to start from (default: the newest at or below X)")
+    parser.add_argument("--from", dest="start", help="the line to start from (default: the newest line below X)")
     parser.add_argument("--write", action="store_true", help="also write the proposed series to patches/ and make X the base")
     parser.add_argument("--line", action="store_true", help="with --write: write X's line (patches/lines/X.series); the base stays")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a patch no longer applies (for CI)")

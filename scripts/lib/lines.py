@@ -64,15 +64,19 @@ def all_files(paths: config.Paths) -> list[Path]:
 
 
 def start_for(paths: config.Paths, version: str, named: str | None = None) -> str:
-    """The line a move to `version` starts from: `named`, else the newest release at or
-    below `version` that has a line (so a new release is judged against the patches
-    closest to it), else the base."""
+    """The line a move to `version` starts from: `named` (FROM=Y), else the newest release
+    below `version` that has a line, so a new release is judged against the patches
+    closest to it (line-only patches and ports included)."""
     if named:
         if not exists(paths, named):
             raise SeriesError(f"sglang {named} has no line ({label(paths, named)}) to start from; name one of "
-                              f"{', '.join(versions(paths))}")
+                              f"{', '.join(versions(paths))} with FROM=")
         return named
-    return newest_at_or_below(versions(paths), version) or config.base_version(paths)
+    start = newest_at_or_below([v for v in versions(paths) if v != version], version)
+    if start is None:
+        raise SeriesError(f"no line of a release below sglang {version} to start from; name one of "
+                          f"{', '.join(versions(paths))} with FROM=")
+    return start
 
 
 def referenced(paths: config.Paths, skip: Path | None = None) -> set[Path]:
@@ -176,6 +180,8 @@ def derive(paths: config.Paths, version: str, tests_root: Path) -> Derived:
     has = series.entries(paths.patches, file) if file.exists() else []
     word = {n for n, why in series.dropped(file).items() if not why.startswith("absorbed upstream")}
     by_fix = ports(paths, registry)
+    if not any(r == version for _, r in states):  # no evidence on this release: the line stands as it is
+        return Derived(has, lacking(file), [f.pr for f in registry])
     out = Derived([], {}, [])
     for fix in registry:
         own = by_fix.get(fix.pr, [])
@@ -193,6 +199,8 @@ def derive(paths: config.Paths, version: str, tests_root: Path) -> Derived:
             out.entries.append(next(e for e in own if port_release(e) == release))
         else:
             out.lacking[fix.pr] = f"no port at or below sglang {version} yet"
+    carried = {e for own in by_fix.values() for e in own}
+    out.entries += [e for e in has if e not in carried]  # a patch of no fix in the registry: lint names it
     return out
 
 

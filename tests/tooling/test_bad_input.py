@@ -27,7 +27,7 @@ def test_series_entry_listed_twice(up):
     up.add_patch("0002-b.patch", {30: "LINE_30 = 'thirty'"})
     up.write_series(["0001-a.patch", "0002-b.patch", "0001-a.patch"])
     line = one_line_error(up.run("apply", "--no-env"))
-    assert line == "error: patches/series lists 0001-a.patch twice; remove the second entry (a patch is applied once)"
+    assert line == "error: patches/lines/1.0.0.series lists 0001-a.patch twice; remove the second entry (a patch is applied once)"
     assert not up.tree.exists() and not (up.build / VERSION / "dist").exists()
 
 

@@ -148,6 +148,6 @@ def test_write_refuses_uncommitted_patches_before_any_test(up):
     before = snapshot(up.patches)
     proc = make(up, f"make rebase {UP} WRITE=1")
     error = error_line(proc)
-    assert "patches/ has uncommitted changes (series)" in error and "git add -A patches && git commit" in error
+    assert f"patches/ has uncommitted changes (lines/{BASE}.series)" in error and "git add -A patches && git commit" in error
     assert "ran " not in proc.stdout and not (up.build / NEW / "rebase" / "report.json").exists()
     assert snapshot(up.patches) == before

@@ -1,6 +1,7 @@
 """The lint catches what makes a green run lie: missing/unlisted patches, missing headers,
 tests named by a patch that do not exist, unregistered test files, empty test bodies."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -33,12 +34,14 @@ tests = ["tests/registered/test_thing.py::TestThing::test_real"]
 
 @pytest.fixture
 def project(tmp_path):
-    (tmp_path / "patches").mkdir()
+    (tmp_path / "patches/lines/1.0").mkdir(parents=True)
     (tmp_path / "tests/registered").mkdir(parents=True)
     (tmp_path / "tests/registered/test_thing.py").write_text(GOOD_TEST)
     patch = _format_patch("python/sglang/a.py", ["a\n"], ["b\n"], "change a")
-    (tmp_path / "patches/0001-a.patch").write_text(patch.replace("tests/tooling/synthetic.py", "tests/registered/test_thing.py::TestThing::test_real"))
-    (tmp_path / "patches/series").write_text("0001-a.patch\n")
+    (tmp_path / "patches/lines/1.0/0001-a.patch").write_text(patch.replace("tests/tooling/synthetic.py", "tests/registered/test_thing.py::TestThing::test_real"))
+    (tmp_path / "patches/lines/1.0.series").write_text("lines/1.0/0001-a.patch\n")
+    (tmp_path / "r.json").write_text(json.dumps({"base": "1.0", "releases": {"1.0": {
+        "wheel": "sglang-1.0-py3-none-any.whl", "sha256": "0" * 64, "exclude_newer": None}}}))
     (tmp_path / "tests/fixes.toml").write_text(FIXES)
     return config.Paths(root=tmp_path, cache=tmp_path / "c", build=tmp_path / "b", patches=tmp_path / "patches",
                         releases=tmp_path / "r.json", env=tmp_path / "env")
@@ -49,16 +52,18 @@ def test_consistent_project_is_clean(project):
 
 
 def test_missing_and_unlisted_and_duplicate_patches(project):
-    (project.patches / "0002-stray.patch").write_text("x")
-    (project.patches / "series").write_text("0001-a.patch\n0001-a.patch\n0003-gone.patch\n")
+    (project.patches / "lines/1.0/0002-stray.patch").write_text("x")
+    (project.patches / "0004-loose.patch").write_text("x")
+    (project.patches / "lines/1.0.series").write_text("lines/1.0/0001-a.patch\nlines/1.0/0001-a.patch\nlines/1.0/0003-gone.patch\n")
     found = "\n".join(lint.problems(project))
-    assert "0002-stray.patch is not in patches/series" in found
-    assert "lists 0003-gone.patch, which does not exist" in found
-    assert "lists 0001-a.patch more than once" in found
+    assert "patches/lines/1.0/0002-stray.patch is on no line" in found
+    assert "patches/0004-loose.patch lies outside a release's folder" in found
+    assert "patches/lines/1.0.series lists lines/1.0/0003-gone.patch, which does not exist" in found
+    assert "patches/lines/1.0.series lists lines/1.0/0001-a.patch more than once" in found
 
 
 def test_missing_header_and_missing_test(project):
-    path = project.patches / "0001-a.patch"
+    path = project.patches / "lines/1.0/0001-a.patch"
     text = path.read_text().replace("Forwarded: not-needed\n", "").replace("::test_real", "::test_gone")
     path.write_text(text)
     found = "\n".join(lint.problems(project))
@@ -99,7 +104,7 @@ def test_inherited_test_from_sibling_module_counts_as_existing(project):
     tests = project.root / "tests/registered"
     (tests / "checks.py").write_text("class Checks:\n    def test_shared(self):\n        assert 2 > 1\n")
     (tests / "test_thing.py").write_text(GOOD_TEST + "\nfrom checks import Checks\n\nclass TestMixed(Checks):\n    device = 'cpu'\n")
-    path = project.patches / "0001-a.patch"
+    path = project.patches / "lines/1.0/0001-a.patch"
     path.write_text(path.read_text().replace("TestThing::test_real", "TestMixed::test_shared"))
     (project.root / "tests/fixes.toml").write_text(FIXES.replace("TestThing::test_real", "TestMixed::test_shared"))
     assert lint.problems(project) == []
@@ -109,7 +114,7 @@ def test_inherited_test_from_sibling_module_counts_as_existing(project):
 
 def test_a_patch_that_names_a_package_index_host(project):
     host = "https://" + "pypi" + ".org/simple"  # spelt apart: this file names no host
-    path = project.patches / "0001-a.patch"
+    path = project.patches / "lines/1.0/0001-a.patch"
     path.write_text(path.read_text().replace("Forwarded: not-needed\n", f"Forwarded: not-needed\nSee: {host}\n"))
-    assert lint.problems(project) == ["patches/0001-a.patch names a package-index host; take it out: the index "
+    assert lint.problems(project) == ["patches/lines/1.0/0001-a.patch names a package-index host; take it out: the index "
                                       "comes from uv's and pip's configuration"]

@@ -105,7 +105,7 @@ class Moves(Upstream):
             "pool: set lines 12 and 14", f"{TEST_FILE}::TestTwelve {TEST_FILE}::TestFourteen"))
         self.add_raw_patch("0003-five.patch", patch_text(5, "LINE_5 = 'five'", "pool: set line 5", f"{TEST_FILE}::TestFive"))
         for name in set(ALL) - set(names):
-            (self.patches / name).unlink()
+            self.patch_path(name).unlink()
         self.write_series(names)
 
 

@@ -78,9 +78,9 @@ def test_an_empty_series_is_an_error_unless_on_purpose(up, text):
     up.add_patch("0001-a.patch", {5: "LINE_5 = 'five'"})
     up.series.write_text(text)
     line = one_line_error(up.run("apply", "--no-env"))
-    assert line == (f"error: patches/series lists no patch; patches/ holds 1 patch file(s) (0001-a.patch); "
-                    "list them in it, one file name a line, or, if the release needs none, say so with a line "
-                    "`# no patches: <why>`")
+    assert line == (f"error: patches/lines/{VERSION}.series lists no patch; patches/lines/{VERSION}/ holds 1 patch "
+                    "file(s) (0001-a.patch); list them in it, one path under patches/ a line (lines/X/NNNN-name.patch), "
+                    "or, if the release needs none, say so with a line `# no patches: <why>`")
     assert not (up.build / VERSION / "dist").exists()
     up.series.write_text(text + "# no patches: upstream has every fix\n")
     proc = up.run("apply", "--no-env")

@@ -117,7 +117,7 @@ def test_a_keeper_whose_test_still_fails_is_not_proven(proving):
 def test_a_keeper_that_cannot_be_taken_out_says_what_to_do(proving, tmp_path):
     proving("12")
     paths = config.Paths.from_env()
-    keeper = series.parse(tmp_path / "patches/0002-twelve.patch")
+    keeper = series.parse(tmp_path / "patches/lines/1.0.0/0002-twelve.patch")
     # vanilla lacks 0001's line 10, the context 0002 was made on: as if a later patch
     # had rewritten the lines 0002 touches
     with pytest.raises(SeriesError, match="cannot be taken back out of the patched 1.0.0 build"):

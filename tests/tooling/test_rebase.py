@@ -93,7 +93,7 @@ def test_reports_and_proposed_series_are_written_but_patches_untouched(done):
     assert (out / "patches" / "0003-twenty.patch").read_bytes() == (up.patch_path("0003-twenty.patch")).read_bytes()
     refreshed = (out / "patches" / "0005-thirty-five.patch").read_text()
     assert "@@ -32,7 +32,7 @@" in refreshed  # re-made on 2.0.0 without 0002's context
-    assert len(list(up.patches.glob("*.patch"))) == 5
+    assert len(list((up.patches / "lines" / BASE).glob("*.patch"))) == 5
     assert config.base_version(paths) == BASE
 
 
@@ -135,7 +135,7 @@ def test_unpinned_or_missing_release_is_one_line_that_says_what_to_do(tmp_path):
     up = Releases(tmp_path)
     for args, hint in ((["--upstream", "9.9.9"], "make pin UPSTREAM_VERSION=9.9.9"),
                        ([], "make rebase UPSTREAM_VERSION=X"),
-                       (["--upstream", BASE], "already the base")):
+                       (["--upstream", BASE], f"no line of a release below sglang {BASE} to start from")):
         proc = up.run("rebase", *args)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode != 0 and len(lines) == 1 and hint in lines[0], proc.stderr

@@ -26,8 +26,7 @@ def up(tmp_path):
     up.write_series(["0001-a.patch"])
     for version in (NEW, UNLINED):
         up.pin_files(version, {**ORIGINAL, "sglang/__init__.py": f"VERSION = '{version}'\n"})
-    (up.patches / "lines").mkdir()
-    (up.patches / "lines" / f"{NEW}.series").write_text(f"# sglang {NEW}'s line\n0001-a.patch\n")
+    (up.patches / "lines" / f"{NEW}.series").write_text(f"# sglang {NEW}'s line\nlines/{up.base}/0001-a.patch\n")
     return up
 
 
