@@ -21,6 +21,8 @@ PUBLISH ?=
 LINE ?=
 # FROM=Y (rebase): the line a move starts from (default: the newest line below UPSTREAM_VERSION)
 FROM ?=
+# FIXES=#a,#b (matrix): judge only these fixes; PUBLISH=1 keeps the other fixes' published rows
+FIXES ?=
 # FRESH=1 (prove, rebase, matrix): run every side's tests again instead of reusing the
 # stored outcomes of the very same installed files, venv and tests
 FRESH ?=
@@ -30,7 +32,7 @@ WHEELHOUSE ?=
 # matrix; MERGE=dir (matrix): the matrix from the parts in dir, no test run
 PART ?=
 MERGE ?=
-export PYTHON UPSTREAM_VERSION PYTEST_ARGS REQUIRE_CUDA WRITE STRICT FORCE CONTINUE COPY_TO RELEASES PUBLISH LINE FRESH FROM WHEELHOUSE PART MERGE
+export PYTHON UPSTREAM_VERSION PYTEST_ARGS REQUIRE_CUDA WRITE STRICT FORCE CONTINUE COPY_TO RELEASES PUBLISH LINE FRESH FROM FIXES WHEELHOUSE PART MERGE
 # SGLANG_SERIES_DRY_RUN=1: every verb stops once its arguments are parsed (tests/tooling)
 # exec: the verb is make's own child, so the SIGTERM make passes on reaches it (not a shell)
 CLI = @exec "$$PYTHON" -m scripts.cli

@@ -21,7 +21,7 @@ from scripts.lib.errors import SeriesError, run_main
 # the variables the Makefile exports, and the flag each one turns into
 FLAGS = {"WRITE": "--write", "STRICT": "--strict", "FORCE": "--force", "CONTINUE": "--continue",
          "REQUIRE_CUDA": "--require-cuda", "PUBLISH": "--publish", "LINE": "--line", "FRESH": "--fresh"}
-VALUES = {"UPSTREAM_VERSION": "--upstream", "COPY_TO": "--copy-to", "RELEASES": "--releases", "FROM": "--from",
+VALUES = {"UPSTREAM_VERSION": "--upstream", "COPY_TO": "--copy-to", "RELEASES": "--releases", "FROM": "--from", "FIXES": "--fixes",
           "WHEELHOUSE": "--dest", "PART": "--part", "MERGE": "--merge"}
 OURS = {*FLAGS, *VALUES, "PYTEST_ARGS", "PYTHON", "SGLANG_SERIES_DRY_RUN"}
 
@@ -43,7 +43,7 @@ TARGETS = {
     "queue": ("queue", [], ["UPSTREAM_VERSION", "FORCE", "CONTINUE"]),
     "export": ("export", [], ["UPSTREAM_VERSION", "LINE"]),
     "lines": ("lines", [], ["WRITE", "PUBLISH"]),
-    "matrix": ("matrix", [], ["RELEASES", "PUBLISH", "FRESH", "PART", "MERGE", "PYTEST_ARGS"]),
+    "matrix": ("matrix", [], ["RELEASES", "FIXES", "PUBLISH", "FRESH", "PART", "MERGE", "PYTEST_ARGS"]),
     "wheelhouse": ("wheelhouse", [], ["UPSTREAM_VERSION", "WHEELHOUSE"]),
 }
 

@@ -13,6 +13,9 @@ outcomes (lib/evidence.py; FRESH=1 runs them again). Writes build/matrix/matrix.
 build/matrix/matrix.md; --publish also writes docs/matrix.md, the README's copy and
 docs/matrix.json, the evidence each fix's first release is read from.
 
+FIXES=#a,#b judges only those fixes (a fix just added): with PUBLISH=1 their rows of
+docs/matrix.json are replaced and every other fix's rows are kept as published.
+
 On CI the releases fan out, one job each (ci/matrix.yml): `make matrix RELEASES=X
 PART=file` writes X's records only, and `make matrix MERGE=dir` (PUBLISH=1 too) makes the
 matrix from those parts with the same assembly as one machine's run (assemble()), so the
@@ -138,6 +141,31 @@ def render(fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds:
     return text + f"\n`make matrix` over {len(versions)} releases took {seconds:.0f} s.\n"
 
 
+def selected(fix_list: list[fixes.Fix], wanted: str | None) -> list[fixes.Fix]:
+    """The fixes FIXES=#a,#b names (all without it); an unknown one is a one-line error."""
+    if not wanted:
+        return fix_list
+    names = [w.strip() for w in wanted.split(",") if w.strip()]
+    unknown = [n for n in names if n not in {f.pr for f in fix_list}]
+    if unknown or not names:
+        raise SeriesError(f"FIXES names {', '.join(unknown) or 'nothing'}, not a fix of {fixes.REGISTRY}; "
+                          f"give some of {', '.join(f.pr for f in fix_list)}")
+    return [f for f in fix_list if f.pr in names]
+
+
+def with_published(paths: config.Paths, fix_list: list[fixes.Fix], judged: list[fixes.Fix], versions: list[str],
+                   cells: dict) -> dict:
+    """The judged fixes' cells with every other fix's published cells (docs/matrix.json)."""
+    done = {f.pr for f in judged}
+    kept = {(r["fix"], r["release"]): {"state": r["state"], "why": r["why"]} for r in fixes.evidence(paths.root)
+            if r["fix"] not in done}
+    missing = sorted({f.pr for f in fix_list if f.pr not in done for v in versions if (f.pr, v) not in kept})
+    if missing:
+        raise SeriesError(f"{fixes.EVIDENCE} has no published rows of {', '.join(missing)} on these releases; "
+                          "judge every fix with `make matrix PUBLISH=1`")
+    return {**kept, **cells}
+
+
 def publish(paths: config.Paths, table: str, records: list[dict]) -> None:
     # the evidence itself too: "first released in" is read off it (scripts/lib/fixes.py)
     (paths.root / fixes.EVIDENCE).write_text(json.dumps(records, indent=2) + "\n")
@@ -178,6 +206,8 @@ def main(argv=None) -> None:
     parser.add_argument("--fresh", action="store_true", help="run every release's tests again, even where stored (lib/evidence.py)")
     parser.add_argument("--part", help="write only these releases' outcomes to this file (one CI job's part)")
     parser.add_argument("--merge", help="the matrix from the parts (*.json) in this folder; runs no test")
+    parser.add_argument("--fixes", help="comma-separated fixes (their pr in tests/fixes.toml) to judge; the others' "
+                                        "published rows are kept")
     parser.add_argument("--list", action="store_true", help="print the releases it would run, as a JSON list")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest options (after --)")
     args = parser.parse_args(argv)
@@ -188,9 +218,10 @@ def main(argv=None) -> None:
         print(json.dumps(versions))
         return
     config.require_python()
-    if args.merge and (args.part or args.releases or args.fresh or args.pytest_args):
-        raise SeriesError("MERGE=dir reads the parts as they are; give it without RELEASES, PART, FRESH or PYTEST_ARGS")
+    if args.merge and (args.part or args.releases or args.fresh or args.pytest_args or args.fixes):
+        raise SeriesError("MERGE=dir reads the parts as they are; give it without RELEASES, PART, FRESH, FIXES or PYTEST_ARGS")
     fix_list = fixes.load(paths.root)
+    judged = selected(fix_list, args.fixes)
     if args.merge:
         versions, cells, seconds, parts = merge(Path(args.merge), fix_list, paths.root)
         write(paths, fix_list, versions, cells, render(fix_list, versions, cells, seconds, parts), args.publish)
@@ -200,8 +231,12 @@ def main(argv=None) -> None:
     if args.part and args.publish:
         raise SeriesError("PART=file writes one job's part only; publish from the merge: `make matrix MERGE=dir PUBLISH=1`")
     started = time.monotonic()
-    cells = judge(paths, versions, fix_list, paths.root, lambda v: envs.venv(paths, v), args.pytest_args, args.fresh,
+    if args.part and args.fixes:
+        raise SeriesError("PART=file is one job's part of the whole matrix; give it without FIXES")
+    cells = judge(paths, versions, judged, paths.root, lambda v: envs.venv(paths, v), args.pytest_args, args.fresh,
                   args.jobs)
+    if args.fixes:
+        cells = with_published(paths, fix_list, judged, versions, cells)
     if args.part:
         write_part(Path(args.part), fix_list, versions, cells, time.monotonic() - started, paths.root)
         return

@@ -15,7 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 # what an outer `make test UPSTREAM_VERSION=...` exports must not reach the commands a test runs
 MAKE_VARIABLES = {"UPSTREAM_VERSION", "PYTEST_ARGS", "REQUIRE_CUDA", "WRITE", "STRICT", "FORCE", "CONTINUE",
-                  "COPY_TO", "RELEASES", "PUBLISH", "LINE", "FRESH", "FROM", "WHEELHOUSE", "PART", "MERGE", "MAKEFLAGS",
+                  "COPY_TO", "RELEASES", "PUBLISH", "LINE", "FRESH", "FROM", "FIXES", "WHEELHOUSE", "PART", "MERGE", "MAKEFLAGS",
                   "MFLAGS", "MAKELEVEL"}
 VERSION = "1.0.0"
 ORIGINAL = {
