@@ -11,7 +11,8 @@ written for, so a changed kernel never meets a stale stand-in.
 What moved between releases and lives only here:
 - module homes: SWATokenToKVPoolAllocator (mem_cache/allocator/swa.py from 0.5.13),
   the paged allocator and its kernels (allocator/paged.py, triton_ops/allocator.py);
-- which free lists a paged allocator keeps (``free_pages``, ``release_pages``).
+- which free lists a paged allocator keeps (``free_pages`` and ``release_pages``;
+  pages staged for a merge from 0.5.20, listed by ``get_all_free_pages``).
 """
 
 from __future__ import annotations
@@ -85,8 +86,12 @@ def sides(allocator) -> tuple:
 
 def free_page_ids(sub) -> list:
     """Every page id a paged allocator holds as free, with repeats (a page freed twice
-    is there twice): its free list and, under need_sort, the pages released since the
-    last merge."""
+    is there twice). 0.5.20+ list them (get_all_free_pages: the free list and the pages
+    staged since the last merge); before, the free list and, under need_sort, the
+    pages released since the last merge (release_pages)."""
+    get_all = getattr(sub, "get_all_free_pages", None)
+    if get_all is not None:
+        return get_all().tolist()
     pages = getattr(sub, "free_pages", None)
     require(isinstance(pages, torch.Tensor), f"{type(sub).__name__} keeps no free_pages tensor")
     released = getattr(sub, "release_pages", None)
