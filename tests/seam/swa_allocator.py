@@ -241,3 +241,59 @@ def cpu_placement(allocator):
         for globals_, values in patches.values():
             stack.enter_context(mock.patch.dict(globals_, values))
         yield
+
+
+# -- the stand-ins on their own, and what they are held to --------------------------
+
+
+def place_extend_on_cpu(prefix_lens, seq_lens, last_loc, free_pages, page_size) -> torch.Tensor:
+    """The stand-in for alloc_extend_kernel, for a batch given as int64 tensors."""
+    out = torch.empty(int((seq_lens - prefix_lens).sum()), dtype=torch.int64)
+    for pid in range(len(seq_lens)):
+        _extend_on_cpu(pid, prefix_lens, seq_lens, last_loc, free_pages, out, None, page_size)
+    return out
+
+
+def place_decode_on_cpu(seq_lens, last_loc, free_pages, page_size) -> torch.Tensor:
+    """The stand-in for alloc_decode_kernel, for a batch given as int64 tensors."""
+    out = torch.empty(len(seq_lens), dtype=torch.int64)
+    for pid in range(len(seq_lens)):
+        _decode_on_cpu(pid, seq_lens, last_loc, free_pages, out, None, page_size)
+    return out
+
+
+def _paged_globals() -> dict:
+    paged = locate(
+        "PagedTokenToKVPoolAllocator",
+        f"{_MC}.allocator:PagedTokenToKVPoolAllocator",
+        f"{_MC}.allocator.paged:PagedTokenToKVPoolAllocator",
+    )
+    return paged.alloc_extend.__globals__
+
+
+def release_extend_reference(prefix_lens, seq_lens, last_loc, free_pages, page_size) -> torch.Tensor:
+    """The release's own CPU placement of an extend (alloc_extend_naive, in every
+    release), on the same batch."""
+    naive = _paged_globals().get("alloc_extend_naive")
+    require(naive is not None, "the paged allocator's module has no alloc_extend_naive")
+    out = torch.empty(int((seq_lens - prefix_lens).sum()), dtype=torch.int64)
+    naive(prefix_lens, seq_lens, last_loc, free_pages, out, page_size, "cpu")
+    return out
+
+
+def release_kernel_placement(kind, *args, page_size) -> torch.Tensor:
+    """The release's Triton kernel ("extend" or "decode") on CUDA copies of the batch
+    (extend: prefix_lens, seq_lens, last_loc, free_pages; decode: seq_lens, last_loc,
+    free_pages); the result back on the CPU."""
+    globals_ = _paged_globals()
+    name, params = {"extend": ("alloc_extend_kernel", EXTEND_PARAMS), "decode": ("alloc_decode_kernel", DECODE_PARAMS)}[kind]
+    _stand_in(globals_, name, params, None)  # the same parameters the stand-in reads
+    kernel = globals_[name]
+    args = [a.cuda() for a in args]
+    seq_lens = args[1] if kind == "extend" else args[0]
+    n = int((args[1] - args[0]).sum()) if kind == "extend" else len(seq_lens)
+    out = torch.empty(n, dtype=torch.int64, device="cuda")
+    bs = len(seq_lens)
+    kernel[(bs,)](*args, out, 1 << max(bs - 1, 0).bit_length(), page_size)
+    return out.cpu()
+
