@@ -95,6 +95,7 @@ class LoadBackWatch:
         """``pools``: {PoolName: PageLedgerHostPool} of the host pool group."""
         self.cache = cache
         self.pools = pools
+        self._names = {id(pool): str(name) for name, pool in pools.items()}
         self.in_flight: dict = {}  # node id -> [(pool, slots)]
         self.freed_before_load = 0
         self.freed_in_flight = 0
@@ -142,8 +143,8 @@ class LoadBackWatch:
                     moved = int((pool.generation[slots] != self._since[pool][slots]).sum())
                     if moved:
                         self.freed_before_load += moved
-                        self.events.append(f"load of node {node_id} reads {moved} host page(s) freed "
-                                           "after its load_back began")
+                        self.events.append(f"load of node {node_id} reads {moved} {self._names[id(pool)]} "
+                                           "host page(s) freed after its load_back began")
             self.in_flight[node_id] = pages
             return device_indices
 
@@ -168,5 +169,5 @@ class LoadBackWatch:
                     hit = int(torch.isin(slots, held).sum())
                     if hit:
                         self.freed_in_flight += hit
-                        self.events.append(f"{hit} host page(s) of node {node_id}'s load-back "
-                                           "freed before its ack")
+                        self.events.append(f"{hit} {self._names[id(pool)]} host page(s) of node {node_id}'s "
+                                           "load-back freed before its ack")

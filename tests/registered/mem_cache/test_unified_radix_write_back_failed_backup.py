@@ -140,8 +140,8 @@ class TestWriteBackFailedBackupRandomized(rf.RadixTestCase):
     happened) un-backed-up leaves an eviction had to keep because their backup
     failed."""
 
-    SEEDS = 12
-    OPS = 160
+    SEEDS = 8
+    OPS = 140
     BASE_SEED = int(os.environ.get("SGLANG_RADIX_FUZZ_SEED", "20261207"))
 
     def _run_seed(self, ps, seed) -> dict:
