@@ -1,6 +1,8 @@
-"""HiCache write-back and load-back on CPU, per release: the release's own
-HybridCacheController (its write, load and ack queues; the copies recorded, not made)
-and a ledger of host pages that says when a page a load-back reads was freed.
+"""HiCache write-back and load-back, per release: the release's own
+HybridCacheController on CPU (its write, load and ack queues; the copies recorded,
+not made), a ledger of host pages that says when a page a load-back reads was
+freed, and a stack whose pools hold KV data and whose copies are made (on CUDA by
+the release's kernels, on CPU by a row copy in torch).
 
 What differs between releases and lives only here:
 - which node ids have a load-back the tree has not acknowledged yet
@@ -11,20 +13,25 @@ What differs between releases and lives only here:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from unittest import mock
 
 import torch
 
-from seam import CannotRun, radix, require
+from seam import CannotRun, builds, radix, require
 from seam.hicache_standins import CpuStream, RecordingHostPool, cpu_device_module_patches
 
 __all__ = [
+    "KVDataStack",
     "LoadBackWatch",
     "PageLedgerHostPool",
     "acknowledge_loads",
     "cpu_controller",
     "cpu_device_module_patches",
+    "kv_data_stack",
     "pending_load_back_ids",
+    "row_copies_on_cpu",
     "start_loads",
     "wait_write_backs",
 ]
@@ -171,3 +178,120 @@ class LoadBackWatch:
                         self.freed_in_flight += hit
                         self.events.append(f"{hit} {self._names[id(pool)]} host page(s) of node {node_id}'s "
                                            "load-back freed before its ack")
+
+
+# -- a stack that holds KV data: the copies are made (CUDA; on CPU see below) ---------
+
+
+class KVDataStack:
+    """A FULL+SWA UnifiedRadixCache under write-back whose device pools (layer 0 SWA,
+    layer 1 full) and host pools (MHATokenToKVPoolHost, layer-first, "direct" copies)
+    hold real KV, driven by the release's HybridCacheController."""
+
+    def __init__(self, cache, allocator, req_pool, controller, kv_host, swa_host):
+        self.cache = cache
+        self.allocator = allocator
+        self.req_to_token_pool = req_pool
+        self.controller = controller
+        self.kv_host = kv_host
+        self.swa_host = swa_host
+        kvcache = allocator.get_kvcache()
+        self.full_pool = kvcache.full_kv_pool
+        self.swa_pool = kvcache.swa_kv_pool
+
+    def write_tokens(self, full_locs: torch.Tensor, tokens) -> None:
+        """Store each token's id as its K and V, in the full and the SWA pool."""
+        values = torch.tensor(tokens, dtype=torch.float32, device=full_locs.device)[:, None, None]
+        swa_locs = self.allocator.translate_loc_from_full_to_swa(full_locs)
+        for pool, locs in ((self.full_pool, full_locs), (self.swa_pool, swa_locs)):
+            for buffer in (pool.k_buffer[0], pool.v_buffer[0]):
+                buffer[locs.to(buffer.device)] = values.to(buffer.device).expand(-1, *buffer.shape[1:])
+
+    def read_tokens(self, full_locs: torch.Tensor, *, swa: bool = False) -> list:
+        """The token ids stored at these locations (K of the full or the SWA pool)."""
+        pool = self.swa_pool if swa else self.full_pool
+        locs = self.allocator.translate_loc_from_full_to_swa(full_locs) if swa else full_locs
+        buffer = pool.k_buffer[0]
+        return [int(v) for v in buffer[locs.to(buffer.device)][:, 0, 0].float().cpu()]
+
+
+def _mha_host_pool(device_pool, size: int, page_size: int, device):
+    cls = radix.locate("MHATokenToKVPoolHost", f"{radix._MC}.memory_pool_host:MHATokenToKVPoolHost")
+    return cls(
+        **radix.accepted(
+            cls.__init__,
+            device_pool=device_pool,
+            host_to_device_ratio=size / device_pool.size,
+            host_size=0,
+            page_size=page_size,
+            layout="layer_first",
+            pin_memory=torch.device(device).type == "cuda",
+            device="cpu",
+        )
+    )
+
+
+@builds("a FULL+SWA HiCache stack that holds KV data (pools, host pools, controller)")
+def kv_data_stack(*, device, page_size, full_size, swa_size, window, host_full_size, host_swa_size, core=None):
+    """Device pools on `device`, the host pools sized about host_*_size tokens
+    (a host KV pool is always a page larger than asked, and larger than its device
+    pool), the release's controller with its own streams on `device`."""
+    EvictParams, PoolName, SWA = radix.EvictParams, radix.PoolName, radix.ComponentType.SWA
+    inner = radix.locate("MHATokenToKVPool", f"{radix._MC}.memory_pool:MHATokenToKVPool")
+    kvcache = radix.SWAKVPool(
+        **radix.accepted(
+            radix.SWAKVPool.__init__, forwards_to=inner.__init__,
+            size=full_size, size_swa=swa_size, page_size=page_size, dtype=torch.float32,
+            head_num=1, head_dim=8, swa_attention_layer_ids=[0], full_attention_layer_ids=[1],
+            enable_kvcache_transpose=False, device=device,
+        )
+    )
+    allocator = radix.SWATokenToKVPoolAllocator(
+        size=full_size, size_swa=swa_size, page_size=page_size, dtype=torch.float32,
+        device=device, kvcache=kvcache, need_sort=False,
+    )
+    req_pool = radix.req_to_token_pool(size=8, max_context_len=2048)
+    cache = radix.unified_cache(
+        req_pool=req_pool, allocator=allocator, page_size=page_size, window=window,
+        components=(radix.ComponentType.FULL, SWA), mamba_extra_buffer=False, core=core,
+    )
+    kv_host = _mha_host_pool(kvcache.full_kv_pool, host_full_size, page_size, device)
+    swa_host = _mha_host_pool(kvcache.swa_kv_pool, host_swa_size, page_size, device)
+    entries = [
+        radix.pool_entry(name=PoolName.KV, host_pool=kv_host, device_pool=kvcache.full_kv_pool,
+                         layer_mapper={1: 0}.get, is_primary_index_anchor=True),
+        radix.pool_entry(name=PoolName.SWA, host_pool=swa_host, device_pool=kvcache.swa_kv_pool,
+                         layer_mapper={0: 0}.get,
+                         host_evict_fn=lambda n: cache.evict_host(n, SWA),
+                         device_evict_fn=lambda n: cache.evict(EvictParams(swa_num_tokens=n)),
+                         device_alloc_fn=allocator.swa_attn_allocator.alloc,
+                         device_free_fn=allocator.swa_attn_allocator.free),
+    ]
+    group = radix.host_pool_group(entries)
+    stream = torch.cuda.Stream() if torch.device(device).type == "cuda" else CpuStream()
+    controller = radix.bare_hybrid_controller(group, "write_back", allocator, device=device, stream=stream)
+    controller.io_backend = "direct"
+    radix.wire_host_pools(cache, controller, group, kv_host=kv_host, swa_host=swa_host,
+                          mamba_host=None, write_policy="write_back")
+    cache.load_back_threshold = page_size
+    return KVDataStack(cache, allocator, req_pool, controller, kv_host, swa_host)
+
+
+def _torch_transfer_kv_direct(src_layers, dst_layers, src_indices, dst_indices, page_size):
+    """sgl_kernel's transfer_kv_direct as a row copy: the indices name every token,
+    so a page size only groups them."""
+    for src, dst in zip(src_layers, dst_layers, strict=True):
+        dst[dst_indices.to(dst.device)] = src[src_indices.to(src.device)].to(dst.device)
+
+
+@contextlib.contextmanager
+def row_copies_on_cpu(device):
+    """On CPU the host pools' "direct" copies move real rows (sgl_kernel is stubbed
+    there, and not even imported by memory_pool_host from 0.5.13); on CUDA the
+    release's kernel runs."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    module = radix.locate("host pool module", f"{radix._MC}.memory_pool_host")
+    with mock.patch.object(module, "transfer_kv_direct", _torch_transfer_kv_direct, create=True):
+        yield

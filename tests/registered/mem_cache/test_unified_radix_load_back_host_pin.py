@@ -12,10 +12,12 @@ copies them (wrong KV on the GPU), and committing the load crashes on the node h
 eviction removed. The fixed release pins the matched path's host pages (Full anchor,
 SWA window, Mamba state) from the start of load_back until its ack.
 
-The release's own UnifiedRadixCache and HybridCacheController run on CPU (copies
-recorded, not made); a ledger of host pages counts every page a load-back reads that
-was freed after the load-back began and before its ack (tests/seam/hicache_writeback.py).
-The wrong KV itself needs the real copies: test_unified_radix_load_back_host_pin_cuda.py.
+The release's own UnifiedRadixCache and HybridCacheController run on CPU; a ledger
+of host pages counts every page a load-back reads that was freed after the
+load-back began and before its ack (tests/seam/hicache_writeback.py), and with pools
+that hold KV data and copies made as row copies in torch, the loaded KV is compared
+with the matched tokens. The same on a GPU, with the release's copy kernels and
+streams: test_unified_radix_load_back_host_pin_cuda.py.
 """
 
 import os
@@ -26,6 +28,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import radix_fixtures as rf  # noqa: E402
+import torch  # noqa: E402
 from radix_fixtures import EvictParams, PoolName  # noqa: E402
 from sglang.test.ci.ci_register import register_cpu_ci  # noqa: E402
 
@@ -149,6 +152,80 @@ class TestLoadBackHostPagesHeldUntilAck(rf.RadixTestCase):
         h.cache.evict_host(160)
         self.assertEqual(h.nodes(), [])
         self.assertEqual(h.host.kv.available_size(), h.host.kv.size, "host pages stayed held after the ack")
+
+
+class LoadBackDataChecks:
+    """The scenario of TestLoadBackHoldsHostPages with pools that hold each token's
+    id as its K and V and copies that move them: a's device slots must get a's
+    tokens. ``device``: where the pools live and the copies run."""
+
+    device = "cpu"
+
+    def _sync(self):
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize()
+
+    def _check(self, ps):
+        if torch.device(self.device).type == "cpu":
+            for patcher in wb.cpu_device_module_patches():
+                patcher.start()
+                self.addCleanup(patcher.stop)
+        copies = wb.row_copies_on_cpu(self.device)
+        copies.__enter__()
+        self.addCleanup(copies.__exit__, None, None, None)
+        window = 4 * ps
+        s = wb.kv_data_stack(device=self.device, page_size=ps, full_size=32 * ps, swa_size=32 * ps,
+                             window=window, host_full_size=128 * ps, host_swa_size=40 * ps,
+                             core=rf.seam.current_core())
+        h = rf.RadixHarness(cache=s.cache, allocator=s.allocator, req_to_token_pool=s.req_to_token_pool,
+                            page_size=ps, window=window, has_mamba=False, controller=s.controller,
+                            host=rf.HostPools(kv=s.kv_host, swa=s.swa_host, mamba=None))
+
+        def serve(tokens):
+            kv = h.alloc_kv(len(tokens))
+            self.assertIsNotNone(kv)
+            s.write_tokens(kv, tokens)
+            h.insert_finished(tokens, kv, 0, 0)
+
+        def evict(num_tokens):
+            h.cache.evict(EvictParams(num_tokens=num_tokens))
+            wb.wait_write_backs(h.cache)
+
+        a, c, b = _tokens(1000, 16 * ps), _tokens(3000, 16 * ps), _tokens(5000, 24 * ps)
+        serve(a)
+        evict(16 * ps)
+        serve(c)
+        evict(16 * ps)
+        serve(b)
+        self._sync()
+
+        m = h.match(a)
+        self.assertEqual(m.host_hit_length, len(a))
+        try:
+            loaded = h.load_back(h.node(m.best_match_node))
+            wb.wait_write_backs(h.cache)
+            wb.start_loads(h.cache)
+            self._sync()
+            wb.acknowledge_loads(h.cache)
+        except Exception as exc:  # the scheduler process would die here
+            self.fail(f"load_back crashed ({type(exc).__name__}: {exc})")
+        self.assertTrue(loaded, "the load-back was refused though c's host pages could make room")
+        device_indices = rf.seam.matched_device_indices(h.cache, h.match(a))
+        self.assertEqual(len(device_indices), len(a))
+        self.assertEqual(s.read_tokens(device_indices), a, "a's device slots hold other tokens (wrong KV)")
+        self.assertEqual(s.read_tokens(device_indices[-window:], swa=True), a[-window:],
+                         "a's SWA window holds other tokens (wrong KV)")
+        self.assertEqual(h.match(c).host_hit_length, 0, "c should have made room on the host")
+
+    def test_load_back_reads_its_own_kv_page1(self):
+        self._check(1)
+
+    def test_load_back_reads_its_own_kv_page4(self):
+        self._check(4)
+
+
+class TestLoadBackLoadsItsOwnKV(LoadBackDataChecks, rf.RadixTestCase):
+    device = "cpu"
 
 
 class TestLoadBackHostPinRandomized(rf.RadixTestCase):
