@@ -127,7 +127,8 @@ def place(req_pool, req: Request, row: int, kv: torch.Tensor) -> None:
     """The request's KV row: what the scheduler wrote to req_to_token for it."""
     req.req_pool_idx = row
     req_pool.req_to_token[row, : len(kv)] = kv.to(req_pool.req_to_token.dtype)
-    req.kv_allocated_len = req.kv_committed_len = len(kv)
+    req.kv_allocated_len = len(kv)  # whole pages
+    req.kv_committed_len = min(len(kv), len(req.fill_ids))
 
 
 def row(req_pool, req: Request) -> torch.Tensor:

@@ -74,12 +74,13 @@ class Scheduler:
     # -- a request's life -----------------------------------------------------------
 
     def admit(self, tokens: list):
-        """Match, lock the match, allocate the rest, write the row. Returns the request
-        and its prefix match, or (None, match) when the pools cannot hold it."""
-        assert len(tokens) % self.page == 0
+        """Match, lock the match, allocate the rest (whole pages: a partial last page is
+        allocated in full), write the row. Returns the request and its prefix match, or
+        (None, match) when the pools cannot hold it."""
         match = self.h.match(tokens)
         prefix = seam.matched_device_indices(self.cache, match).to(torch.int64)
-        fresh = self.h.alloc_kv(len(tokens) - len(prefix))
+        pages = -(-len(tokens) // self.page)
+        fresh = self.h.alloc_kv(pages * self.page - len(prefix))
         if fresh is None or not self.free_rows:
             if fresh is not None:
                 self.allocator.free(fresh)
@@ -122,6 +123,7 @@ class Scheduler:
 
     def finish(self, req: Request):
         """The request finished: insert its row into the tree, drop its lock, free its row."""
+        assert len(req.fill_ids) == req.kv_allocated_len, "a finished request fills whole pages here"
         value = swa_seam.row(self.req_pool, req)
         result = self.cache.insert(
             seam.insert_params(
@@ -172,6 +174,14 @@ class Scheduler:
             return 0
         window = prefix[-self.window:]
         return swa_seam.dead_swa_refs(self.allocator, self.allocator.translate_loc_from_full_to_swa(window))
+
+    def leaked_after_evicting_all(self) -> int:
+        """Slots neither free nor held by a running request once the tree is empty."""
+        a = self.allocator
+        held_full = sum(swa_seam.full_held(r) for r in self.running)
+        held_swa = sum(swa_seam.swa_held(r) for r in self.running)
+        return (a.full_attn_allocator.size - a.full_attn_allocator.available_size() - held_full
+                + a.swa_attn_allocator.size - a.swa_attn_allocator.available_size() - held_swa)
 
     def tree_full_tokens(self) -> int:
         return self.cache.full_evictable_size() + self.cache.full_protected_size()
