@@ -67,7 +67,7 @@ class TestPagedSWAFreeRandomized(CustomTestCase):
         ps = page_size
         rng = random.Random(seed)
         window = rng.choice((1, 2, 3)) * ps + rng.randrange(ps)
-        ops = {"admit": 0, "rejected": 0, "decode": 0, "release_swa": 0, "finish": 0}
+        ops = {"admit": 0, "rejected": 0, "decode": 0, "release_swa": 0, "inside_a_page": 0, "finish": 0}
         with PagedSWAServer(page_size=ps, full_pages=40, swa_pages=24, need_sort=need_sort) as srv:
             for _ in range(self.NUM_OPS):
                 if srv.broken:
@@ -89,7 +89,9 @@ class TestPagedSWAFreeRandomized(CustomTestCase):
                     last = (req.committed - window) // ps * ps
                     if last > req.swa_evicted:
                         ops["release_swa"] += 1
-                        srv.release_swa(req, rng.randint(req.swa_evicted + 1, last))
+                        upto = rng.randint(req.swa_evicted + 1, last)
+                        ops["inside_a_page"] += upto % ps != 0
+                        srv.release_swa(req, upto)
                 else:
                     ops["finish"] += 1
                     srv.finish(req)
@@ -97,18 +99,24 @@ class TestPagedSWAFreeRandomized(CustomTestCase):
             return srv.violations, ops, srv.accounting(), srv.broken
 
     def _check(self, page_size, need_sort, seeds):
-        totals, reports, off = {}, [], 0
+        totals, ops_total, reports, off = {}, {}, [], 0
         for seed in seeds:
             violations, ops, accounting, broken = self._run(seed, page_size, need_sort)
             for kind, n in violations.items():
                 totals[kind] = totals.get(kind, 0) + n
+            for op, n in ops.items():
+                ops_total[op] = ops_total.get(op, 0) + n
             if not broken:
                 off += sum(abs(size - free) for free, size in accounting.values())
             reports.append(f"seed={seed} {ops} {dict(violations)}")
-        report = f"page_size={page_size} need_sort={need_sort} seeds={len(seeds)} violations={totals} slots_off={off}"
+        report = (f"page_size={page_size} need_sort={need_sort} seeds={len(seeds)} ops={ops_total} "
+                  f"violations={totals} slots_off={off}")
         print(report)
         self.assertEqual(totals, {}, report + "\n" + "\n".join(reports))
         self.assertEqual(off, 0, report)
+        # the traffic reached the scenario: releases that stop inside a page, then finishes
+        self.assertGreater(ops_total["inside_a_page"], len(seeds) * 5, report)
+        self.assertGreater(ops_total["finish"], len(seeds) * 5, report)
 
     def test_page4(self):
         self._check(4, False, [self.SEED + i for i in range(self.SEEDS)])
