@@ -165,7 +165,12 @@ def test_a_test_that_cannot_run_is_never_a_pass_nor_a_plain_skip():
     cannot = ("skipped", "cannot run on sglang 9.9.9: no such pool [tests/seam]")
     assert prove.summarize({"t::a": cannot}) == "cannot-run"
     assert prove.summarize({"t::a": cannot, "t::b": ("skipped", "needs a CUDA device")}) == "cannot-run"
-    assert prove.summarize({"t[python]::a": ("passed", ""), "t[rust]::a": cannot}) == "passed"
+    # one tree core judged: a pass only where the other is not the release's default
+    both = {"t[python]::a": ("passed", ""), "t[rust]::a": cannot}
+    assert prove.summarize(both, default="python") == "passed (python; rust cannot-run, not judged)"
+    assert prove.summarize(both, default="rust").startswith("cannot-run (python; rust cannot-run, not judged")
+    assert prove.summarize(both).startswith("cannot-run")  # which core is the default: unknown
+    assert prove.summarize({"t[python]::a": ("passed", ""), "t[rust]::a": ("failed", "x")}) == "failed (rust)"
     assert prove.summarize({"t::a": ("failed", "x"), "t::b": cannot}) == "failed"
     assert prove.verdict([("failed", "cannot-run")], good=1).startswith("not proven here")
     assert prove.verdict([("cannot-run", "passed")], good=1).startswith("not proven here")
