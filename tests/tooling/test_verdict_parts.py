@@ -78,3 +78,16 @@ def test_the_default_core_is_read_from_the_report(tmp_path):
     assert pytest_run.tree_core_default(read) == "rust"
     assert list(pytest_run.select(read, ID)) == [KEY.format("rust")]
     assert pytest_run.variant(KEY.format("rust")) == "rust" and pytest_run.variant("a.TestX::t") is None
+
+
+def test_code_under_test_that_produced_nothing_is_a_failure_and_prove_says_broken():
+    """The seam asserts (never refuses) when the code under test produced nothing, e.g. a
+    verify forward run without planned metadata (0007's worker flag reverted): the patched
+    side fails, and prove says BROKEN instead of 'not proven here'."""
+    nothing = ("failed", "AssertionError: the target forward ran without attention metadata planned for the verify batch")
+    assert verdict.outcomes_for({"t.TestV::test_m": nothing}, "t.py::TestV").status == "fail"
+    word = prove.summarize({"t.TestV::test_m": nothing})
+    assert word == "failed"
+    assert prove.verdict([("failed", word)], good=1).startswith("BROKEN")
+    refused = ("skipped", "cannot run on sglang 0.5.12: the DSV4 metadata has no core_attn_metadata.copy_ [tests/seam/x.py]")
+    assert prove.verdict([("failed", prove.summarize({"t.TestV::test_m": refused}))], good=1).startswith("not proven")
