@@ -5,11 +5,14 @@ tests of one release in one pytest process in that release's locked venv, and re
 each fix's state from them:
 
   present     its tests reach their checks and fail there, as on the base
-  fixed       its tests pass
+  fixed       its tests pass; "fixed (python; rust not judged)" where a radix check
+              passed on one tree core and could not be judged on the other (never on
+              the release's default core: then the fix is not held, cannot-run)
   cannot-run  its tests cannot reach their checks on that release (the reason says why)
 
 A release whose wheel, venv and tests are unchanged since its last run reuses that run's
-outcomes (lib/evidence.py; FRESH=1 runs them again). Writes build/matrix/matrix.json ([{"fix", "release", "state", "why"}]) and
+outcomes (lib/evidence.py; FRESH=1 runs them again). Writes build/matrix/matrix.json ([{"fix", "release", "state", "why"}, "judged"
+where judged in part]) and
 build/matrix/matrix.md; --publish also writes docs/matrix.md, the README's copy and
 docs/matrix.json, the evidence each fix's first release is read from.
 
@@ -59,15 +62,23 @@ def judge(paths: config.Paths, versions: list[str], fix_list: list[fixes.Fix], t
         t0 = time.monotonic()
         results = release_results(paths, version, venv_of(version), tests, tests_root, list(extra), fresh)
         for fix in fix_list:
-            state, why = verdict.fix_state([verdict.outcomes_for(results, t) for t in fix.tests])
-            cells[(fix.pr, version)] = {"state": state, "why": why}
-        states = ", ".join(f"{f.pr} {cells[(f.pr, version)]['state']}" for f in fix_list)
+            outcomes = [verdict.outcomes_for(results, t) for t in fix.tests]
+            state, why = verdict.fix_state(outcomes)
+            judged = verdict.fix_scope(outcomes) if state == verdict.FIXED else ""
+            cells[(fix.pr, version)] = {"state": state, "why": why, **({"judged": judged} if judged else {})}
+        states = ", ".join(f"{f.pr} {cell_text(cells[(f.pr, version)])}" for f in fix_list)
         print(f"sglang {version} ({time.monotonic() - t0:.0f} s): {states}", flush=True)
 
     # One pytest process per release, mostly importing torch and sglang: a few at a time.
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(one, versions))
     return cells
+
+
+def cell_text(cell: dict) -> str:
+    """A cell's state, and which parts judged it where only some did:
+    "fixed (python; rust not judged)"."""
+    return f"{cell['state']} ({cell['judged']})" if cell.get("judged") else cell["state"]
 
 
 def assemble(fix_list: list[fixes.Fix], versions: list[str], cells: dict) -> list[dict]:
@@ -108,7 +119,7 @@ def merge(folder: Path, fix_list: list[fixes.Fix], tests_root: Path) -> tuple[li
             if version in source:
                 raise SeriesError(f"sglang {version} is in both {source[version]} and {file}; keep one of them")
             source[version] = file
-        cells.update({(r["fix"], r["release"]): {"state": r["state"], "why": r["why"]} for r in records})
+        cells.update({(r["fix"], r["release"]): {k: r[k] for k in ("state", "why", "judged") if k in r} for r in records})
         seconds = max(seconds, took)
     versions = sorted(source, key=pins.version_key)
     for fix in fix_list:
@@ -125,17 +136,18 @@ def render(fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds:
         "|---|" + "---|" * len(versions),
     ]
     for fix in fix_list:
-        row = [cells[(fix.pr, v)]["state"] for v in versions]
+        row = [cell_text(cells[(fix.pr, v)]) for v in versions]
         lines.append(f"| {fix.pr} {fix.title} | " + " | ".join(row) + " |")
-    # a cell that cannot run, or that passed with cases that could not (one tree core of two)
+    # a cell that cannot run, or that was judged in part only (one tree core of two)
     notes = [
         f"- {fix.pr} on {v}: {cells[(fix.pr, v)]['why']}"
         for fix in fix_list for v in versions
-        if cells[(fix.pr, v)]["state"] == "cannot-run" or "cannot run" in cells[(fix.pr, v)]["why"]
+        if cells[(fix.pr, v)]["state"] == "cannot-run" or cells[(fix.pr, v)].get("judged")
+        or "cannot run" in cells[(fix.pr, v)]["why"]
     ]
     text = "\n".join(lines) + "\n"
     if notes:
-        text += "\nWhat could not run, in full or in part:\n\n" + "\n".join(notes) + "\n"
+        text += "\nWhat could not run or was not judged, in full or in part:\n\n" + "\n".join(notes) + "\n"
     if parts:
         return text + f"\n`make matrix` over {len(versions)} releases in {parts} parts took {seconds:.0f} s in the longest.\n"
     return text + f"\n`make matrix` over {len(versions)} releases took {seconds:.0f} s.\n"
@@ -157,7 +169,7 @@ def with_published(paths: config.Paths, fix_list: list[fixes.Fix], judged: list[
                    cells: dict) -> dict:
     """The judged fixes' cells with every other fix's published cells (docs/matrix.json)."""
     done = {f.pr for f in judged}
-    kept = {(r["fix"], r["release"]): {"state": r["state"], "why": r["why"]} for r in fixes.evidence(paths.root)
+    kept = {(r["fix"], r["release"]): {k: r[k] for k in ("state", "why", "judged") if k in r} for r in fixes.evidence(paths.root)
             if r["fix"] not in done}
     missing = sorted({f.pr for f in fix_list if f.pr not in done for v in versions if (f.pr, v) not in kept})
     if missing:

@@ -30,19 +30,50 @@ from scripts.lib.errors import SeriesError, run_main
 REVERTS = "tests/reverts"
 
 
-def summarize(chosen: dict) -> str:
-    """One word for a group of test results: failed > error > passed > cannot-run > skipped > missing.
-    (Stricter than lib/verdict.py: here an error where a test must pass is a failure.)"""
-    kinds = {"cannot-run" if verdict_.seam_refused(*result) else result[0] for result in chosen.values()}
+def _word(results: list) -> str:
+    kinds = {"cannot-run" if verdict_.seam_refused(*result) else result[0] for result in results}
     for kind in ("failed", "error", "passed", "cannot-run", "skipped"):
         if kind in kinds:
             return kind
     return "missing"
 
 
+def summarize(chosen: dict, default: str | None = None) -> str:
+    """One word for a group of test results: failed > error > passed > cannot-run > skipped > missing.
+    (Stricter than lib/verdict.py: here an error where a test must pass is a failure.)
+    A test collected once per tree core (TestX[python], TestX[rust]) passes only where
+    every core passed, or the cores that did include the release's `default` one; then
+    the word says which were judged: "passed (python; rust skipped)". Without the default
+    core it is "cannot-run (...)": what the release runs was not judged."""
+    by_part: dict = {}
+    for key, result in chosen.items():
+        by_part.setdefault(pytest_run.variant(key), []).append(result)
+    words = {part: _word(results) for part, results in by_part.items()}
+    if set(words) <= {None}:
+        return words.get(None, "missing")
+    for kind in ("failed", "error"):
+        if kind in words.values():
+            return f"{kind} ({', '.join(sorted(str(p) for p, w in words.items() if w == kind))})"
+    judged = sorted(str(p) for p, w in words.items() if w == "passed")
+    missing = {p: w for p, w in words.items() if w != "passed"}
+    if not missing:
+        return "passed"
+    if not judged:
+        return next(k for k in ("cannot-run", "skipped", "missing") if k in missing.values())
+    note = "; ".join([", ".join(judged)] + [f"{p} {w}, not judged" for p, w in missing.items()])
+    if default is None or default in missing:
+        return f"cannot-run ({note}: the release's default tree core {default or '(unknown)'} was not judged)"
+    return f"passed ({note})"
+
+
+def _kind(word: str) -> str:
+    return word.split(" ", 1)[0]
+
+
 def verdict(sides: list[tuple[str, str]], good: int) -> str:
     """sides: (before, after) per test; `good` is the side that must pass (0 or 1)."""
     bad = 1 - good
+    sides = [(_kind(a), _kind(b)) for a, b in sides]
     if any(side[good] not in ("passed", "skipped", "cannot-run") for side in sides):
         return "BROKEN: fails where it must pass"
     if any(side[bad] in ("failed", "error") and side[good] == "passed" for side in sides):
@@ -90,7 +121,8 @@ def table(title: str, columns: tuple[str, str], rows: list[dict]) -> None:
 def judge(patches: list[series.Patch], before: dict, after: dict, good: int) -> list[dict]:
     rows = []
     for patch in patches:
-        sides = [(summarize(pytest_run.select(before, t)), summarize(pytest_run.select(after, t))) for t in patch.tests]
+        sides = [(summarize(pytest_run.select(before, t), pytest_run.tree_core_default(before)),
+                  summarize(pytest_run.select(after, t), pytest_run.tree_core_default(after))) for t in patch.tests]
         result = verdict(sides, good)
         rows += [{"patch": patch.name, "test": t, "before": b, "after": a, "verdict": result} for t, (b, a) in zip(patch.tests, sides)]
     return rows
@@ -132,7 +164,7 @@ def prove(paths: config.Paths, rel: config.Release, venv: Path, sites: dict, tes
     rows = judge(patches, vanilla, patched, good=1)
     # Tests that pass on vanilla too: the patch keeps vanilla's behaviour where another
     # patch changed it; the evidence is the series without it.
-    keepers = [p for p in patches if all(r["before"] == "passed" for r in rows if r["patch"] == p.name)]
+    keepers = [p for p in patches if all(_kind(r["before"]) == "passed" for r in rows if r["patch"] == p.name)]
     rows = [r for r in rows if r["patch"] not in {p.name for p in keepers}]
     table(f"Patches: vanilla {rel.version} vs patched", (f"vanilla {rel.version}", "patched"), rows)
     if keepers:
@@ -148,9 +180,12 @@ def prove(paths: config.Paths, rel: config.Release, venv: Path, sites: dict, tes
     for revert, with_revert in zip(reverts, guard_runs):
         guard_rows += judge([revert], vanilla, with_revert, good=0)
     table(f"Guards of fixes already in {rel.version}: vanilla vs vanilla + revert", (f"vanilla {rel.version}", "with the revert"), guard_rows)
-    base_rows = [{"fix": f.pr, "test": t, "vanilla": summarize(pytest_run.select(vanilla, t))} for f in absorbed for t in f.tests]
+    default = pytest_run.tree_core_default(vanilla)
+    base_rows = [{"fix": f.pr, "test": t, "vanilla": summarize(pytest_run.select(vanilla, t), default)}
+                 for f in absorbed for t in f.tests]
     if base_rows:
-        print(f"\nFixes upstream {rel.version} has, without a revert here (one side: they must pass on vanilla)\n\n"
+        print(f"\nFixes upstream {rel.version} has, without a revert here (one side: they must pass on vanilla, "
+              f"judged on the release's default configuration; a skip is no evidence)\n\n"
               f"| fix | test | vanilla {rel.version} |\n|---|---|---|")
         for r in base_rows:
             print(f"| {r['fix']} | {r['test']} | {r['vanilla']} |")
@@ -158,8 +193,10 @@ def prove(paths: config.Paths, rel: config.Release, venv: Path, sites: dict, tes
 
 
 def proven(result: dict) -> bool:
+    """Every patch and guard proven, and every fix the release has held: its tests passed
+    on vanilla (a skip judged nothing)."""
     return (all(r["verdict"] == "proven" for r in result["patches"] + result["guards"])
-            and all(r["vanilla"] in ("passed", "skipped") for r in result["base_fixes"]))
+            and all(_kind(r["vanilla"]) == "passed" for r in result["base_fixes"]))
 
 
 def main(argv=None) -> None:

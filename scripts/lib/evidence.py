@@ -8,9 +8,15 @@ them reuses it too; FRESH=1 runs every side again and replaces the record.
 
 A site's content is named by its stamp: envs.install_site writes the sha256 of the wheel
 it installed, and a site derived from another by applying a patch (prove's guard sites)
-writes a digest of its origin's stamp and that patch (derive()).
+writes a digest of its origin's stamp and that patch (derive()). The stamp is trusted only
+for the bytes it names: the installer's RECORD lists every file it wrote with its sha256,
+and a site whose files no longer match it (a file edited by hand while debugging, one
+added or removed) is named by its changed files too, so it runs its tests again (and
+says which files differ) instead of reusing the outcomes of the wheel as installed.
 """
 
+import base64
+import csv
 import hashlib
 import json
 import os
@@ -32,9 +38,55 @@ def tests_digest(tests_root: Path) -> str:
     return digest.hexdigest()
 
 
-def site_digest(site: Path) -> str:
+def site_digest(site: Path, changed: list[str] | None = None) -> str:
+    """What a site holds: its wheel's sha256, and the content of any file that differs from
+    what was installed (`changed`: site_changes(site), when the caller has it already)."""
     derived = site / DERIVED
-    return derived.read_text() if derived.exists() else "wheel " + (site / envs.SITE_STAMP).read_text()
+    if derived.exists():
+        return derived.read_text()
+    digest = "wheel " + (site / envs.SITE_STAMP).read_text()
+    changed = site_changes(site) if changed is None else changed
+    if not changed:
+        return digest
+    content = hashlib.sha256()
+    for rel in changed:
+        path = site / rel
+        content.update(rel.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"<missing>") + b"\0")
+    return f"{digest} changed {content.hexdigest()}"
+
+
+def _records(site: Path) -> list[Path]:
+    return sorted(site.glob("*.dist-info/RECORD"))
+
+
+def site_changes(site: Path) -> list[str]:
+    """Files of an installed site that differ from what its installer wrote there (its
+    RECORD: every file with its sha256), are missing, or were added to a folder it wrote;
+    [] for a site as installed. Paths relative to the site."""
+    listed, changed, folders = set(), [], set()
+    for record in _records(site):
+        for row in csv.reader(record.read_text().splitlines()):
+            rel, algo_hash = (row + ["", ""])[:2]
+            if not rel or rel.startswith(("../", "/")):
+                continue
+            listed.add(rel)
+            folders.add(rel.split("/", 1)[0])
+            if not algo_hash:  # RECORD itself
+                continue
+            algo, _, expected = algo_hash.partition("=")
+            path = site / rel
+            if not path.is_file():
+                changed.append(rel)
+                continue
+            got = base64.urlsafe_b64encode(hashlib.new(algo, path.read_bytes()).digest()).rstrip(b"=").decode()
+            if got != expected:
+                changed.append(rel)
+    for folder in sorted(f for f in folders if (site / f).is_dir()):
+        for path in (site / folder).rglob("*"):
+            rel = path.relative_to(site).as_posix()
+            if path.is_file() and rel not in listed and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                changed.append(rel)
+    return sorted(changed)
 
 
 def derive(site: Path, origin: Path, patch: Path, reverse: bool) -> None:
@@ -50,8 +102,9 @@ def _gpus() -> list[str]:
     return sorted(p.name for p in Path("/dev").glob("nvidia[0-9]*"))
 
 
-def _key(venv: Path, site: Path, node_ids: list[str], tests_root: Path, extra: list[str]) -> str:
-    parts = {"venv": venv.resolve().name, "site": site_digest(site), "tests": tests_digest(tests_root),
+def _key(venv: Path, site: Path, node_ids: list[str], tests_root: Path, extra: list[str],
+         changed: list[str] | None = None) -> str:
+    parts = {"venv": venv.resolve().name, "site": site_digest(site, changed), "tests": tests_digest(tests_root),
              "ids": sorted(node_ids), "extra": list(extra), "gpus": _gpus()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -64,7 +117,15 @@ def outcomes(paths: config.Paths, venv: Path, site: Path, node_ids: list[str], t
     one run serves all three."""
     if not node_ids:
         return {}, False
-    stored = paths.cache / "outcomes" / f"{_key(venv, site, node_ids, tests_root, extra)}.json"
+    changed = None
+    if not (site / DERIVED).exists():
+        changed = site_changes(site)
+        if changed:
+            shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+            print(f"{site}: {len(changed)} file(s) differ from the wheel installed there ({shown}); its tests run "
+                  f"on these bytes, never on outcomes stored for the wheel (remove the folder and run make apply "
+                  f"to reinstall it)", flush=True)
+    stored = paths.cache / "outcomes" / f"{_key(venv, site, node_ids, tests_root, extra, changed)}.json"
     if not fresh:
         try:
             return {k: tuple(v) for k, v in json.loads(stored.read_text()).items()}, True

@@ -164,9 +164,28 @@ def collection_problem(results: dict, node_id: str) -> tuple[str, str] | None:
     return None
 
 
+# tests/conftest.py records, as a property of the run, which tree core the release runs
+# a cache on by default; kept under this key (no test id looks like it).
+TREE_CORE_DEFAULT = "__release__::tree_core_default"
+
+
+def tree_core_default(results: dict) -> str | None:
+    found = results.get(TREE_CORE_DEFAULT)
+    return found[1] if found else None
+
+
+def variant(key: str) -> str | None:
+    """The variant of a result (a class collected once per tree core: "TestX[rust]"), or None."""
+    classname = key.split("::", 1)[0]
+    return classname[classname.index("[") + 1:-1] if classname.endswith("]") and "[" in classname else None
+
+
 def _parse(report: Path) -> dict:
     """{"module.Class::test": (outcome, first line of the message)}."""
     results = {}
+    for prop in ET.parse(report).iter("property"):
+        if prop.get("name") == "tree_core_default":
+            results[TREE_CORE_DEFAULT] = ("property", prop.get("value") or "")
     for case in ET.parse(report).iter("testcase"):
         outcome, message = "passed", ""
         for tag in ("failure", "error", "skipped"):

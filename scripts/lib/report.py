@@ -24,7 +24,8 @@ def _cell(text: str) -> str:
 def _side(o: dict | None) -> str:
     if o is None:
         return "—"
-    return o["status"] + (f" ({o['message']})" if o.get("message") and o["status"] != "pass" else "")
+    # a pass carries a message only when some of its parts were not judged (one tree core)
+    return o["status"] + (f" ({o['message']})" if o.get("message") else "")
 
 
 def markdown(d: dict) -> str:

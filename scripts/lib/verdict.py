@@ -50,6 +50,7 @@ _PATHS = re.compile(r"\(?(/[^\s:'\")]+)+\)?")
 class Outcome:
     status: str  # pass / fail / cannot-run / skip
     message: str = ""
+    judged: str = ""  # a pass judged on some parts only (tree cores): which ones; message says why not the rest
 
     def kind(self) -> str:
         """What happened, comparable across sites and releases: for a failed check only that
@@ -71,14 +72,20 @@ def outcomes_for(results: dict, node_id: str) -> Outcome:
     chosen = pytest_run.select(results, node_id)
     if not chosen:
         return Outcome("cannot-run", collection_error(results, node_id) or "not collected (the test id is not found)")
-    per_case = [_status(outcome, message) for outcome, message in chosen.values()]
-    by_status = {status: [o for o in per_case if o.status == status] for status in STATUSES}
-    # A check that fails is evidence whatever else could not run. A test collected once per
-    # variant (TestX[python], TestX[rust]) that passes on one and cannot run on another passes,
-    # and says which part it could not judge: that part is never counted as a pass.
+    by_part: dict = {}
+    for key, (outcome, message) in chosen.items():
+        by_part.setdefault(pytest_run.variant(key), []).append(_status(outcome, message))
+    per_case = [o for cases in by_part.values() for o in cases]
+    # A check that fails is evidence whatever else could not run.
     for status in ("fail", "error"):
-        if by_status[status]:
-            return by_status[status][0]
+        for part, cases in by_part.items():
+            failed = [o for o in cases if o.status == status]
+            if failed:
+                # an error's message stays as raised: rebase compares its kind across releases
+                return Outcome(status, _on(part, failed[0].message) if status == "fail" else failed[0].message)
+    if set(by_part) != {None}:
+        return _judged_parts(by_part, pytest_run.tree_core_default(results))
+    by_status = {status: [o for o in per_case if o.status == status] for status in STATUSES}
     cannot = by_status["cannot-run"]
     if cannot and by_status["pass"]:
         return Outcome("pass", f"{len(cannot)} of {len(per_case)} cases cannot run: {cannot[0].message}")
@@ -86,6 +93,42 @@ def outcomes_for(results: dict, node_id: str) -> Outcome:
         if by_status[status]:
             return by_status[status][0]
     return Outcome("skip")
+
+
+def _part_outcome(cases: list) -> Outcome:
+    """A variant's outcome (its cases did not fail): cannot-run if one could not run,
+    pass if one passed (the others skipped as not applicable there), else skip."""
+    for status in ("cannot-run", "pass", "skip"):
+        found = [o for o in cases if o.status == status]
+        if found:
+            return found[0]
+    return Outcome("skip")
+
+
+def _judged_parts(by_part: dict, default: str | None) -> Outcome:
+    """A test collected once per variant (TestX[python], TestX[rust]) that failed nowhere.
+    A part that passed is judged; one that skipped or could not run is not, and is never
+    counted as a pass. The release's default part (its default tree core) must be among
+    the judged ones for the whole to pass: otherwise what the release runs was not judged."""
+    parts = {part: _part_outcome(cases) for part, cases in by_part.items()}
+    judged = sorted(str(p) for p, o in parts.items() if o.status == "pass")
+    missing = {p: o for p, o in parts.items() if o.status != "pass"}
+    if not missing:
+        return Outcome("pass")
+    if not judged:
+        for status in ("cannot-run", "skip"):
+            for part, o in missing.items():
+                if o.status == status:
+                    return Outcome(status, _on(part, o.message))
+    scope = "; ".join([", ".join(judged)] + [f"{p} not judged: {_clip(o.message, 200)}" for p, o in missing.items()])
+    if default is None or default in missing:
+        whose = "the release's default" if default is not None else "which part is the release's default is unknown"
+        return Outcome("cannot-run", f"judged on {', '.join(judged)} only ({whose} not judged): {scope}")
+    return Outcome("pass", scope, judged=", ".join(judged))
+
+
+def _on(part, message: str) -> str:
+    return f"[{part}] {message}" if part is not None else message
 
 
 def seam_refused(outcome: str, message: str) -> bool:
@@ -213,11 +256,31 @@ def fix_state(outcomes: list[Outcome]) -> tuple[str, str]:
     if cannot:
         return CANNOT, " ".join(cannot[0].message.split())  # the seam's reason, verbatim
     if passed:
-        skipped = len(outcomes) - len(passed)
-        partly = [o for o in passed if o.message]  # passed, with cases that could not run
-        return FIXED, (f"{len(passed)} of {len(outcomes)} test ids pass" + (f", {skipped} skipped" if skipped else "")
+        skipped = [o for o in outcomes if o.status == "skip"]
+        partly = [o for o in passed if o.message]  # passed, with cases or parts that could not be judged
+        return FIXED, (f"{len(passed)} of {len(outcomes)} test ids pass"
+                       + (f", {len(skipped)} skipped ({_clip(skipped[0].message)})" if skipped else "")
                        + (f"; {' '.join(partly[0].message.split())}" if partly else ""))
     return CANNOT, "every test skipped here: " + _clip(outcomes[0].message if outcomes else "no tests")
+
+
+def fix_scope(outcomes: list[Outcome]) -> str:
+    """For a fix judged fixed on some parts only (one tree core of two): the short
+    wording for its cell, e.g. "python; rust not judged"; "" when judged in full."""
+    partly = [o for o in outcomes if o.status == "pass" and o.judged]
+    if not partly:
+        return ""
+    judged = sorted({p for o in partly for p in o.judged.split(", ")})
+    every = sorted({p for o in outcomes for p in _parts_named(o)} | set(judged))
+    rest = [p for p in every if p not in judged]
+    return "; ".join([", ".join(judged)] + [f"{p} not judged" for p in rest])
+
+
+_NOT_JUDGED = re.compile(r"(\w+) not judged:")
+
+
+def _parts_named(o: Outcome) -> list[str]:
+    return _NOT_JUDGED.findall(o.message)
 
 
 def _clip(text: str, width: int = 160) -> str:

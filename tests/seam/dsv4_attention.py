@@ -445,7 +445,10 @@ def stand_in_pools_without_request_window():
 
 def core_metadata(backend):
     """The per-layer-kind attention metadata of the backend's current batch, upgraded
-    from raw as the batch's first layer does (0.5.12 upgrades lazily there)."""
+    from raw as the batch's first layer does (0.5.12 upgrades lazily there). No
+    metadata at all is the code under test planning nothing: the check's failure, not
+    a fixture this release cannot build."""
+    assert backend.forward_metadata is not None, "no attention metadata was planned for the batch"
     upgrade = getattr(backend, "_maybe_upgrade_forward_metadata", None)
     if upgrade is not None:
         upgrade()
@@ -1212,6 +1215,7 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
         model_config=_Loose(vocab_size=2, is_deepseek_v4_arch=True, is_hybrid_swa=True),
     )
     seen: list = []
+    planned_before = backend.forward_metadata
 
     def model_forward(input_ids, positions, forward_batch, **kwargs):
         # What store_layer reads off the batch (0.5.13+ keep it in the context).
@@ -1220,6 +1224,11 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
                 setattr(forward_batch, name, value)
         n = forward_batch.out_cache_loc.shape[0]
         kv = kv_rows(n)
+        # The verify step (prepare_for_v2_verify or the forward path) must have planned
+        # this batch's metadata by now; none, or the one left from before the step, is
+        # the code under test planning nothing: a failure of the check.
+        assert backend.forward_metadata is not None and backend.forward_metadata is not planned_before, (
+            "the target forward ran without attention metadata planned for the verify batch")
         for i, layer_id in enumerate(layer_ids):
             if i == 0:
                 # The first layer materialises the batch's metadata (0.5.12
@@ -1332,5 +1341,5 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
             pass
         else:
             raise AssertionError("verify returned without running the target forward")
-    require(len(seen) == 1, f"the target forward ran the model {len(seen)} times")
+    assert len(seen) == 1, f"the target forward ran the model {len(seen)} times"
     return seen[0]

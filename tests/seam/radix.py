@@ -146,6 +146,21 @@ def tree_cores() -> list:
     return [name for name in ("python", "rust") if registry.get_tree_core_factory(name) is not None]
 
 
+def default_core():
+    """The tree core this release runs a cache on unless told otherwise (None before
+    0.5.17: one tree only): SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND's default, "python"
+    until 0.5.20 and "rust" from 0.5.21, where the release can run it."""
+    cores = tree_cores()
+    if cores == [None]:
+        return None
+    field = getattr(importlib.import_module("sglang.srt.environ").envs,
+                    "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND", None)
+    if field is None:  # one core to choose from (0.5.17, 0.5.18)
+        return cores[0]
+    name = field.default() if callable(field.default) else field.default
+    return name if name in cores else "python"  # the release falls back to its Python core
+
+
 MAMBA_CACHE_CHUNK_SIZE = 64
 
 
@@ -298,8 +313,9 @@ def unlock(cache, node_obj, params) -> None:
 
 
 def evictable_host_leaves(cache) -> set:
-    if _on_rust(cache):
-        return _rust_tree(cache).evictable_host_leaves()
+    # The Rust core keeps its set to itself, and rebuilding it here would need the host
+    # locks it does not tell.
+    require(not _on_rust(cache), "the Rust tree core does not tell its evictable host leaves")
     holder = _core(cache) or cache
     return set(holder.evictable_host_leaves)
 
@@ -317,55 +333,139 @@ def submit_backups(cache) -> None:
         flush()
 
 
-def back_up(cache, node_obj, *, write_back: bool = False) -> int:
+def back_up(cache, node_obj, *, write_back: bool = False, key=None) -> int:
     """Back a device node up to host the way the cache does on its own: under
     write-through with the un-backed-up ancestors it needs first (#25065), under
     write-back the node alone. Returns the tokens of the last node written, 0 when
-    the host cannot take it.
+    nothing was written (the host cannot take it, or the code under test built no
+    backup: both are the check's outcome, never a refusal).
 
     <= 0.5.16: UnifiedRadixCache.write_backup(node, write_back=...). From 0.5.17 the tree
     core builds that chain as a BackupKV action (the one its insert emits) and the cache
-    executes and commits it. The Rust core builds the write-through chain for a node id
-    from 0.5.23 (build_backup_kv_action). Before that (0.5.19 - 0.5.22: 0.5.22 inherits
-    only the interface's stub), and for write-back on every release, it builds a backup
-    only inside its own insert or device eviction: there an on-demand backup is not
-    applicable (an ordinary skip), and borrowing the Python core's rule would judge the
-    Python core instead."""
+    executes and commits it; from 0.5.21 the cache's own backup_node_for_write_back builds
+    the write-back action for a node on either core. The Rust core builds the
+    write-through chain for a node id from 0.5.23 (build_backup_kv_action); before, it
+    builds it inside its insert: a finished request over the node's whole path, `key`
+    (the path's token ids, which that core keeps to itself), drives it there."""
     core = _core(cache)
     if core is None:
         return cache.write_backup(node_obj, write_back=write_back)
+    if write_back and hasattr(cache, "backup_node_for_write_back"):
+        return len(node_obj.key) if cache.backup_node_for_write_back(node_obj.id) else 0
     run = getattr(cache, "_execute_and_commit_kv_backup", None)
     require(run is not None, "UnifiedRadixCache has no _execute_and_commit_kv_backup (its BackupKV executor)")
     if _on_rust(cache):
         # The chain is the core's decision (what #25065 fixed), never assembled here.
-        # Not an adapter to port: that core has no such call, so nothing is there to judge.
-        applies_only_if("build_backup_kv_action" in vars(type(core)) and not write_back,
-                        f"the Rust tree core builds no {'write-back' if write_back else 'write-through'} "
-                        "BackupKV for a node on demand, only inside its own insert or device eviction "
-                        "(build_backup_kv_action, write-through only, is its own from 0.5.23)")
-        return run(core.build_backup_kv_action(node_obj.id), write_back=False)
+        applies_only_if(not write_back, "the Rust tree core builds a write-back backup only inside its "
+                                        "device eviction (backup_node_for_write_back is the cache's from 0.5.21)")
+        if "build_backup_kv_action" in vars(type(core)):
+            action = core.build_backup_kv_action(node_obj.id)
+            return 0 if action is None else run(action, write_back=False)
+        return _back_up_through_insert(cache, node_obj, key)
     build = getattr(core, "_build_backup_kv_action", None)
     require(build is not None, "the tree core has no _build_backup_kv_action (its BackupKV builder)")
-    return run(build(node_obj, write_back=write_back), write_back=write_back)
+    action = build(node_obj, write_back=write_back)
+    return 0 if action is None else run(action, write_back=write_back)
+
+
+def _back_up_through_insert(cache, node_obj, key) -> int:
+    """The Rust core's write-through before 0.5.23: a finished request that matched the
+    node's whole path inserts it again, and the core's insert emits the chain."""
+    require(key is not None, "a write-through of a Rust-core node needs its path's token ids (key=)")
+    core = _core(cache)
+    value = core.collect_full_device_indices(node_obj.id, core.root_node_handle())
+    assert len(value) == len(key), f"node {node_obj.id}'s path holds {len(value)} device tokens, the key {len(key)}"
+    cache.insert(insert_params(key=radix_key(key), value=value, mamba_value=None,
+                               prev_prefix_len=len(key), swa_evicted_seqlen=0))
+    submit_backups(cache)
+    return len(node_obj.key) if node_obj.backuped else 0
+
+
+def held_locks(cache) -> list:
+    """Every lock the tree says it holds, one line each ([] when nothing is held).
+    Python core: each node's lock_ref and host_lock_ref per component. Rust core: each
+    node's FULL lock (its dump) and, per other component, the tokens its locks protect
+    (the core counts those per tree, not per node). Host locks the Rust core tells only
+    by refusing to evict: drain() sees those."""
+    if not _on_rust(cache):
+        root_node = root(cache)
+        out, stack = [], list(root_node.children.values())
+        while stack:
+            n = stack.pop()
+            stack.extend(n.children.values())
+            for ct in cache.components:
+                cd = n.component_data[ct]
+                for name in ("lock_ref", "host_lock_ref"):
+                    if getattr(cd, name):
+                        out.append(f"node {n.id} {ct} {name}={getattr(cd, name)}")
+        return sorted(out)
+    tree = _rust_tree(cache)
+    tree.refresh()
+    out = [f"node {n} FULL lock_ref={lock}" for n, lock in sorted(tree.full_locks.items())
+           if n != tree.root_id and lock]
+    for ct in tree.core.tree_components:
+        # the binding's own count (the adapter names it from 0.5.21 only)
+        protected = tree.core._binding.component_protected_size(int(ct))
+        if ct != ComponentType.FULL and protected:
+            out.append(f"{ct}: {protected} tokens under a lock")
+    return out
+
+
+def leak_component_lock(cache, node_obj, ct) -> None:
+    """Take `ct`'s lock on a node, and no other component's, through the tree core (the
+    Rust core's binding itself), and never release it: a leak for the lock checks to
+    see. The cores take such a lock from 0.5.21 (skip_lock_components)."""
+    core = _core(cache)
+    applies_only_if(core is not None and takes(core.inc_lock_ref, "skip_lock_components"),
+                    "the tree core takes no lock of one component alone")
+    others = [c for c in cache.components if c != ct]
+    if _on_rust(cache):
+        core._binding.inc_lock_ref(node_obj.id, [int(c) for c in others])
+    else:
+        core.inc_lock_ref(node_obj.id, skip_lock_components=others)
+
+
+def leak_host_lock(cache, node_obj) -> None:
+    """A host lock on a node, taken through the tree core (the Rust core's binding
+    itself) and never released."""
+    core = _core(cache)
+    applies_only_if(core is not None and hasattr(core, "inc_host_lock_ref"), "the tree core takes no host lock")
+    (core._binding if _on_rust(cache) else core).inc_host_lock_ref(node_obj.id)
+
+
+def drain(cache, *, device_tokens: int, host_tokens: int, mamba_slots: int) -> None:
+    """Evict everything from device, then from host, as the cache does under pressure:
+    with nothing held, the tree is left with its root alone and every slot free."""
+    cache.evict(EvictParams(num_tokens=device_tokens, swa_num_tokens=device_tokens,
+                            mamba_num=mamba_slots))
+    for ct in cache.components:  # FULL last: its host leaves go once nothing else holds them
+        if ct != ComponentType.FULL:
+            cache.evict_host(host_tokens, ct)
+    cache.evict_host(host_tokens)
 
 
 # -- the Rust tree core, by node id ---------------------------------------------------
 # What the checks read of a node, and where the Rust core answers it:
-# - the shape of the tree (ids, parent, children) and each node's FULL lock count: only
-#   its debug dump, pretty_print(), one line per node ("[id] key_len full_lock=N ..."),
-#   indented by depth; printed by the extension to fd 1, so read from there;
+# - the shape of the tree (ids, parent, children), each node's key length and FULL lock
+#   count: its debug dump, pretty_print(), one line per node ("[id] key_len full_lock=N
+#   Full=yes ..."), indented by depth; printed by the extension to fd 1, so read from
+#   there. Every line must parse, and the nodes parsed must be as many as the core's
+#   own sanity check counts;
 # - backuped, evicted, a component's device value: node_backuped,
 #   is_full_device_evicted, get_component_device_value;
 # - host values: build_storage_backup_spec (the FULL host value, and each component's
 #   host slots as storage transfers, which the core builds only while a storage tier is
-#   marked wired and the node is hashed; marked for the read alone, hashes backfilled).
-# Not reachable per node: a component's lock other than FULL's (the core takes and
-# drops them with the node's FULL lock: inc_lock_ref / dec_lock_ref / the write-through
-# lock) and host locks (only load back takes them here); those read as the FULL lock
-# and 0.
+#   marked wired and the node is hashed: marked for the read alone and unmarked after it,
+#   hashes backfilled; neither is anything a check judges, and
+#   TestSeamReadsChangeNothing shows the checks' outcomes are the same without the read);
+# - the tokens under each component's locks: component_protected_size (per tree).
+# Not readable per node, so refused there (CannotRun), never read as a default: a
+# component's lock other than FULL's, and host locks. held_locks() reads the per-tree
+# counts, and drain() shows a host lock by the host eviction it blocks.
 
-_DUMP_LINE = re.compile(r"^( *)\[(\d+)\](.*)$")
-_FULL_LOCK = re.compile(r"\bfull_lock=(\d+)")
+_DUMP_LINE = re.compile(r"^( *)\[(\d+)\] (\d+) full_lock=(\d+)((?: \w+=(?:yes|no))*)$", re.M)
+_NODE_COUNT = re.compile(r"across (\d+) nodes")
+_ABSENT = 2**62  # a node id the core never mints
 
 
 def _fd1_output(fn) -> str:
@@ -383,6 +483,43 @@ def _fd1_output(fn) -> str:
         return out.read().decode(errors="replace")
 
 
+def parse_dump(text: str) -> tuple:
+    """(parents, children, key lengths, FULL locks) by node id from pretty_print()'s
+    text; CannotRun naming the first line that is not a node line."""
+    children, parents, key_lens, locks, stack = {}, {}, {}, {}, []
+    lines = [line for line in text.splitlines() if line.strip()]
+    found = _DUMP_LINE.findall("\n".join(lines))
+    if len(found) != len(lines):
+        line = next(line for line in lines if not _DUMP_LINE.match(line))
+        raise CannotRun(f"the Rust tree core's pretty_print has a line the seam cannot read: {line!r}")
+    for indent, node_id, key_len, lock, _ in found:
+        depth, node_id = len(indent), int(node_id)
+        require(node_id not in parents, f"the Rust tree core's pretty_print lists node {node_id} twice")
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        parents[node_id] = stack[-1][1] if stack else None
+        if stack:
+            children[stack[-1][1]].append(node_id)
+        children[node_id] = []
+        key_lens[node_id] = int(key_len)
+        locks[node_id] = int(lock)
+        stack.append((depth, node_id))
+    return parents, children, key_lens, locks
+
+
+def rust_node_count(core) -> int:
+    """The number of nodes the Rust core holds, root included, as its own sanity check
+    counts them: it reports the count with any violation, and an ongoing write for a
+    node it never minted is one."""
+    try:
+        core.sanity_check([(_ABSENT, _ABSENT)], [])
+    except AssertionError as exc:
+        m = _NODE_COUNT.search(str(exc))
+        require(m is not None, f"the Rust tree core's sanity check does not count its nodes: {exc}")
+        return int(m.group(1))
+    raise CannotRun("the Rust tree core's sanity check accepts an ongoing write of a node it does not hold")
+
+
 class _RustTree:
     """The node views of one cache on the Rust core, and its last read shape."""
 
@@ -393,6 +530,7 @@ class _RustTree:
         self.views: dict = {}
         self.children: dict = {}
         self.parents: dict = {}
+        self.key_lens: dict = {}
         self.full_locks: dict = {}
 
     def view(self, node_id):
@@ -404,25 +542,13 @@ class _RustTree:
     def refresh(self) -> None:
         dump = getattr(self.core, "pretty_print", None)
         require(dump is not None, "the Rust tree core has no pretty_print (the only dump of its shape)")
-        children, parents, locks, stack = {}, {}, {}, []
-        for line in _fd1_output(dump).splitlines():
-            m = _DUMP_LINE.match(line)
-            if m is None:
-                continue
-            depth, node_id = len(m.group(1)), int(m.group(2))
-            lock_ref = _FULL_LOCK.search(m.group(3))
-            require(lock_ref is not None, f"the Rust tree core's pretty_print line has no full_lock: {line!r}")
-            while stack and stack[-1][0] >= depth:
-                stack.pop()
-            parents[node_id] = stack[-1][1] if stack else None
-            if stack:
-                children[stack[-1][1]].append(node_id)
-            children[node_id] = []
-            locks[node_id] = int(lock_ref.group(1))
-            stack.append((depth, node_id))
+        parents, children, key_lens, locks = parse_dump(_fd1_output(dump))
         require(parents.get(self.root_id, 0) is None,
                 f"the Rust tree core's pretty_print does not start at its root {self.root_id}")
-        self.children, self.parents, self.full_locks = children, parents, locks
+        count = rust_node_count(self.core)
+        require(len(parents) == count,
+                f"the Rust tree core's pretty_print shows {len(parents)} nodes, its sanity check counts {count}")
+        self.children, self.parents, self.key_lens, self.full_locks = children, parents, key_lens, locks
 
     def parent_id(self, node_id):
         # The shape as it is now: a check holds nodes across splits and evictions.
@@ -438,6 +564,13 @@ class _RustTree:
         ((*_, info),) = paths([node_id])
         return info.parent_id
 
+    def key_len(self, node_id) -> int:
+        lengths = getattr(self.core._binding, "get_node_key_lengths", None)
+        if lengths is not None:  # 0.5.21+: read now
+            return lengths([node_id])[0]
+        require(node_id in self.key_lens, f"node {node_id} is not in the Rust tree core's tree")
+        return self.key_lens[node_id]
+
     def host_values(self, node_id) -> dict:
         """{component: host indices or None} of a node."""
         core = self.core
@@ -452,24 +585,20 @@ class _RustTree:
             if not wired:
                 core.enable_storage = False
         values = {ct: None for ct in core.tree_components}
-        if spec is None:  # not backed up
-            return values
-        values[ComponentType.FULL] = spec.host_value
-        for ct, xfers in spec.comp_xfers.items():
-            require(len(xfers) == 1, f"the Rust core's storage spec has {len(xfers)} {ct} transfers for one node")
-            values[ct] = xfers[0].host_indices
+        if spec is not None:  # None: not backed up
+            values[ComponentType.FULL] = spec.host_value
+            for ct, xfers in spec.comp_xfers.items():
+                require(len(xfers) == 1, f"the Rust core's storage spec has {len(xfers)} {ct} transfers for one node")
+                values[ct] = xfers[0].host_indices
+        for ct in core.tree_components:
+            # Where the core answers the same question itself, the two must agree.
+            if ct != ComponentType.FULL and core.get_component_device_value(node_id, ct) is None:
+                host_only = core.component_has_host_value_only(node_id, ct)
+                require(host_only == (values[ct] is not None),
+                        f"node {node_id} {ct}: the storage spec says host value "
+                        f"{'absent' if values[ct] is None else 'present'}, component_has_host_value_only "
+                        f"says {host_only}")
         return values
-
-    def evictable_host_leaves(self) -> set:
-        """The core's H-leaves: evicted, backed up, childless, unlocked. The Rust core keeps
-        its set to itself; its sanity_check holds that set to this definition."""
-        self.cache.sanity_check()
-        self.refresh()
-        return {
-            self.view(n) for n, kids in self.children.items()
-            if n != self.root_id and not kids and self.full_locks[n] == 0
-            and self.core.is_full_device_evicted(n) and self.core.is_backuped(n)
-        }
 
 
 def _rust_tree(cache) -> _RustTree:
@@ -503,11 +632,15 @@ class RustComponentView:
 
     @property
     def lock_ref(self) -> int:
-        return self._tree.full_locks.get(self._id, 0)
+        require(self._ct == ComponentType.FULL,
+                f"the Rust tree core does not tell a node's {self._ct} lock (held_locks() reads its per-tree count)")
+        require(self._id in self._tree.full_locks, f"node {self._id} is not in the Rust tree core's tree")
+        return self._tree.full_locks[self._id]
 
     @property
     def host_lock_ref(self) -> int:
-        return 0
+        raise CannotRun("the Rust tree core does not tell a node's host lock (drain() shows one by the "
+                        "host eviction it blocks)")
 
 
 class RustNodeView:
@@ -534,12 +667,7 @@ class RustNodeView:
 
     @property
     def key(self) -> _KeySpan:
-        core = self._tree.core
-        value = core.get_component_device_value(self.id, ComponentType.FULL)
-        if value is None:
-            value = self._tree.host_values(self.id)[ComponentType.FULL]
-        require(value is not None, f"node {self.id} has neither a device nor a host FULL value")
-        return _KeySpan(len(value))
+        return _KeySpan(self._tree.key_len(self.id))
 
     @property
     def backuped(self) -> bool:

@@ -69,7 +69,8 @@ def test_verdicts_read_cannot_run_apart_from_skips():
 def test_fix_state_per_release():
     o = verdict.Outcome
     assert verdict.fix_state([o("pass"), o("pass")])[0] == verdict.FIXED
-    assert verdict.fix_state([o("pass"), o("skip", "needs a CUDA device")]) == (verdict.FIXED, "1 of 2 test ids pass, 1 skipped")
+    assert verdict.fix_state([o("pass"), o("skip", "needs a CUDA device")]) == (
+        verdict.FIXED, "1 of 2 test ids pass, 1 skipped (needs a CUDA device)")
     state, why = verdict.fix_state([o("pass"), o("fail", "AssertionError: lost_tokens=1340")])
     assert state == verdict.PRESENT and "1 of 2 test ids fail (AssertionError: lost_tokens=1340)" in why
     assert verdict.fix_state([o("pass"), o("cannot-run", "cannot run on sglang 9: no pool")]) == (
@@ -225,6 +226,10 @@ def use_core(core):
 
 def current_core():
     return _core[0]
+
+
+def default_core():
+    return "rust"
 '''
 
 ON_EVERY_CORE = '''import unittest
@@ -255,24 +260,32 @@ def test_a_radix_check_runs_once_per_tree_core_the_core_in_its_id(tmp_path):
     results = pytest_run.read_report(tmp_path / "j.xml")
     assert sorted(pytest_run.select(results, "tests/test_tree.py::TestOnTheTree")) == [
         "tests.test_tree.TestOnTheTree[python]::test_sees_its_core", "tests.test_tree.TestOnTheTree[rust]::test_sees_its_core"]
+    assert pytest_run.tree_core_default(results) == "rust"  # what the release runs, recorded with the run
 
 
 def test_a_test_per_tree_core_is_judged_by_the_cores_that_ran():
     """TestX[python] / TestX[rust]: a failing check is evidence whatever else could not run;
-    a pass on one core with the other unable to run passes, saying what it could not judge."""
+    a pass on one core with the other unable to run passes, saying what it could not judge,
+    where the one that ran is the release's default core; else the release is not judged."""
+    from scripts.lib import pytest_run
+
     cannot = ("skipped", "cannot run on sglang 9.9: no node objects [tests/seam/radix.py]")
     ran = {"passed": ("passed", ""), "failed": ("failed", "AssertionError: leaf lost")}
     node = "tests/registered/test_x.py::TestX"
     for python, expected in (("passed", "pass"), ("failed", "fail")):
         results = {"tests.registered.test_x.TestX[python]::test_y": ran[python],
-                   "tests.registered.test_x.TestX[rust]::test_y": cannot}
+                   "tests.registered.test_x.TestX[rust]::test_y": cannot,
+                   pytest_run.TREE_CORE_DEFAULT: ("property", "python")}
         outcome = verdict.outcomes_for(results, node)
         assert outcome.status == expected
-    assert outcome.message == "AssertionError: leaf lost"
+    assert outcome.message == "[python] AssertionError: leaf lost"
     passing = {"tests.registered.test_x.TestX[python]::test_y": ran["passed"],
-               "tests.registered.test_x.TestX[rust]::test_y": cannot}
-    assert verdict.outcomes_for(passing, node).message == f"1 of 2 cases cannot run: {cannot[1]}"
+               "tests.registered.test_x.TestX[rust]::test_y": cannot,
+               pytest_run.TREE_CORE_DEFAULT: ("property", "python")}
+    assert verdict.outcomes_for(passing, node).message == f"python; rust not judged: {cannot[1]}"
     state, why = verdict.fix_state([verdict.outcomes_for(passing, node)])
-    assert state == verdict.FIXED and why.startswith("1 of 1 test ids pass; 1 of 2 cases cannot run: cannot run on sglang 9.9")
+    assert state == verdict.FIXED and why.startswith("1 of 1 test ids pass; python; rust not judged: cannot run on sglang 9.9")
+    passing[pytest_run.TREE_CORE_DEFAULT] = ("property", "rust")
+    assert verdict.fix_state([verdict.outcomes_for(passing, node)])[0] == verdict.CANNOT
     only_cannot = {"tests.registered.test_x.TestX[rust]::test_y": cannot}
     assert verdict.fix_state([verdict.outcomes_for(only_cannot, node)])[0] == verdict.CANNOT

@@ -166,9 +166,38 @@ def test_a_test_that_cannot_run_is_never_a_pass_nor_a_plain_skip():
     cannot = ("skipped", "cannot run on sglang 9.9.9: no such pool [tests/seam]")
     assert prove.summarize({"t::a": cannot}) == "cannot-run"
     assert prove.summarize({"t::a": cannot, "t::b": ("skipped", "needs a CUDA device")}) == "cannot-run"
-    assert prove.summarize({"t[python]::a": ("passed", ""), "t[rust]::a": cannot}) == "passed"
+    # one tree core judged: a pass only where the other is not the release's default
+    both = {"t[python]::a": ("passed", ""), "t[rust]::a": cannot}
+    assert prove.summarize(both, default="python") == "passed (python; rust cannot-run, not judged)"
+    assert prove.summarize(both, default="rust").startswith("cannot-run (python; rust cannot-run, not judged")
+    assert prove.summarize(both).startswith("cannot-run")  # which core is the default: unknown
+    assert prove.summarize({"t[python]::a": ("passed", ""), "t[rust]::a": ("failed", "x")}) == "failed (rust)"
     assert prove.summarize({"t::a": ("failed", "x"), "t::b": cannot}) == "failed"
     assert prove.verdict([("failed", "cannot-run")], good=1).startswith("not proven here")
     assert prove.verdict([("cannot-run", "passed")], good=1).startswith("not proven here")
     assert prove.verdict([("failed", "passed")], good=1) == "proven"
     assert prove.verdict([("failed", "missing")], good=1).startswith("BROKEN")
+
+
+def test_a_site_edited_by_hand_runs_again_on_its_bytes_and_says_which_files(proving, capsys):
+    """Stored outcomes name the wheel a site was installed from; a file edited there since
+    (its RECORD holds every file's sha256) is new evidence: the side runs again on those
+    bytes, never reusing the wheel's outcomes, and the edit shows (here: BROKEN)."""
+    first = proving(None)  # 0001 alone
+    assert prove.proven(first)
+    capsys.readouterr()
+    paths = config.Paths.from_env()
+    patched = build.site(paths, VERSION, "patched")
+    assert evidence.site_changes(patched) == []
+    pool = patched / "sglang/pool.py"
+    pool.write_text(pool.read_text().replace("LINE_10 = 'ten'", "LINE_10 = 10"))  # the fix edited out
+    assert evidence.site_changes(patched) == ["sglang/pool.py"]
+    again = proving(None)
+    out = capsys.readouterr().out
+    assert "1 file(s) differ from the wheel installed there (sglang/pool.py)" in out
+    assert f"patched {VERSION}: reused" not in out
+    row = next(r for r in again["patches"] if r["patch"] == "0001-ten.patch")
+    assert (row["after"], row["verdict"][:6]) == ("failed", "BROKEN")
+    assert not prove.proven(again)
+    (patched / "sglang/stray.py").write_text("")  # a file added to the package is a change too
+    assert evidence.site_changes(patched) == ["sglang/pool.py", "sglang/stray.py"]

@@ -72,6 +72,7 @@ class RadixHarness:
     has_mamba: bool
     controller: Optional[Any] = None  # FakeHiCacheController or a real one
     host: Optional[HostPools] = None
+    free_at_start: dict = dataclasses.field(default_factory=dict)  # pool -> free slots when built
 
     # -- device allocation ---------------------------------------------------
 
@@ -142,9 +143,10 @@ class RadixHarness:
     def unlock(self, node, params) -> None:
         seam.unlock(self.cache, node, params)
 
-    def write_through(self, node) -> int:
-        """Back a node up as write-through does (its un-backed-up ancestors first)."""
-        return seam.back_up(self.cache, node)
+    def write_through(self, node, key: list) -> int:
+        """Back a node up as write-through does (its un-backed-up ancestors first);
+        `key`: the token ids of the node's path from the root."""
+        return seam.back_up(self.cache, node, key=key)
 
     def write_back(self, node) -> int:
         """Back a node up as write-back eviction does (the node alone, no lock)."""
@@ -192,18 +194,45 @@ class RadixHarness:
     def backup_invariant_violations(self) -> list:
         """Ids of backed-up nodes whose parent is neither root nor backed up."""
         root = self.root
-        return [
-            n.id
-            for n in self.nodes()
-            if n.backuped and n.parent is not root and not n.parent.backuped
-        ]
+        bad, stack = [], [(root, child) for child in root.children.values()]
+        while stack:
+            parent, n = stack.pop()
+            if n.backuped and parent is not root and not parent.backuped:
+                bad.append(n.id)
+            stack.extend((n, child) for child in n.children.values())
+        return bad
 
     def locked_nodes(self) -> list:
-        return [
-            n.id
-            for n in self.nodes()
-            if any(cd.lock_ref or cd.host_lock_ref for cd in n.component_data)
-        ]
+        """Every lock the tree holds, as the tree core tells them ([] when none)."""
+        return seam.held_locks(self.cache)
+
+    def assert_drained(self) -> None:
+        """With no request left, the whole tree can go: every write acknowledged, device
+        then host eviction leave the root alone and every device and host slot free.
+        A lock left anywhere (a component's, a host lock) or a slot the tree lost track
+        of fails here, on every tree core."""
+        if self.controller is not None:
+            self.controller.complete_writes()
+        # as the cache itself polls its acks under its write policy
+        self.cache.writing_check(write_back=getattr(self.controller, "write_policy", None) == "write_back")
+        seam.drain(self.cache, device_tokens=10**6, host_tokens=10**6, mamba_slots=10**6)
+        left = [(n.id, len(n.key)) for n in self.nodes()]
+        assert not left, f"the tree did not drain: nodes (id, tokens) {left} are left; held: {self.locked_nodes()}"
+        now = self.free_slots()
+        short = {name: f"{now[name]} of {was} free" for name, was in self.free_at_start.items() if now[name] != was}
+        assert not short, f"slots still taken with the tree drained: {short}"
+
+    def free_slots(self) -> dict:
+        """Free slots per pool, device and host."""
+        a = self.allocator
+        free = {"full": a.full_available_size(), "swa": a.swa_available_size()}
+        if self.has_mamba:
+            free["mamba"] = self.mamba_slots.available_size()
+        if self.host is not None:
+            for name, pool in (("host kv", self.host.kv), ("host swa", self.host.swa), ("host mamba", self.host.mamba)):
+                if pool is not None:
+                    free[name] = pool.available_size()
+        return free
 
     def host_slot_leaks(self) -> dict:
         """Per host pool: slots in use minus slots the tree references."""
@@ -320,7 +349,7 @@ def build_tree(
         mamba_extra_buffer=with_mamba and page_size > 1,
         core=seam.current_core(),
     )
-    return RadixHarness(
+    h = RadixHarness(
         cache=cache,
         allocator=allocator,
         req_to_token_pool=req_pool,
@@ -328,6 +357,8 @@ def build_tree(
         window=window,
         has_mamba=with_mamba,
     )
+    h.free_at_start = h.free_slots()
+    return h
 
 
 def attach_hicache(
@@ -394,6 +425,7 @@ def attach_hicache(
 
     h.controller = controller
     h.host = HostPools(kv=kv_host, swa=swa_host, mamba=mamba_host)
+    h.free_at_start = h.free_slots()
     return controller
 
 
