@@ -15,7 +15,6 @@ a pass and never as a failing check.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import inspect
 import os
@@ -51,6 +50,10 @@ class CannotRun(unittest.SkipTest):
         where = _adapter()
         super().__init__(f"{CANNOT_RUN} {release()}: {why}" + (f" [{where}]" if where else ""))
 
+    def _with(self, message: str) -> "CannotRun":
+        unittest.SkipTest.__init__(self, message)
+        return self
+
 
 _SEAM = os.path.dirname(os.path.abspath(__file__))
 
@@ -62,35 +65,6 @@ def _adapter() -> str | None:
         if os.path.dirname(path) == _SEAM and os.path.basename(path) != "__init__.py":
             return f"tests/seam/{os.path.basename(path)}"
     return None
-
-
-def builds(what: str):
-    """For an adapter function that builds a fixture: whatever the release raises while
-    building it (a moved argument, a missing attribute, a type that changed) is the
-    adapter not fitting this release, never a failing check: CannotRun naming the
-    release, what was being built and the error."""
-
-    def wrap(fn):
-        @functools.wraps(fn)
-        def building(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except unittest.SkipTest:
-                raise
-            except Exception as exc:
-                raise _cannot_build(fn, what, exc) from exc
-
-        return building
-
-    return wrap
-
-
-def _cannot_build(fn, what: str, exc: Exception) -> CannotRun:
-    err = CannotRun.__new__(CannotRun)
-    where = f"tests/seam/{os.path.basename(inspect.getsourcefile(fn) or '')}"
-    unittest.SkipTest.__init__(err, f"{CANNOT_RUN} {release()}: cannot build {what} "
-                                    f"({type(exc).__name__}: {exc}) [{where}]")
-    return err
 
 
 def require(condition: bool, why: str) -> None:
@@ -148,16 +122,39 @@ def takes(fn, name: str) -> bool:
 MISFIT = (AttributeError, TypeError, ImportError)
 
 
-@contextlib.contextmanager
-def building(what: str):
-    """Around a release's constructor of an object that no check judges (a pool,
-    a backend, a batch): a MISFIT out of it becomes CannotRun naming the release,
-    what was being built and the error, not a raw exception from the seam. Never
-    around the code a check judges: its errors are the check's outcome."""
-    try:
-        yield
-    except MISFIT as exc:
-        raise CannotRun(f"cannot build {what}: {type(exc).__name__}: {exc}") from exc
+class building(contextlib.ContextDecorator):
+    """The one idiom for "this release cannot build what the checks need": around a
+    release's constructor of an object no check judges (a pool, a backend, a batch), as
+    ``with building("a pool"):``, or on an adapter function that builds a fixture, as
+    ``@building("a pool")``. Whatever the release raises there (a keyword it lost, an
+    attribute a stand-in lacks, a module that moved) becomes CannotRun naming the release,
+    what was being built, the error and the adapter. Never around the code a check
+    judges: its errors are the check's outcome."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if not isinstance(exc, MISFIT):
+            return False
+        where = _adapter_in(tb) or _adapter()
+        raise CannotRun.__new__(CannotRun)._with(
+            f"{CANNOT_RUN} {release()}: cannot build {self.what} ({type(exc).__name__}: {exc})"
+            + (f" [{where}]" if where else "")) from exc
+
+
+def _adapter_in(tb) -> str | None:
+    """tests/seam/<file> of the innermost adapter frame of a traceback."""
+    found = None
+    while tb is not None:
+        path = os.path.abspath(tb.tb_frame.f_code.co_filename)
+        if os.path.dirname(path) == _SEAM and os.path.basename(path) != "__init__.py":
+            found = f"tests/seam/{os.path.basename(path)}"
+        tb = tb.tb_next
+    return found
 
 
 def require_call(fn, what: str, *args, **kwargs) -> None:

@@ -19,7 +19,7 @@ from unittest import mock
 
 import torch
 
-from seam import CannotRun, builds, radix, require
+from seam import CannotRun, building, radix, require
 from seam.hicache_standins import CpuStream, RecordingHostPool, cpu_device_module_patches
 
 __all__ = [
@@ -231,7 +231,7 @@ def _mha_host_pool(device_pool, size: int, page_size: int, device):
     )
 
 
-@builds("a FULL+SWA HiCache stack that holds KV data (pools, host pools, controller)")
+@building("a FULL+SWA HiCache stack that holds KV data (pools, host pools, controller)")
 def kv_data_stack(*, device, page_size, full_size, swa_size, window, host_full_size, host_swa_size, core=None):
     """Device pools on `device`, the host pools sized about host_*_size tokens
     (a host KV pool is always a page larger than asked, and larger than its device

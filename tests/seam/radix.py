@@ -29,7 +29,7 @@ from unittest import mock  # noqa: E402
 
 import torch  # noqa: E402
 
-from seam import CannotRun, accepted, applies_only_if, builds, locate, require, takes  # noqa: E402
+from seam import CannotRun, accepted, applies_only_if, building, locate, require, takes  # noqa: E402
 
 _MC = "sglang.srt.mem_cache"
 EvictParams = locate("EvictParams", f"{_MC}.base_prefix_cache:EvictParams")
@@ -64,7 +64,7 @@ UnifiedRadixCache = locate("UnifiedRadixCache", f"{_MC}.unified_radix_cache:Unif
 # -- device side --------------------------------------------------------------
 
 
-@builds("the SWA token-to-KV allocator over SWAKVPool")
+@building("the SWA token-to-KV allocator over SWAKVPool")
 def swa_allocator(*, page_size, full_size, swa_size):
     """A real SWATokenToKVPoolAllocator over a real SWAKVPool (layer 0 SWA, layer 1 full)."""
     # SWAKVPool hands its **kwargs to the inner full/SWA pools (MHATokenToKVPool).
@@ -96,7 +96,7 @@ def swa_allocator(*, page_size, full_size, swa_size):
     )
 
 
-@builds("the request-to-token pool")
+@building("the request-to-token pool")
 def req_to_token_pool(*, size, max_context_len, mamba_size=None):
     """ReqToTokenPool, or HybridReqToTokenPool with a real one-layer mamba pool."""
     if mamba_size is None:
@@ -199,7 +199,7 @@ def use_core(core) -> None:
 _CORE_CLASSES = {"python": "UnifiedTreeCore", "rust": "RustUnifiedTreeCore"}
 
 
-@builds("the UnifiedRadixCache")
+@building("the UnifiedRadixCache")
 def unified_cache(*, req_pool, allocator, page_size, window, components, mamba_extra_buffer, core=None):
     """A UnifiedRadixCache on `core` (a name from tree_cores()). Releases that take the
     core per cache (CacheInitParams.tree_core_backend, 0.5.21) get it there, the others
@@ -694,22 +694,22 @@ class _ComponentData:
 # -- host side ------------------------------------------------------------------
 
 
-@builds("a host pool group entry (PoolEntry)")
+@building("a host pool group entry (PoolEntry)")
 def pool_entry(**kwargs):
     return PoolEntry(**accepted(PoolEntry, **kwargs))
 
 
-@builds("a host pool")
+@building("a host pool")
 def host_pool(cls, size, page_size):
     return cls(size, page_size)
 
 
-@builds("the host pool group (HostPoolGroup)")
+@building("the host pool group (HostPoolGroup)")
 def host_pool_group(entries):
     return HostPoolGroup(entries)
 
 
-@builds("the cache's HiCache wiring (host pools, controller)")
+@building("the cache's HiCache wiring (host pools, controller)")
 def wire_host_pools(cache, controller, group, *, kv_host, swa_host, mamba_host, write_policy):
     """Attach host pools and a controller the way the hybrid pool assembler does."""
     FULL, SWA, MAMBA = ComponentType.FULL, ComponentType.SWA, ComponentType.MAMBA
@@ -770,7 +770,7 @@ def device_module_holders() -> tuple:
     return tuple(m for m in modules if m is not None and hasattr(m, "device_module"))
 
 
-@builds("a HybridCacheController without its CUDA __init__")
+@building("a HybridCacheController without its CUDA __init__")
 def bare_hybrid_controller(group, write_policy, allocator, *, device, stream, layer_num=2):
     """A real HybridCacheController with only the state its copy paths read. Call it
     with the device module replaced (hicache_standins.cpu_device_module_patches): from

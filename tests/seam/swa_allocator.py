@@ -27,7 +27,7 @@ from unittest import mock  # noqa: E402
 
 import torch  # noqa: E402
 
-from seam import CannotRun, accepted, builds, locate, require, require_call  # noqa: E402
+from seam import CannotRun, accepted, building, locate, require, require_call  # noqa: E402
 
 _MC = "sglang.srt.mem_cache"
 SWAKVPool = locate("SWAKVPool", f"{_MC}.swa_memory_pool:SWAKVPool")
@@ -42,7 +42,7 @@ EXTEND_PARAMS = ("pre_lens_ptr", "seq_lens_ptr", "last_loc_ptr", "free_page_ptr"
 DECODE_PARAMS = ("seq_lens_ptr", "last_loc_ptr", "free_page_ptr", "out_indices", "bs_upper", "page_size")
 
 
-@builds("a paged SWATokenToKVPoolAllocator over SWAKVPool")
+@building("a paged SWATokenToKVPoolAllocator over SWAKVPool")
 def paged_swa_allocator(*, page_size, full_size, swa_size, need_sort):
     """A real SWATokenToKVPoolAllocator over a real SWAKVPool (layer 0 SWA, layer 1
     full). need_sort is what the scheduler passes: True on a PD prefill or decode server."""

@@ -43,3 +43,21 @@ def test_an_error_the_check_judges_is_left_alone():
     with pytest.raises(ValueError, match="SWA pool must be PP-stage-local"):
         with seam.building("the HiCache stack"):
             raise ValueError("SWA pool must be PP-stage-local")
+
+
+def test_one_idiom_as_a_decorator_too():
+    """`@seam.building(...)` on an adapter function: the same rule as the with-block."""
+
+    @seam.building("the request pool")
+    def fixture(runner):
+        return Release(runner, page_size=1)
+
+    with pytest.raises(seam.CannotRun, match="cannot build the request pool .AttributeError"):
+        fixture(OldRunner())
+
+    @seam.building("the request pool")
+    def judged():
+        raise ValueError("not a misfit")
+
+    with pytest.raises(ValueError, match="not a misfit"):
+        judged()
