@@ -238,3 +238,25 @@ def dead_swa_refs(allocator, swa_values: torch.Tensor) -> int:
     swa_values = swa_values.to(torch.int64)
     live = swa_values[swa_values > 0]
     return int((swa_values <= 0).sum()) + handed_out_again(allocator.swa_attn_allocator, live)
+
+
+ScheduleBatch = locate("ScheduleBatch", "sglang.srt.managers.schedule_batch:ScheduleBatch")
+
+
+class _DecodingBatch:
+    """What ScheduleBatch._evict_swa reads of its batch."""
+
+    def __init__(self, cache, allocator, req_pool):
+        self.tree_cache = cache
+        self.token_to_kv_pool_allocator = allocator
+        self.req_to_token_pool = req_pool
+
+
+def scheduler_release_out_of_window(cache, allocator, req_pool, req: Request, pre_len: int) -> None:
+    """The scheduler's own release of a decoding request's out-of-window SWA KV, with the
+    release's frontier rule: ScheduleBatch._evict_swa(req, pre_len) on every release (it
+    computes the frontier itself until 0.5.13, through mem_cache.common's
+    free_swa_out_of_window_slots from 0.5.14, through the cache from 0.5.21)."""
+    evict = getattr(ScheduleBatch, "_evict_swa", None)
+    require(evict is not None, "ScheduleBatch has no _evict_swa (the decode-time SWA release)")
+    evict(_DecodingBatch(cache, allocator, req_pool), req, pre_len)

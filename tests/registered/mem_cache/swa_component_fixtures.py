@@ -36,6 +36,7 @@ class Violations:
     dead_swa_in_tree: int = 0  # live-looking SWA entries with no live SWA slot behind them
     dead_swa_served: int = 0  # window slots of a prefix hit with no live SWA slot behind them
     prefix_tokens_lost: int = 0  # finished full KV the tree did not keep
+    release_asserted: int = 0  # scenarios the release's own code stopped with an assert
 
     def total(self) -> int:
         return sum(dataclasses.astuple(self))
@@ -95,20 +96,30 @@ class Scheduler:
         return req, match
 
     def grow(self, req: Request, tokens: list) -> bool:
-        """The request decoded `tokens` more (page-aligned): fresh KV at the end of its row."""
-        fresh = self.h.alloc_kv(len(tokens))
-        if fresh is None:
-            return False
-        start = req.kv_allocated_len
-        self.req_pool.req_to_token[req.req_pool_idx, start : start + len(fresh)] = fresh.to(
-            self.req_pool.req_to_token.dtype)
-        req.kv_allocated_len = req.kv_committed_len = start + len(fresh)
+        """The request decoded `tokens` more: they fill its last page, then fresh pages."""
+        filled = len(req.fill_ids) + len(tokens)
+        need = -(-filled // self.page) * self.page - req.kv_allocated_len
+        if need > 0:
+            fresh = self.h.alloc_kv(need)
+            if fresh is None:
+                return False
+            start = req.kv_allocated_len
+            self.req_pool.req_to_token[req.req_pool_idx, start : start + need] = fresh.to(
+                self.req_pool.req_to_token.dtype)
+            req.kv_allocated_len = start + need
         req.fill_ids = req.fill_ids + list(tokens)
+        req.kv_committed_len = filled
         return True
 
     def cache_running(self, req: Request) -> None:
         """The prefill is done (or a chunk of it): cache the request's KV so far."""
         swa_seam.cache_unfinished(self.cache, req)
+
+    def scheduler_release(self, req: Request) -> None:
+        """A decode step: the scheduler's own out-of-window release for the request
+        (its frontier rule, its switches), at the request's last position."""
+        swa_seam.scheduler_release_out_of_window(self.cache, self.allocator, self.req_pool, req,
+                                                 len(req.fill_ids) - 1)
 
     def decode_release(self, req: Request, upto: int) -> None:
         """Decoding moved the window: free the request's SWA slots below `upto`."""
@@ -122,18 +133,21 @@ class Scheduler:
         return frontier // self.page * self.page
 
     def finish(self, req: Request):
-        """The request finished: insert its row into the tree, drop its lock, free its row."""
-        assert len(req.fill_ids) == req.kv_allocated_len, "a finished request fills whole pages here"
-        value = swa_seam.row(self.req_pool, req)
+        """The request finished: insert its page-aligned KV into the tree, free the rest of
+        its row (the partial last page), drop its lock, give the row back."""
+        aligned = len(req.fill_ids) // self.page * self.page
+        kv = swa_seam.row(self.req_pool, req)
         result = self.cache.insert(
             seam.insert_params(
-                key=seam.radix_key(req.fill_ids),
-                value=value,
+                key=seam.radix_key(req.fill_ids[:aligned]),
+                value=kv[:aligned],
                 mamba_value=None,
                 prev_prefix_len=req.cache_protected_len,
                 swa_evicted_seqlen=req.swa_evicted_seqlen,
             )
         )
+        if aligned < len(kv):
+            self.allocator.free(kv[aligned:])
         swa_seam.release_lock(self.cache, req)
         self.running.remove(req)
         self.free_rows.append(req.req_pool_idx)

@@ -123,7 +123,7 @@ class TestSWARecoveryKeepsLockedFullRandomized(RadixTestCase):
             v = _serve(seed)
             bad_seeds += v.total() > 0
             total = total + v
-        self.assertEqual(total, sf.Violations(), f"{bad_seeds} of {SEEDS} seeds x {STEPS} steps")
+        self.assertEqual(total, sf.Violations(), f"{total}: {bad_seeds} of {SEEDS} seeds x {STEPS} steps")
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ class TestUnfinishedInsertKeepsSWABoundaryRandomized(RadixTestCase):
             v = _serve(seed)
             bad_seeds += v.total() > 0
             total = total + v
-        self.assertEqual(total, sf.Violations(), f"{bad_seeds} of {SEEDS} seeds x {STEPS} steps")
+        self.assertEqual(total, sf.Violations(), f"{total}: {bad_seeds} of {SEEDS} seeds x {STEPS} steps")
 
 
 if __name__ == "__main__":
