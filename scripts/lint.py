@@ -18,7 +18,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from scripts.lib import config, fixes, lines, readme, series
+from scripts.lib import config, fixes, hints, lines, readme, series
 from scripts.lib.errors import SeriesError, run_main
 
 
@@ -45,7 +45,7 @@ def check_lines(paths: config.Paths, tests_root: Path) -> list[str]:
             continue
         if version not in pinned:
             problems.append(f"{label} is the line of sglang {version}, which upstream/releases.json does not pin; "
-                            f"pin it with `make pin UPSTREAM_VERSION={version}` or remove the line")
+                            f"pin it with {hints.command('pin', version)} or remove the line")
             continue
         differs = lines.differs(paths, version, tests_root)
         if differs:

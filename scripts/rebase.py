@@ -28,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from scripts.lib import build, config, envs, evidence, fixes, git, lines, moving, patch_queue, report, scratch, series, trial, verdict, wheels
+from scripts.lib import build, config, envs, evidence, fixes, git, hints, lines, moving, patch_queue, report, scratch, series, trial, verdict, wheels
 from scripts.lib.errors import SeriesError, run_main
 
 PROPOSED = "rebase-proposed"
@@ -94,12 +94,14 @@ def blocked(rows: list[dict]) -> list[dict]:
 
 
 def refusal(version: str, stuck: list[str], failing: list[str] = ()) -> str:
-    up = f"UPSTREAM_VERSION={version}"
+    def make(verb: str, **flags) -> str:
+        return hints.command(verb, version, **flags)
+
     why = ([f"{', '.join(stuck)} do(es) not apply on sglang {version}, not even 3-way"] if stuck else []) + (
         [f"the tests of {', '.join(failing)} do not pass with the series on sglang {version}"] if failing else [])
     return (f"WRITE=1 cannot adopt the series on sglang {version}: {'; '.join(why)}; port them on the queue: "
-            f"`make queue {up}`, resolve in build/{version}/tree and `git add -A`, `make queue {up} CONTINUE=1`, "
-            f"then `make export {up}` (it moves the base to {version}; add LINE=1 to write only the line of {version})")
+            f"{make('queue')}, resolve in build/{version}/tree and `git add -A`, {make('queue', CONTINUE='1')}, "
+            f"then {make('export')} (it moves the base to {version}; add LINE=1 to write only the line of {version})")
 
 
 def _clean(text: str, paths: config.Paths) -> str:
@@ -162,7 +164,7 @@ def rebase(paths: config.Paths, version: str, tests_root: Path | None = None, ve
     if patch_queue.am_in_progress(repo):
         raise SeriesError(f"{repo} is in the middle of a git am/rebase that is not this report's (a `make queue` "
                           f"conflict?); drop it with `git -C {repo} am --abort` (or resolve it and run "
-                          f"`make queue UPSTREAM_VERSION={version} CONTINUE=1`), then run the report again")
+                          f"{hints.command('queue', version, CONTINUE='1')}), then run the report again")
     scratch.require_clean(repo)
 
     registry = fixes.load(tests_root, required=False)
@@ -342,7 +344,7 @@ def main(argv=None) -> None:
         raise SeriesError("name the release to move to: `make rebase UPSTREAM_VERSION=X` (pin it first with `make pin UPSTREAM_VERSION=X`)")
     config.release(paths, args.upstream)  # an unpinned X ends here, before anything is made under build/X
     if args.line and not args.write:
-        raise SeriesError(f"LINE=1 says where WRITE=1 writes; run `make rebase UPSTREAM_VERSION={args.upstream} WRITE=1 LINE=1`")
+        raise SeriesError(f"LINE=1 says where WRITE=1 writes; run {hints.command('rebase', args.upstream, WRITE='1', LINE='1')}")
     # Seams for the tooling tests (a synthetic upstream): where the Tests: ids live, one venv for every release.
     tests_root = args.tests_root or paths.tests_root
     venv_of = (lambda v: Path(os.environ["SGLANG_SERIES_VENV"])) if os.environ.get("SGLANG_SERIES_VENV") else None
@@ -354,7 +356,7 @@ def main(argv=None) -> None:
             print(f"acting on {rebase_dir(paths, args.upstream) / 'report.json'} (made for this series, these tests and pins)")
             refuse_blocked(data)
         else:
-            print(f"no report for this series on sglang {args.upstream} yet: making it first (`make rebase UPSTREAM_VERSION={args.upstream}`)")
+            print(f"no report for this series on sglang {args.upstream} yet: making it first ({hints.command('rebase', args.upstream)})")
     if data is None:
         with scratch.exclusive(paths, args.upstream):  # the trial branches live in X's scratch tree
             data = rebase(paths, args.upstream, tests_root, venv_of, fresh=args.fresh, start=args.start)

@@ -19,7 +19,7 @@ import shutil
 import urllib.parse
 from pathlib import Path
 
-from scripts.lib import build, config, envs, lines, pins, scratch
+from scripts.lib import build, config, envs, hints, lines, pins, scratch
 from scripts.lib.applying import apply_series
 from scripts.lib.errors import SeriesError, run_main
 from scripts.lib.wheels import sha256_of
@@ -107,9 +107,8 @@ def main(argv=None) -> None:
     built, skipped = [], []
     for number, version in enumerate(versions, 1):
         if not lines.exists(paths, version):
-            up = f"UPSTREAM_VERSION={version}"
             print(f"[{number}/{len(versions)}] sglang {version}: skipped, it has no line yet "
-                  f"(`make rebase {up} WRITE=1 LINE=1` writes it)", flush=True)
+                  f"({hints.command('rebase', version, WRITE='1', LINE='1')} writes it)", flush=True)
             skipped.append(version)
             continue
         print(f"[{number}/{len(versions)}] sglang {version}: {lines.label(paths, version)}", flush=True)

@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import hints
 from .errors import SeriesError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,13 +94,13 @@ def release(paths: Paths, version: str | None = None) -> Release:
         known = ", ".join(sorted(data["releases"]))
         raise SeriesError(
             f"unknown upstream version {version!r} (pinned: {known}); "
-            f"pin it first with `make pin UPSTREAM_VERSION={version}`"
+            f"pin it first with {hints.command('pin', version)}"
         )
     missing = [f for f in ("wheel", "sha256") if not isinstance(pins.get(f), str) or not pins[f]]
     if missing or not isinstance(pins.get("exclude_newer", ""), (str, type(None))):
         field = missing[0] if missing else "exclude_newer"
         raise SeriesError(f"{paths.releases.name}: the pin of sglang {version} has no valid `{field}`; "
-                          f"record it again with `make pin UPSTREAM_VERSION={version}`")
+                          f"record it again with {hints.command('pin', version)}")
     # other keys (a download url kept by an older pin) are hints the index makes unnecessary
     return Release(version=version, wheel=pins["wheel"], sha256=pins["sha256"], exclude_newer=pins.get("exclude_newer"))
 

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import hints
 from .config import Paths, base_version, writable_cache
 from .errors import SeriesError
 from .wheels import sha256_of
@@ -174,7 +175,7 @@ def uv_env(paths: Paths) -> dict:
 def lock_file(paths: Paths, version: str) -> Path:
     lock = paths.env / f"{version}.lock"
     if not lock.exists():
-        raise SeriesError(f"no lock for sglang {version} ({lock}); create it with `make lock UPSTREAM_VERSION={version}`")
+        raise SeriesError(f"no lock for sglang {version} ({lock}); create it with {hints.command('lock', version)}")
     return lock
 
 

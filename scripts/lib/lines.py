@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config, fixes, git, series
+from . import config, fixes, git, hints, series
 from .pins import newest_at_or_below, version_key
 from .errors import SeriesError
 
@@ -40,14 +40,14 @@ def label(paths: config.Paths, version: str) -> str:
 def load(paths: config.Paths, version: str) -> list[series.Patch]:
     """Release `version`'s series; a release without a line names the commands that make one."""
     if not exists(paths, version):
-        up = f"UPSTREAM_VERSION={version}"
-        raise SeriesError(f"sglang {version} has no line ({label(paths, version)}) yet; `make rebase {up}` shows which "
-                          f"fixes it lacks and `make rebase {up} WRITE=1 LINE=1` writes its line")
+        raise SeriesError(f"sglang {version} has no line ({label(paths, version)}) yet; {hints.command('rebase', version)} "
+                          f"shows which fixes it lacks and {hints.command('rebase', version, WRITE='1', LINE='1')} "
+                          "writes its line")
     file = series_file(paths, version)
     patches = series.load(paths.patches, file)
     if not patches and series.declared_empty(file) is None:
         raise SeriesError(f"{label(paths, version)} lists no patch and does not say that sglang {version} needs none; "
-                          f"fill it with `make rebase UPSTREAM_VERSION={version} WRITE=1 LINE=1`")
+                          f"fill it with {hints.command('rebase', version, WRITE='1', LINE='1')}")
     return patches
 
 

@@ -8,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from . import config, fixes, lines, patch_queue, pins, readme, series
+from . import config, fixes, hints, lines, patch_queue, pins, readme, series
 from .errors import SeriesError
 
 ABSORBED = "absorbed-upstream"
@@ -22,7 +22,7 @@ def report_path(paths: config.Paths, version: str) -> Path:
 def load(paths: config.Paths, version: str, patches: list[series.Patch]) -> dict:
     """X's report, refused when it judged another series than patches/ holds now."""
     path = report_path(paths, version)
-    again = f"run `make rebase UPSTREAM_VERSION={version}` first"
+    again = f"run {hints.command('rebase', version)} first"
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -123,7 +123,7 @@ def adopt(paths: config.Paths, version: str, exported: list, reasons: dict, line
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(f"# sglang {version}: the fixes of the series that sglang {version} lacks, in this order\n"
-                          f"# (`make rebase UPSTREAM_VERSION={version}`); entries are paths under patches/.\n")
+                          f"# ({hints.command('rebase', version)}); entries are paths under patches/.\n")
     # The line says why each patch of the line it came from that it does not hold is not there.
     recorded = series.dropped(target)
     missing = [f"# dropped {n}: {why}\n" for n, why in reasons.items() if n not in recorded]

@@ -15,7 +15,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from . import envs
+from . import envs, hints
 from .config import Paths, check_version, load_releases
 from .errors import SeriesError
 from .wheels import INDEX_SETTINGS
@@ -111,7 +111,7 @@ def wheel_url(paths: Paths, version: str, name: str) -> str:
     if name not in offered:
         raise SeriesError(f"the package index offers {', '.join(offered) or 'no wheel'} for sglang {version}, "
                           f"not the pinned {name}; check the index ({INDEX_SETTINGS}), "
-                          f"or re-pin with `make pin UPSTREAM_VERSION={version}`")
+                          f"or re-pin with {hints.command('pin', version)}")
     return offered[name]["url"]
 
 
@@ -135,7 +135,7 @@ def record(paths: Paths, version: str, pin: dict) -> bool:
 def set_base(paths: Paths, version: str) -> None:
     data = load_releases(paths)
     if version not in data["releases"]:
-        raise SeriesError(f"sglang {version} is not pinned; run `make pin UPSTREAM_VERSION={version}` first")
+        raise SeriesError(f"sglang {version} is not pinned; run {hints.command('pin', version)} first")
     data["base"] = version
     _write(paths, data)
 

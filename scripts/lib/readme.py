@@ -5,7 +5,7 @@ the table release -> the patches it gets, each between `<!-- name:begin -->` and
 
 import re
 
-from . import config, fixes, lines, pins, series
+from . import config, fixes, hints, lines, pins, series
 from .errors import SeriesError
 
 TITLE = "# sglang DSV4 / HiCache fix series for sglang {base}"
@@ -25,7 +25,7 @@ def lines_table(paths: config.Paths) -> str:
     for version in sorted(config.load_releases(paths)["releases"], key=pins.version_key):
         name = f"{version} (base)" if version == base else version
         if not lines.exists(paths, version):
-            rows.append(f"| {name} | none yet | not judged: `make rebase UPSTREAM_VERSION={version}` | |")
+            rows.append(f"| {name} | none yet | not judged: {hints.command('rebase', version)} | |")
             continue
         file = lines.series_file(paths, version)
         patches = series.load(paths.patches, file)

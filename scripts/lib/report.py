@@ -6,6 +6,7 @@ so a committed report diffs cleanly against a fresh one."""
 import json
 from pathlib import Path
 
+from . import hints
 from .verdict import CATEGORIES
 
 
@@ -69,7 +70,7 @@ def markdown(d: dict) -> str:
         "",
         f"In `{d['proposed_series']}` (absorbed patches dropped, the others refreshed with `git format-patch` "
         f"from the trial branch): {d['proposed_changes']}. `patches/` is untouched; "
-        f"`make rebase UPSTREAM_VERSION={x} WRITE=1` copies it there when every kept patch applies.",
+        f"{hints.command('rebase', x, WRITE='1')} copies it there when every kept patch applies.",
         *[f"- `{cmd}` writes {what}." for cmd, what in d.get("writes", {}).items()],
         "",
         "## Re-run",

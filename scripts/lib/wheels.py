@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import hints
 from .errors import SeriesError
 
 INDEX_SETTINGS = "UV_DEFAULT_INDEX / UV_INDEX_URL or uv.toml"
@@ -51,7 +52,7 @@ def fetch(locate, dest: Path, sha256: str, release: str) -> Path:
             raise SeriesError(
                 f"{dest.name}: sha256 {got} does not match the pin {sha256}; the file was not kept. "
                 "If upstream really re-published it, update the pin with "
-                f"`make pin UPSTREAM_VERSION={release}`"
+                f"{hints.command('pin', release)}"
             )
         part.chmod(0o644)  # the cache is shared: other users read it (a temporary file starts 0600)
         part.replace(dest)
