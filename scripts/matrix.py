@@ -16,8 +16,9 @@ where judged in part]) and
 build/matrix/matrix.md; --publish also writes docs/matrix.md, the README's copy and
 docs/matrix.json, the evidence each fix's first release is read from.
 
-FIXES=#a,#b judges only those fixes (a fix just added): with PUBLISH=1 their rows of
-docs/matrix.json are replaced and every other fix's rows are kept as published.
+FIXES=#a,#b judges only those fixes (a fix just added), RELEASES=a,b only those releases:
+with PUBLISH=1 their cells of docs/matrix.json are replaced and every other cell is kept
+as published (a cell never judged is `not-judged`).
 
 On CI the releases fan out, one job each (ci/matrix.yml): `make matrix RELEASES=X
 PART=file` writes X's records only, and `make matrix MERGE=dir` (PUBLISH=1 too) makes the
@@ -142,7 +143,7 @@ def render(fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds:
     notes = [
         f"- {fix.pr} on {v}: {cells[(fix.pr, v)]['why']}"
         for fix in fix_list for v in versions
-        if cells[(fix.pr, v)]["state"] == "cannot-run" or cells[(fix.pr, v)].get("judged")
+        if cells[(fix.pr, v)]["state"] in ("cannot-run", NOT_JUDGED) or cells[(fix.pr, v)].get("judged")
         or "cannot run" in cells[(fix.pr, v)]["why"]
     ]
     text = "\n".join(lines) + "\n"
@@ -165,17 +166,18 @@ def selected(fix_list: list[fixes.Fix], wanted: str | None) -> list[fixes.Fix]:
     return [f for f in fix_list if f.pr in names]
 
 
-def with_published(paths: config.Paths, fix_list: list[fixes.Fix], judged: list[fixes.Fix], versions: list[str],
-                   cells: dict) -> dict:
-    """The judged fixes' cells with every other fix's published cells (docs/matrix.json)."""
-    done = {f.pr for f in judged}
-    kept = {(r["fix"], r["release"]): {k: r[k] for k in ("state", "why", "judged") if k in r} for r in fixes.evidence(paths.root)
-            if r["fix"] not in done}
-    missing = sorted({f.pr for f in fix_list if f.pr not in done for v in versions if (f.pr, v) not in kept})
-    if missing:
-        raise SeriesError(f"{fixes.EVIDENCE} has no published rows of {', '.join(missing)} on these releases; "
-                          "judge every fix with `make matrix PUBLISH=1`")
-    return {**kept, **cells}
+NOT_JUDGED = "not-judged"
+
+
+def with_published(paths: config.Paths, fix_list: list[fixes.Fix], versions: list[str], cells: dict) -> dict:
+    """The cells judged now, over every release in `versions`: a cell not judged now keeps
+    its published state (docs/matrix.json); one never published is not-judged, which the
+    lines read as no evidence (lib/lines.py keeps what a line has of it)."""
+    published = {(r["fix"], r["release"]): {k: r[k] for k in ("state", "why", "judged") if k in r}
+                 for r in fixes.evidence(paths.root)}
+    return {(f.pr, v): cells.get((f.pr, v)) or published.get((f.pr, v))
+            or {"state": NOT_JUDGED, "why": "not judged on this release since the fix was added"}
+            for f in fix_list for v in versions}
 
 
 def publish(paths: config.Paths, table: str, records: list[dict]) -> None:
@@ -247,8 +249,9 @@ def main(argv=None) -> None:
         raise SeriesError("PART=file is one job's part of the whole matrix; give it without FIXES")
     cells = judge(paths, versions, judged, paths.root, lambda v: envs.venv(paths, v), args.pytest_args, args.fresh,
                   args.jobs)
-    if args.fixes:
-        cells = with_published(paths, fix_list, judged, versions, cells)
+    if args.fixes or (args.releases and args.publish):  # a part of the matrix: the rest as published
+        versions = pinned
+        cells = with_published(paths, fix_list, versions, cells)
     if args.part:
         write_part(Path(args.part), fix_list, versions, cells, time.monotonic() - started, paths.root)
         return

@@ -107,20 +107,20 @@ def test_a_merge_refuses_parts_that_do_not_make_one_matrix(tmp_path):
 
 
 def test_a_fix_judged_alone_keeps_the_other_fixes_published_rows(tmp_path):
-    """FIXES=#20: only #20's tests run; its cells join every other fix's published ones,
-    and a fix without published rows is refused, not shown as a gap."""
+    """FIXES=#20 (or RELEASES=...): the cells judged now join every other published cell,
+    and a cell never judged reads not-judged, never as a pass or a gap."""
     (tmp_path / "docs").mkdir()
     registry = [fixes.Fix("#10", "ten", "", ("a",)), fixes.Fix("#20", "twenty", "", ("b",))]
     published = [{"fix": "#10", "release": r, "state": s, "why": ""} for r, s in ((VERSION, "present"), (NEW, "fixed"))]
     (tmp_path / "docs" / "matrix.json").write_text(json.dumps(published))
     paths = config.Paths(root=tmp_path, cache=tmp_path, build=tmp_path, patches=tmp_path, releases=tmp_path, env=tmp_path)
-    judged = matrix.selected(registry, "#20")
-    assert [f.pr for f in judged] == ["#20"]
-    new = {("#20", VERSION): {"state": "present", "why": ""}, ("#20", NEW): {"state": "present", "why": ""}}
-    cells = matrix.with_published(paths, registry, judged, [VERSION, NEW], new)
-    assert matrix.assemble(registry, [VERSION, NEW], cells) == published + [
-        {"fix": "#20", "release": v, "state": "present", "why": ""} for v in (VERSION, NEW)]
-    with pytest.raises(SeriesError, match="no published rows of #10"):
-        matrix.with_published(paths, registry, judged, [VERSION, NEW, "2.0.0"], new)
+    assert [f.pr for f in matrix.selected(registry, "#20")] == ["#20"]
+    new = {("#20", VERSION): {"state": "present", "why": ""}}  # judged on 1.0.0 only
+    cells = matrix.with_published(paths, registry, [VERSION, NEW], new)
+    records = matrix.assemble(registry, [VERSION, NEW], cells)
+    assert records[:2] == published
+    assert records[2] == {"fix": "#20", "release": VERSION, "state": "present", "why": ""}
+    assert records[3]["state"] == matrix.NOT_JUDGED
+    assert "#20 on 1.1.0: not judged" in matrix.render(registry, [VERSION, NEW], cells, 1.0)
     with pytest.raises(SeriesError, match="FIXES names #99, not a fix of tests/fixes.toml"):
         matrix.selected(registry, "#99")
