@@ -180,8 +180,8 @@ def derive(paths: config.Paths, version: str, tests_root: Path) -> Derived:
     has = series.entries(paths.patches, file) if file.exists() else []
     word = {n for n, why in series.dropped(file).items() if not why.startswith("absorbed upstream")}
     by_fix = ports(paths, registry)
-    if not any(r == version for _, r in states):  # no evidence on this release: the line stands as it is
-        return Derived(has, lacking(file), [f.pr for f in registry])
+    if not any(r == version and s in ("present", "fixed") for (_, r), s in states.items()):
+        return Derived(has, lacking(file), [f.pr for f in registry])  # no evidence here: the line stands as it is
     out = Derived([], {}, [])
     for fix in registry:
         own = by_fix.get(fix.pr, [])
@@ -229,8 +229,10 @@ def differs(paths: config.Paths, version: str, tests_root: Path) -> str | None:
         problems.append(f"says it lacks {', '.join(said) or 'nothing'} where the evidence says "
                         f"{', '.join(want.lacking) or 'nothing'}")
     empty = series.declared_empty(file)
-    if not want.entries and not want.lacking and empty is not None and "has every fix" not in empty:
+    if not want.entries and not want.lacking and not want.unjudged and empty is not None and "has every fix" not in empty:
         problems.append("does not say that the release has every fix")
+    if want.unjudged and empty is not None and "has every fix" in empty:
+        problems.append(f"says the release has every fix, but the matrix has not judged {', '.join(want.unjudged)} there")
     if (want.entries or want.lacking) and empty is not None and "has every fix" in empty:
         problems.append("says the release has every fix, which the evidence does not")
     return "; ".join(problems) or None
@@ -254,8 +256,10 @@ def write_derived(paths: config.Paths, version: str, tests_root: Path) -> bool:
     body = [e + (f"  # {notes[e]}" if notes.get(e) else "") for e in want.entries]
     body += [f"{LACKS} {fix}: {why}" for fix, why in want.lacking.items()]
     if not want.entries:
-        body.append(f"{series.NO_PATCHES} sglang {version} has every fix of the series" if not want.lacking
-                    else f"{series.NO_PATCHES} no port yet of the fixes sglang {version} lacks (the `# lacks` lines)")
+        body.append(f"{series.NO_PATCHES} no port yet of the fixes sglang {version} lacks (the `# lacks` lines)"
+                    if want.lacking else f"{series.NO_PATCHES} sglang {version} has every fix of the series"
+                    if not want.unjudged else f"{series.NO_PATCHES} no fix is present on sglang {version} in the "
+                    f"matrix; not judged there yet: {', '.join(want.unjudged)}")
     new = "\n".join(comments + body) + "\n"
     if new == text:
         return False
