@@ -143,12 +143,17 @@ def render(fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds:
     notes = [
         f"- {fix.pr} on {v}: {cells[(fix.pr, v)]['why']}"
         for fix in fix_list for v in versions
-        if cells[(fix.pr, v)]["state"] in ("cannot-run", NOT_JUDGED) or cells[(fix.pr, v)].get("judged")
+        if cells[(fix.pr, v)]["state"] == "cannot-run" or cells[(fix.pr, v)].get("judged")
         or "cannot run" in cells[(fix.pr, v)]["why"]
     ]
+    unjudged = sorted({v for fix in fix_list for v in versions if cells[(fix.pr, v)]["state"] == NOT_JUDGED},
+                      key=pins.version_key)
     text = "\n".join(lines) + "\n"
     if notes:
         text += "\nWhat could not run or was not judged, in full or in part:\n\n" + "\n".join(notes) + "\n"
+    if unjudged:
+        text += (f"\n`not-judged`: a fix added since {', '.join(unjudged)} were last judged; "
+                 "`make matrix PUBLISH=1` judges every cell.\n")
     if parts:
         return text + f"\n`make matrix` over {len(versions)} releases in {parts} parts took {seconds:.0f} s in the longest.\n"
     return text + f"\n`make matrix` over {len(versions)} releases took {seconds:.0f} s.\n"
@@ -196,7 +201,8 @@ def publish(paths: config.Paths, table: str, records: list[dict]) -> None:
     if begin not in text or end not in text:
         raise SeriesError(f"README.md lacks the {begin} ... {end} block; add it where the table belongs")
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    readme.write_text(pattern.sub(lambda _: f"{begin}\n{table}{end}", text))
+    rows = table.split("\n\n", 1)[0] + "\n"  # the README shows the table; docs/matrix.md its notes too
+    readme.write_text(pattern.sub(lambda _: f"{begin}\n{rows}\nNotes: `{DOC}`.\n{end}", text))
     print(f"wrote {DOC}, {fixes.EVIDENCE} and the README's table")
 
 
