@@ -92,7 +92,7 @@ import seam
 from sglang import pool
 
 
-@seam.builds("the pool's dspark view")
+@seam.building("the pool's dspark view")
 def dspark_view():
     return pool.CONFIG.is_dspark  # the release has no CONFIG: a raw AttributeError
 
