@@ -14,7 +14,7 @@ def apply_series(paths: config.Paths, rel: config.Release, tools: envs.Tools) ->
     patches = lines.load(paths, rel.version)  # every entry checked before the tree is touched
     _refuse_paths_outside_python(patches)
     file = lines.series_file(paths, rel.version)
-    fp = series.fingerprint(patches, file)
+    fp = lines.fingerprint(paths, rel.version)
     for fix, why in lines.lacking(file).items():
         print(f"warning: sglang {rel.version} lacks {fix} and its line carries no port of it ({why}); "
               "the wheel built here does not have that fix")

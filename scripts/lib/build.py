@@ -7,7 +7,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from . import config, envs, git, scratch, wheels
+from . import config, envs, git, hints, lines, scratch, wheels
 from .errors import SeriesError
 
 LABEL = "dsv4fix"  # local version: <upstream>+dsv4fix.<number of patches>
@@ -45,6 +45,9 @@ def patched_wheel(paths: config.Paths, version: str) -> Path:
     wheels_ = sorted(dist_dir(paths, version).glob("*.whl"))
     if not state or not wheels_ or not stamp.exists() or stamp.read_text() != state["fingerprint"]:
         raise SeriesError("the patched wheel is missing or older than the series; run `make apply`")
+    if lines.exists(paths, version) and state["fingerprint"] != lines.fingerprint(paths, version):
+        raise SeriesError(f"the patched build of sglang {version} is older than {lines.label(paths, version)}; "
+                          f"run {hints.make(paths, 'apply', version)}")
     return wheels_[0]
 
 

@@ -51,6 +51,11 @@ def load(paths: config.Paths, version: str) -> list[series.Patch]:
     return patches
 
 
+def fingerprint(paths: config.Paths, version: str) -> str:
+    """What `make apply` records of the line it applied: a build made from another is stale."""
+    return series.fingerprint(load(paths, version), series_file(paths, version))
+
+
 def versions(paths: config.Paths) -> list[str]:
     """Every release with a line, the base first, the others in release order."""
     base = config.base_version(paths)
