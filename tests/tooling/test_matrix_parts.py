@@ -121,6 +121,7 @@ def test_a_fix_judged_alone_keeps_the_other_fixes_published_rows(tmp_path):
     assert records[:2] == published
     assert records[2] == {"fix": "#20", "release": VERSION, "state": "present", "why": ""}
     assert records[3]["state"] == matrix.NOT_JUDGED
-    assert "#20 on 1.1.0: not judged" in matrix.render(registry, [VERSION, NEW], cells, 1.0)
+    table = matrix.render(registry, [VERSION, NEW], cells, 1.0)
+    assert "| #20 twenty | present | not-judged |" in table and "a fix added since 1.1.0 were last judged" in table
     with pytest.raises(SeriesError, match="FIXES names #99, not a fix of tests/fixes.toml"):
         matrix.selected(registry, "#99")
