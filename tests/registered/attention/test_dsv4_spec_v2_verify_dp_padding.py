@@ -52,7 +52,7 @@ def rows(n, device):
     ) + 1.0
 
 
-class _VerifyUnderDPCases:
+class _VerifyFixture:
     device = "cpu"
     num_layers = 4
 
@@ -73,6 +73,7 @@ class _VerifyUnderDPCases:
             pool, num_reqs=len(SEQ_LENS), req_stride=REQ_STRIDE, topk=1, num_steps=NUM_DRAFT_TOKENS - 1,
             num_draft_tokens=NUM_DRAFT_TOKENS,
         )
+        self._adjust_backend(backend)
         self.layers = list(range(self.num_layers))
         with dsv4.real_compression_metadata():
             return dsv4.verify_step_under_dp(
@@ -85,6 +86,11 @@ class _VerifyUnderDPCases:
                 kv_rows=lambda n: rows(n, self.device),
             )
 
+    def _adjust_backend(self, backend):
+        pass
+
+
+class _VerifyUnderDPCases(_VerifyFixture):
     def test_verify_metadata_describes_the_dp_padded_batch(self):
         seen = self._verify()
         padded = max(DP_BATCH_SIZES) * NUM_DRAFT_TOKENS
@@ -135,6 +141,19 @@ class _VerifyUnderDPCases:
 
 class TestDSV4SpecV2VerifyUnderDPCPU(_VerifyUnderDPCases, CustomTestCase):
     device = "cpu"
+
+
+class TestDSV4SpecV2VerifyWithoutPlanFails(_VerifyFixture, CustomTestCase):
+    """The check of the check: a verify step in which nothing plans the batch's
+    metadata (what the 0.5.12 line's verify worker does with 0007's flag reverted)
+    fails the check; it is never reported as a release that cannot run it."""
+
+    def _adjust_backend(self, backend):
+        backend.init_forward_metadata = lambda *args, **kwargs: None
+
+    def test_verify_metadata_describes_the_dp_padded_batch(self):
+        with self.assertRaisesRegex(AssertionError, "without attention metadata planned"):
+            self._verify()
 
 
 if __name__ == "__main__":
