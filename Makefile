@@ -39,7 +39,7 @@ CLI = @exec "$$PYTHON" -m scripts.cli
 
 .PHONY: apply test test-vanilla test-manual lint lint-ci prove discard clean lock lock-tools bench rebase pin queue export matrix lines wheelhouse
 
-apply:  ## fetch the pinned sglang, apply patches/series, build the patched wheel, prepare the venv
+apply:  ## fetch the pinned sglang, apply its line (patches/lines/X.series), build the patched wheel, prepare the venv
 	$(CLI) apply
 
 test: lint lint-ci  ## lint, then the registered and tooling tests against the patched build
