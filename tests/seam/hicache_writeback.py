@@ -216,7 +216,9 @@ class KVDataStack:
 
 
 def _mha_host_pool(device_pool, size: int, page_size: int, device):
-    cls = radix.locate("MHATokenToKVPoolHost", f"{radix._MC}.memory_pool_host:MHATokenToKVPoolHost")
+    # 0.5.16 moved the host pools into mem_cache/pool_host/.
+    cls = radix.locate("MHATokenToKVPoolHost", f"{radix._MC}.memory_pool_host:MHATokenToKVPoolHost",
+                       f"{radix._MC}.pool_host.mha:MHATokenToKVPoolHost")
     return cls(
         **radix.accepted(
             cls.__init__,
