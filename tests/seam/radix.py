@@ -231,14 +231,20 @@ def unified_cache(*, req_pool, allocator, page_size, window, components, mamba_e
     return cache
 
 
-def radix_key(tokens) -> "RadixKey":
-    """A RadixKey of token ids: a list, or an array('q') where the release keeps token ids
-    so (utils.common.assert_int64_array, 0.5.23) and on the Rust tree core, which asserts
-    8-byte items from its first release (0.5.19, inline in its adapter)."""
+def token_ids(tokens):
+    """Token ids as the release keeps them: a list, or an array('q') where the release
+    keeps token ids so (utils.common.assert_int64_array, 0.5.23) and on the Rust tree
+    core, which asserts 8-byte items from its first release (0.5.19, inline in its
+    adapter)."""
     common = importlib.import_module("sglang.srt.utils.common")
     if hasattr(common, "assert_int64_array") or current_core() == "rust":
-        return RadixKey(array.array("q", tokens))
-    return RadixKey(list(tokens))
+        return array.array("q", tokens)
+    return list(tokens)
+
+
+def radix_key(tokens) -> "RadixKey":
+    """A RadixKey of token ids (token_ids)."""
+    return RadixKey(token_ids(tokens))
 
 
 def matched_device_indices(cache, match) -> torch.Tensor:

@@ -12,7 +12,12 @@ What moved between releases and lives only here:
 - module homes: SWATokenToKVPoolAllocator (mem_cache/allocator/swa.py from 0.5.13),
   the paged allocator and its kernels (allocator/paged.py, triton_ops/allocator.py);
 - which free lists a paged allocator keeps (``free_pages`` and ``release_pages``;
-  pages staged for a merge from 0.5.20, listed by ``get_all_free_pages``).
+  pages staged for a merge from 0.5.20, listed by ``get_all_free_pages``);
+- what the tree's tombstone recovery over a locked Full KV asks of the allocator
+  (``recover_swa_keeping_locked_full``): the incoming slots' mapping cleared by a
+  write (<= 0.5.18) or ``clear_full_to_swa_mapping`` (0.5.19+), their Full side
+  returned by the full sub-allocator (<= 0.5.18) or ``free_full`` (0.5.19+); and how
+  it releases a tombstoned node's Full KV (``free`` <= 0.5.18, ``free_full`` 0.5.19+).
 """
 
 from __future__ import annotations
@@ -47,6 +52,12 @@ def paged_swa_allocator(*, page_size, full_size, swa_size, need_sort):
     """A real SWATokenToKVPoolAllocator over a real SWAKVPool (layer 0 SWA, layer 1
     full). need_sort is what the scheduler passes: True on a PD prefill or decode server."""
     require(page_size > 1, "the paged SWA allocator needs page_size > 1")
+    return swa_allocator(page_size=page_size, full_size=full_size, swa_size=swa_size, need_sort=need_sort)
+
+
+@building("a SWATokenToKVPoolAllocator over SWAKVPool")
+def swa_allocator(*, page_size, full_size, swa_size, need_sort):
+    """paged_swa_allocator for any page size (page_size 1: token sub-allocators)."""
     inner = locate("MHATokenToKVPool", f"{_MC}.memory_pool:MHATokenToKVPool")
     kvcache = SWAKVPool(
         **accepted(
@@ -140,6 +151,46 @@ def alloc_extend_swa_tail(allocator, seq_len, swa_tail_len):
     )
 
 
+def alloc_request(allocator, length):
+    """Full and SWA slots for a new request of `length` tokens (a prefill with no
+    prefix): ``alloc`` at page_size 1, ``alloc_extend`` above (inside cpu_placement);
+    None when the pools cannot hold them."""
+    if allocator.page_size == 1:
+        return _call(allocator.alloc, "SWATokenToKVPoolAllocator.alloc", need_size=length)
+    return alloc_extend(allocator, [0], [length], [-1])
+
+
+def recover_swa_keeping_locked_full(allocator, kept_full, incoming_full):
+    """What the tree's recovery of an SWA tombstone whose Full KV a running request
+    holds (RecoverSWAWithLockedFull) asks of the allocator: the kept Full slots take
+    over the SWA slots of the incoming request's Full slots for the same tokens
+    (``set_full_to_swa_mapping``, a cache action's mapping write), then the incoming
+    slots are unmapped and only their Full side goes back."""
+    for name in ("translate_loc_from_full_to_swa", "set_full_to_swa_mapping"):
+        require(hasattr(allocator, name), f"SWATokenToKVPoolAllocator has no {name}")
+    kept_full, incoming_full = kept_full.to(torch.int64), incoming_full.to(torch.int64)
+    swa = allocator.translate_loc_from_full_to_swa(incoming_full)
+    allocator.set_full_to_swa_mapping(kept_full, swa)
+    clear = getattr(allocator, "clear_full_to_swa_mapping", None)
+    if clear is not None:
+        clear(incoming_full)
+    else:
+        allocator.full_to_swa_index_mapping[incoming_full] = 0
+    free_full = getattr(allocator, "free_full", None)
+    if free_full is not None:
+        free_full(incoming_full)
+    else:
+        allocator.full_attn_allocator.free(incoming_full)
+
+
+def free_tombstoned_full(allocator, full):
+    """The tree's release of a node whose SWA already went back: ``free_full`` (0.5.19+,
+    the Full side only), else ``free`` (its unmapped entries read as the padding slot,
+    which free_swa skips)."""
+    free_full = getattr(allocator, "free_full", None)
+    (free_full or allocator.free)(full)
+
+
 def alloc_decode(allocator, seq_lens, last_locs):
     """One slot per request of a decode batch (seq_lens count the new token)."""
     return _call(
@@ -226,7 +277,11 @@ def _stand_in(globals_: dict, name: str, params: tuple, compute) -> _CpuLaunch:
 def cpu_placement(allocator):
     """While in it, the paged sub-allocators of `allocator` place tokens on the CPU:
     the two kernel launches their alloc_extend / alloc_decode make are replaced, where
-    those methods look them up, by the stand-ins above."""
+    those methods look them up, by the stand-ins above. At page_size 1 nothing is
+    placed by a kernel, and nothing is replaced."""
+    if allocator.page_size == 1:
+        yield
+        return
     patches = {}
     for sub in sides(allocator):
         for method, name, params, compute in (
