@@ -7,6 +7,8 @@ the release's kernels, on CPU by a row copy in torch).
 What differs between releases and lives only here:
 - which node ids have a load-back the tree has not acknowledged yet
   (``ongoing_load_back``, keyed by node id on every release);
+- which load-back owns a node's Full KV host copy until its ack (a node field from
+  0.5.18 on the Python tree core; no such owner before; kept inside the Rust core);
 - how the scheduler's per-step HiCache work reaches the cache (start the queued
   loads, poll load acks, wait for write-back copies).
 """
@@ -30,6 +32,7 @@ __all__ = [
     "cpu_controller",
     "cpu_device_module_patches",
     "kv_data_stack",
+    "load_back_owners",
     "pending_load_back_ids",
     "row_copies_on_cpu",
     "start_loads",
@@ -69,6 +72,29 @@ def pending_load_back_ids(cache) -> set:
     pending = getattr(cache, "ongoing_load_back", None)
     require(pending is not None, "UnifiedRadixCache has no ongoing_load_back")
     return set(pending)
+
+
+def load_back_owners(cache):
+    """{node id: anchor node id} for every node whose Full KV host copy an
+    unacknowledged write-back load-back holds against the duplicate reclaim (the
+    load-back's owner of the node: UnifiedTreeNode.load_back_pending_id, 0.5.18+).
+
+    {} where the release's load-backs own no node (before 0.5.18 the tree has no such
+    owner: nothing to tell). None on the Rust tree core, which keeps its owners to
+    itself: no value is read in its place, the caller judges that core by what an
+    owner does (a load-back refused, or the core's own assert)."""
+    if radix._on_rust(cache):
+        return None
+    top = radix.root(cache)
+    if not hasattr(top, "load_back_pending_id"):
+        return {}
+    owners, stack = {}, list(top.children.values())
+    while stack:
+        node_obj = stack.pop()
+        stack.extend(node_obj.children.values())
+        if node_obj.load_back_pending_id is not None:
+            owners[node_obj.id] = node_obj.load_back_pending_id
+    return owners
 
 
 def start_loads(cache) -> None:
