@@ -41,7 +41,7 @@ REQ_STRIDE = 2 * PS  # request r owns full pages 1 + 2r and 2 + 2r
 LAYOUT = {1: 3, 2: 4, 3: 1, 4: 2, 5: 5}  # full page -> SWA page
 NUM_DRAFT_TOKENS = 3  # MTP: two draft steps, topk 1
 SEQ_LENS = (42, 301)  # request 0's third draft token closes a C4 group
-DECODE_SEQ_LENS = (41, 300)  # the decode step before the verify (its metadata is left on the backend)
+PREFILL_CHUNK = 4  # the last prefill chunk before the verify: its metadata is left on the backend
 
 
 def full_slot(request, position):
@@ -58,7 +58,7 @@ def rows(n, device):
 class _MultiLayerVerifyFixture:
     device = "cpu"
     num_layers = 4
-    decode_before = False  # a decode step's metadata is left on the backend first
+    prefill_before = False  # a prefill chunk's metadata is left on the backend first
 
     def setUp(self):
         dsv4.remember_compression_metadata()
@@ -77,11 +77,16 @@ class _MultiLayerVerifyFixture:
             pool, num_reqs=len(SEQ_LENS), req_stride=REQ_STRIDE, topk=1,
             num_steps=NUM_DRAFT_TOKENS - 1, num_draft_tokens=NUM_DRAFT_TOKENS,
         )
-        if self.decode_before:
-            loc = torch.tensor([full_slot(r, s - 1) for r, s in enumerate(DECODE_SEQ_LENS)],
-                               device=self.device)
-            decode = dsv4.new_forward_batch(backend, loc, "DECODE", seq_lens=DECODE_SEQ_LENS)
-            dsv4.init_metadata(backend, decode)
+        if self.prefill_before:
+            loc = torch.tensor(
+                [full_slot(r, p) for r, s in enumerate(SEQ_LENS) for p in range(s - PREFILL_CHUNK, s)],
+                device=self.device,
+            )
+            prefill = dsv4.new_forward_batch(
+                backend, loc, "EXTEND", seq_lens=SEQ_LENS,
+                extend_lens=[PREFILL_CHUNK] * len(SEQ_LENS),
+            )
+            dsv4.init_metadata(backend, prefill)
             self.assertIsNotNone(backend.forward_metadata)
         self._adjust_backend(backend)
         self.layers = list(range(self.num_layers))
@@ -154,18 +159,19 @@ class TestDSV4MultiLayerEagleEagerVerifyCPU(_EagerVerifyCases, CustomTestCase):
     """The first step's verify: nothing planned on the backend before it."""
 
 
-class TestDSV4MultiLayerEagleEagerVerifyAfterDecodeCPU(_EagerVerifyCases, CustomTestCase):
-    """A verify after another batch's forward: that batch's metadata is on the
-    backend, and must not be what the verify forward runs with."""
+class TestDSV4MultiLayerEagleEagerVerifyAfterPrefillCPU(_EagerVerifyCases, CustomTestCase):
+    """A verify after another batch's forward (the requests' last prefill chunk):
+    that batch's metadata is on the backend, and must not be what the verify
+    forward runs with."""
 
-    decode_before = True
+    prefill_before = True
 
 
 class TestDSV4MultiLayerEagleVerifyWithoutPlanFails(_MultiLayerVerifyFixture, CustomTestCase):
     """The check of the check: a verify step in which nothing plans the batch's
     metadata fails the check; it is never reported as a release that cannot run it."""
 
-    decode_before = True
+    prefill_before = True
 
     def _adjust_backend(self, backend):
         backend.init_forward_metadata = lambda *args, **kwargs: None
