@@ -939,9 +939,10 @@ def _uniform_cache_locs_twin(req_pool_indices, req_to_token, start_offset, batch
 
 def _parallel_override():
     """0.5.21+: a context manager setting attention-DP rank ``dp_rank`` of
-    ``dp_size`` (one: no DP attention; attention TP and CP of one) through the release's own scoped
-    ``get_parallel().override``, which its DP code reads; CannotRun where the
-    release has neither that nor dp_attention's module globals."""
+    ``dp_size`` (a size of one: no DP attention; attention TP and CP of one)
+    through the release's own scoped ``get_parallel().override``, which its DP
+    code reads; CannotRun where the release has neither that nor dp_attention's
+    module globals."""
     runtime = locate("the runtime context", "sglang.srt.runtime_context")
     get_parallel = getattr(runtime, "get_parallel", None)
     require(
