@@ -29,6 +29,11 @@ this module knows how each release spells them:
   0.5.22 ``ForwardBatch.init_new`` takes its write plan from the runner's real
   ``KVIndexTranslator``; 0.5.23's forward reads the model's
   ``shared_experts_config`` and the output's ``last_hidden_states``.
+- The multi-layer EAGLE verify step (``multi_layer_verify_step``): the same path
+  through ``MultiLayerEagleWorkerV2.verify``, which says the metadata is planned
+  with ``skip_attn_backend_init`` (0.5.12) or ``mark_forward_metadata_ready``
+  (0.5.13 - 0.5.15) and from 0.5.16 with ``run_eagle_verify``'s
+  ``metadata_ready_pre_pad``.
 
 GPU kernels are replaced, on every device, by torch code with the same contract
 where only the destination matters here: the fused norm+rope+FlashMLA store writes
@@ -934,9 +939,10 @@ def _uniform_cache_locs_twin(req_pool_indices, req_to_token, start_offset, batch
 
 def _parallel_override():
     """0.5.21+: a context manager setting attention-DP rank ``dp_rank`` of
-    ``dp_size`` (attention TP and CP of one) through the release's own scoped
-    ``get_parallel().override``, which its DP code reads; CannotRun where the
-    release has neither that nor dp_attention's module globals."""
+    ``dp_size`` (a size of one: no DP attention; attention TP and CP of one)
+    through the release's own scoped ``get_parallel().override``, which its DP
+    code reads; CannotRun where the release has neither that nor dp_attention's
+    module globals."""
     runtime = locate("the runtime context", "sglang.srt.runtime_context")
     get_parallel = getattr(runtime, "get_parallel", None)
     require(
@@ -949,7 +955,7 @@ def _parallel_override():
     def override(dp_size, dp_rank):
         # One process per attention-DP rank: the TP group is the DP ranks.
         scoped = get_parallel().override(
-            enable_dp_attention=True, dp_size=dp_size, tp_size=dp_size, tp_rank=dp_rank,
+            enable_dp_attention=dp_size > 1, dp_size=dp_size, tp_size=dp_size, tp_rank=dp_rank,
             attn_dp_size=dp_size, attn_dp_rank=dp_rank,
             attn_tp_size=1, attn_tp_rank=0, attn_cp_size=1, attn_cp_rank=0,
         )
@@ -1163,10 +1169,47 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
     forward path's metadata planning where the release plans there). The model
     stores ``kv_rows(num_tokens)`` as each layer's SWA KV (``store_layer``).
     ``seq_lens`` are the requests' lengths before the draft tokens."""
-    worker_mod = locate("eagle_worker_v2", "sglang.srt.speculative.eagle_worker_v2")
-    worker_cls = getattr(worker_mod, "EAGLEWorkerV2", None)
+    worker_cls = _verify_worker_cls(
+        "eagle_worker_v2", "sglang.srt.speculative.eagle_worker_v2", "EAGLEWorkerV2")
+    return _verify_step(
+        worker_cls, backend, seq_lens=seq_lens, num_draft_tokens=num_draft_tokens,
+        dp_batch_sizes=dp_batch_sizes, dp_rank=dp_rank, layer_ids=layer_ids, kv_rows=kv_rows,
+    )
+
+
+def multi_layer_verify_step(backend, *, seq_lens, num_draft_tokens, layer_ids,
+                            kv_rows) -> VerifyForward:
+    """One spec-v2 target-verify step of a multi-layer EAGLE (MTP, topk 1) worker,
+    graphs off, without DP attention (the batch the forward runs is the batch the
+    worker prepared): the release's own ``MultiLayerEagleWorkerV2.verify`` prepares
+    the batch (0.5.12-0.5.13 ``prepare_for_v2_verify``, 0.5.14+
+    ``eagle_prepare_for_verify``; from 0.5.16 through the shared
+    ``eagle_worker_common.run_eagle_verify``), says whether the attention metadata
+    is planned already (0.5.12 ``skip_attn_backend_init``, 0.5.13+
+    ``ForwardBatch.mark_forward_metadata_ready``) and runs the target forward
+    through ``TpModelWorker.forward_batch_generation`` and ``ModelRunner.forward``.
+    The model stores ``kv_rows(num_tokens)`` as each layer's SWA KV."""
+    worker_cls = _verify_worker_cls(
+        "multi_layer_eagle_worker_v2", "sglang.srt.speculative.multi_layer_eagle_worker_v2",
+        "MultiLayerEagleWorkerV2")
+    return _verify_step(
+        worker_cls, backend, seq_lens=seq_lens, num_draft_tokens=num_draft_tokens,
+        dp_batch_sizes=None, dp_rank=0, layer_ids=layer_ids, kv_rows=kv_rows,
+    )
+
+
+def _verify_worker_cls(what, module, name):
+    worker_mod = locate(what, module)
+    worker_cls = getattr(worker_mod, name, None)
     require(worker_cls is not None and hasattr(worker_cls, "verify"),
-            "eagle_worker_v2 has no EAGLEWorkerV2.verify")
+            f"{what} has no {name}.verify")
+    return worker_cls
+
+
+def _verify_step(worker_cls, backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
+                 dp_rank, layer_ids, kv_rows) -> VerifyForward:
+    """``worker_cls.verify`` on one batch (see verify_step_under_dp); without
+    ``dp_batch_sizes`` the rank runs no DP attention."""
     tp_worker_cls = locate("TpModelWorker", "sglang.srt.managers.tp_worker:TpModelWorker")
     runner_cls = locate("ModelRunner", "sglang.srt.model_executor.model_runner:ModelRunner")
     # 0.5.14+ run the eager forward through the model runner's EagerRunner.
@@ -1201,8 +1244,8 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
         seq_lens_sum=int(seq_cpu.sum()),
         spec_info=verify_input,
         spec_algorithm=spec_algo.EAGLE,
-        global_num_tokens=list(dp_batch_sizes),
-        global_num_tokens_for_logprob=list(dp_batch_sizes),
+        global_num_tokens=None if dp_batch_sizes is None else list(dp_batch_sizes),
+        global_num_tokens_for_logprob=None if dp_batch_sizes is None else list(dp_batch_sizes),
         is_extend_in_batch=False,
         all_extend_in_batch=False,
         can_run_dp_cuda_graph=False,
@@ -1313,7 +1356,7 @@ def verify_step_under_dp(backend, *, seq_lens, num_draft_tokens, dp_batch_sizes,
         _target_worker=tp_worker,
     )
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_verify_step_kernels(len(dp_batch_sizes), dp_rank))
+        stack.enter_context(_verify_step_kernels(len(dp_batch_sizes or (0,)), dp_rank))
         stack.enter_context(forward_context(backend))
         args = _server_args_with_methods(backend)
         try:  # 0.5.16+: the graph config the padding consults (post-init fills it)
