@@ -28,7 +28,8 @@ The directory must exist when ``setup`` is called (the client creates no directo
 
 What moved between releases and lives only here:
 - module homes: the host KV pool (mem_cache/memory_pool_host.py, mem_cache/pool_host/mha.py
-  from 0.5.16);
+  from 0.5.16); from 0.5.23 it is built from the device pool's description
+  (``buffer_info``, ``device_capacity_tokens``, the layer range), not from the device pool;
 - how HiCacheController asks for its ranks: module-level group helpers
   (``get_attention_tp_rank``, ``get_tensor_model_parallel_rank``, ...; pipeline helpers from
   0.5.13) up to 0.5.15, ``get_parallel()`` fields from 0.5.16; the host pool the storage
@@ -54,7 +55,7 @@ from unittest import mock  # noqa: E402
 
 import torch  # noqa: E402
 
-from seam import CannotRun, accepted, building, locate, require  # noqa: E402
+from seam import CannotRun, accepted, building, locate, require, takes  # noqa: E402
 
 _MC = "sglang.srt.mem_cache"
 MooncakeStore = locate("MooncakeStore", f"{_MC}.storage.mooncake_store.mooncake_store:MooncakeStore")
@@ -282,16 +283,24 @@ def _host_pool():
         head_num=2, head_dim=8, layer_num=2, device="cpu", enable_memory_saver=False,
         enable_alt_stream=False,
     ))
-    return MHATokenToKVPoolHost(**accepted(
+    described = {}
+    if takes(MHATokenToKVPoolHost.__init__, "buffer_info"):
+        # 0.5.23: the host pool is built from the device pool's description
+        described = dict(buffer_info=device_pool.get_device_pool_infos()[0].buffer_info,
+                         device_capacity_tokens=device_pool.size, start_layer=device_pool.start_layer,
+                         end_layer=device_pool.end_layer)
+    host_pool = MHATokenToKVPoolHost(**accepted(
         MHATokenToKVPoolHost.__init__, device_pool=device_pool, host_to_device_ratio=4.0,
         host_size=0, page_size=PAGE_SIZE, layout="page_first", pin_memory=False, device="cpu",
+        **described,
     ))
+    return device_pool, host_pool
 
 
 @building("the storage config HiCacheController derives for a rank")
-def _storage_config(spec: RankSpec, host_pool, extra_config: Optional[dict]):
+def _storage_config(spec: RankSpec, device_pool, host_pool, extra_config: Optional[dict]):
     ctl = object.__new__(HiCacheController)
-    ctl.mem_pool_device = host_pool.device_pool
+    ctl.mem_pool_device = device_pool
     ctl.mem_pool_host = host_pool
     ctl.storage_host_pool = host_pool
     ctl.page_size = PAGE_SIZE
@@ -417,8 +426,8 @@ class Deployment:
         ranks = []
         with mock.patch.dict(os.environ, env):
             for spec in specs:
-                host_pool = _host_pool()
-                storage_config = _storage_config(spec, host_pool, extra)
+                device_pool, host_pool = _host_pool()
+                storage_config = _storage_config(spec, device_pool, host_pool, extra)
                 before = len(self.clients)
                 store = StorageBackendFactory.create_backend("mooncake", storage_config, host_pool)
                 require(len(self.clients) == before + 1 and self.clients[-1].setup_called,

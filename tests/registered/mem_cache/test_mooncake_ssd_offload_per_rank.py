@@ -69,20 +69,21 @@ class _L3Case(CustomTestCase):
 
 
 class TestSSDOffloadDirectoryPerRank(_L3Case):
-    def _assert_private_dirs(self, ranks):
+    def _assert_private_dirs(self, ranks, how=""):
         dirs = [r.offload_dir for r in ranks]
-        self.assertNotIn(None, dirs, "a rank's Mooncake client was set up without SSD offload")
-        self.assertEqual(len(set(dirs)), len(ranks), f"ranks share an SSD offload directory: {dirs}")
+        self.assertNotIn(None, dirs, f"{how}a rank's Mooncake client was set up without SSD offload")
+        self.assertEqual(len(set(dirs)), len(ranks), f"{how}ranks share an SSD offload directory: {dirs}")
         base = os.path.realpath(self.base)
         for d in dirs:
             self.assertEqual(os.path.commonpath([os.path.realpath(d), base]), base,
-                             f"{d} is not under the configured ssd_offload_path {base}")
+                             f"{how}{d} is not under the configured ssd_offload_path {base}")
 
     def test_tp_ranks_resolve_distinct_directories(self):
+        # configured through the extra config, the MOONCAKE_* environment, the config file
         for source in ("extra_config", "env", "file"):
-            with self.subTest(source=source), l3.deployment(self._tmp.name) as dep:
+            with l3.deployment(self._tmp.name) as dep:
                 ranks = dep.start(l3.tp_ranks(2), ssd_offload_path=self.base, source=source)
-                self._assert_private_dirs(ranks)
+                self._assert_private_dirs(ranks, f"SSD offload set through {source}: ")
 
     def test_dp_attention_ranks_resolve_distinct_directories(self):
         # DP attention with attention TP 1: every DP rank's attention TP rank is 0.
