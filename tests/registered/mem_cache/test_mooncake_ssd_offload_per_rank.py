@@ -112,25 +112,27 @@ class TestSSDOffloadDirectoryPerRank(_L3Case):
 
 
 class TestSSDOffloadPerRankRandomized(_L3Case):
-    """Seeded server starts (1 to 3 restarts), TP 2 to 4 or DP attention, random batch
+    """Seeded server starts (1 to 3 restarts), TP 2 to 4 or DP attention (2 DP ranks,
+    attention TP 1 or 2), SSD offload set through each config source in turn, random batch
     interleavings; counts the pages each rank cannot read back as it wrote them."""
 
     SEED = int(os.environ.get("SGLANG_MOONCAKE_L3_FUZZ_SEED", "20261207"))
-    SEEDS = 4
+    SEEDS = 6
+    SOURCES = ("extra_config", "env", "file")
 
     def test_randomized(self):
         totals, reports, starts, written = {}, [], 0, [0]
-        for seed in range(self.SEED, self.SEED + self.SEEDS):
+        for i, seed in enumerate(range(self.SEED, self.SEED + self.SEEDS)):
             rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
             with tempfile.TemporaryDirectory() as work:
                 base = os.path.join(work, "ssd")
                 os.makedirs(base)
                 with l3.deployment(work) as dep:
-                    if rng.random() < 0.75:
+                    if i % 2 == 0:
                         specs = l3.tp_ranks(rng.randint(2, 4))
                     else:
-                        specs = l3.dp_attention_ranks(2)
-                    source = rng.choice(("extra_config", "env", "file"))
+                        specs = l3.dp_attention_ranks(2, attn_tp_size=rng.randint(1, 2))
+                    source = self.SOURCES[i % len(self.SOURCES)]
                     for start in range(rng.randint(2, 4)):
                         ranks = dep.start(specs, ssd_offload_path=base, source=source)
                         starts += 1
@@ -139,7 +141,8 @@ class TestSSDOffloadPerRankRandomized(_L3Case):
                         written[0] += n[0]
                         for k, v in bad.items():
                             totals[k] = totals.get(k, 0) + v
-                        reports.append(f"seed={seed} ranks={len(specs)} source={source} start={start} "
+                        kind = "dp-attention" if specs[0].dp_attention else "tp"
+                        reports.append(f"seed={seed} {kind} ranks={len(specs)} source={source} start={start} "
                                        f"pages={n[0]} {bad}")
         report = f"seeds={self.SEEDS} server_starts={starts} pages={written[0]} violations={totals}"
         print(report)
