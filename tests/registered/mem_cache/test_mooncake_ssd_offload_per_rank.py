@@ -20,11 +20,10 @@ import random
 import tempfile
 import unittest
 
-
-import torch  # noqa: E402
-from seam import mooncake_l3 as l3  # noqa: E402
-from sglang.test.ci.ci_register import register_cpu_ci  # noqa: E402
-from sglang.test.test_utils import CustomTestCase  # noqa: E402
+import torch
+from seam import mooncake_l3 as l3
+from sglang.test.ci.ci_register import register_cpu_ci
+from sglang.test.test_utils import CustomTestCase
 
 register_cpu_ci(est_time=10, suite="stage-a-test-cpu")
 
