@@ -140,27 +140,31 @@ STEPS = 40
 
 
 def _serve(seed):
-    """An EAGLE server over multi-turn conversations: requests admitted on a previous
-    turn's prefix, prefilled in page-sized chunks (each chunk cached while running),
-    decoding with the scheduler's release, the tree evicted under pressure now and then,
-    finished in any order; the pools checked after every step and at idle."""
+    """An EAGLE server over three multi-turn conversations, one turn of each running at a
+    time: a turn is admitted on its conversation so far, prefilled in chunks of whole
+    pages (each chunk cached while running), decodes with the scheduler's release, and
+    finishes; the tree is evicted under pressure now and then. The pools are checked
+    after every step and at idle."""
     rng = random.Random(seed)
     page = rng.choice((2, 4, 8))
     window = rng.choice(_windows(page))
     s = sf.Scheduler(page_size=page, window=window, full_size=4096, swa_size=4096, eagle=True)
     fresh = iter(range(1_000_000, 2_000_000))
-    turns = [[next(fresh) for _ in range(rng.randint(1, 3) * window)] for _ in range(3)]
+    conversations = [[] for _ in range(3)]
+    running = [None] * len(conversations)
     v = sf.Violations()
     for _ in range(STEPS):
         roll = rng.random()
-        if roll < 0.25 or not s.running:
-            i = rng.randrange(len(turns))
-            prompt = turns[i] + [next(fresh) for _ in range(rng.randint(1, 2 * window))]
+        idle = [i for i, req in enumerate(running) if req is None]
+        if idle and (roll < 0.25 or not s.running):
+            i = rng.choice(idle)
+            prompt = conversations[i] + [next(fresh) for _ in range(rng.randint(1, 2 * window))]
             chunk = rng.randint(1, 3) * page
-            req, _ = s.admit(prompt[: min(len(prompt), len(turns[i]) + chunk)])
+            req, _ = s.admit(prompt[: len(conversations[i]) + chunk])
             if req is None:
                 s.cache.evict(sf.EvictParams(num_tokens=10**6, swa_num_tokens=10**6))
                 continue
+            running[i] = req
             _cache_running(s, req, v)
             while len(req.fill_ids) < len(prompt):
                 s.grow(req, prompt[len(req.fill_ids): len(req.fill_ids) + chunk])
@@ -175,9 +179,10 @@ def _serve(seed):
                                          swa_num_tokens=rng.randint(1, 4) * page))
             v.locked_full_freed += s.locked_full_freed()
         else:
-            req = rng.choice(s.running)
-            turns[rng.randrange(len(turns))] = list(req.fill_ids)
-            s.finish(req)
+            i = rng.choice([i for i, req in enumerate(running) if req is not None])
+            conversations[i] = list(running[i].fill_ids)
+            s.finish(running[i])
+            running[i] = None
         _check_pools(s, v)
     for req in list(s.running):
         s.finish(req)
