@@ -246,15 +246,22 @@ def keys_by_bigram(cache) -> bool:
     return bool(getattr(holder, "is_eagle", False))
 
 
+def token_ids(tokens):
+    """Token ids as the release's tree keys carry them: a list, or an array('q') where the
+    release keeps token ids so (utils.common.assert_int64_array, 0.5.23) and on the Rust
+    tree core, which asserts 8-byte items from its first release (0.5.19, inline in its
+    adapter)."""
+    common = importlib.import_module("sglang.srt.utils.common")
+    if hasattr(common, "assert_int64_array") or current_core() == "rust":
+        return array.array("q", tokens)
+    return list(tokens)
+
+
 def radix_key(tokens, *, bigram: bool = False) -> "RadixKey":
-    """A RadixKey of token ids: a list, or an array('q') where the release keeps token ids
-    so (utils.common.assert_int64_array, 0.5.23) and on the Rust tree core, which asserts
-    8-byte items from its first release (0.5.19, inline in its adapter). `bigram`: the
+    """A RadixKey of token ids (as token_ids() gives them). `bigram`: the
     EAGLE key over the same tokens (RadixKey.is_bigram: one entry per adjacent pair, one
     fewer than the tokens)."""
-    common = importlib.import_module("sglang.srt.utils.common")
-    ids = array.array("q", tokens) if hasattr(common, "assert_int64_array") or current_core() == "rust" \
-        else list(tokens)
+    ids = token_ids(tokens)
     if not bigram:
         return RadixKey(ids)
     require(takes(RadixKey, "is_bigram"), "RadixKey takes no is_bigram (EAGLE bigram keys)")

@@ -6,7 +6,8 @@ for a request that is still running, which moved between releases and lives only
   (<= 0.5.15) or on ``req.kv`` (0.5.16+); its SWA eviction boundary as
   ``swa_evicted_seqlen`` (<= 0.5.20) or an entry of ``component_evicted_seqlens``
   (0.5.21+); its tokens as ``fill_ids``, ``get_fill_ids()`` or
-  ``full_untruncated_fill_ids`` (0.5.22+);
+  ``full_untruncated_fill_ids`` (0.5.22+), a list or an array('q') as the release's
+  tree keys carry them (the Rust tree core asserts the array);
 - how a request holds its tree lock: ``last_node`` + ``swa_uuid_for_lock`` (<= 0.5.16),
   + ``skip_lock_node_ids`` (0.5.17 - 0.5.19), a ``lock_receipt`` (0.5.20 - 0.5.21),
   a lock handle from ``cache.lock()`` (0.5.22+);
@@ -112,12 +113,14 @@ class Request:
         self.mamba_pool_idx = None
         self.mamba_last_track_seqlen = None
 
-    def get_fill_ids(self) -> list:
-        return self.fill_ids
+    def get_fill_ids(self):
+        """The tokens the cache keys the request by, in the container the release's tree
+        keys carry (radix.token_ids: an array('q') on the Rust tree core)."""
+        return radix.token_ids(self.fill_ids)
 
     @property
-    def full_untruncated_fill_ids(self) -> list:
-        return self.fill_ids
+    def full_untruncated_fill_ids(self):
+        return radix.token_ids(self.fill_ids)
 
     def finished(self) -> bool:
         return False
