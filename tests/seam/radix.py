@@ -200,10 +200,13 @@ _CORE_CLASSES = {"python": "UnifiedTreeCore", "rust": "RustUnifiedTreeCore"}
 
 
 @building("the UnifiedRadixCache")
-def unified_cache(*, req_pool, allocator, page_size, window, components, mamba_extra_buffer, core=None):
+def unified_cache(*, req_pool, allocator, page_size, window, components, mamba_extra_buffer, core=None,
+                  is_eagle=False):
     """A UnifiedRadixCache on `core` (a name from tree_cores()). Releases that take the
     core per cache (CacheInitParams.tree_core_backend, 0.5.21) get it there, the others
-    through SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND while the cache is built."""
+    through SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND while the cache is built. `is_eagle`:
+    the cache of an EAGLE-family speculative server (CacheInitParams.is_eagle), which
+    keys its tree by bigrams of token ids."""
     fields = dict(
         disable=False,
         req_to_token_pool=req_pool,
@@ -213,6 +216,9 @@ def unified_cache(*, req_pool, allocator, page_size, window, components, mamba_e
         tree_components=components,
         enable_mamba_extra_buffer=mamba_extra_buffer,
     )
+    if is_eagle:
+        require(takes(CacheInitParams, "is_eagle"), "CacheInitParams takes no is_eagle (EAGLE bigram keys)")
+        fields["is_eagle"] = True
     if core is not None:
         fields["tree_core_backend"] = core
     params = CacheInitParams(**accepted(CacheInitParams, **fields))
@@ -228,13 +234,22 @@ def unified_cache(*, req_pool, allocator, page_size, window, components, mamba_e
         got = type(cache.tree_core).__name__
         require(got == _CORE_CLASSES[core],
                 f"asked for the {core} tree core, the cache runs on {got} (the release fell back)")
+    if is_eagle:
+        require(keys_by_bigram(cache), "the cache built with is_eagle does not key its tree by bigrams")
     return cache
 
 
+def keys_by_bigram(cache) -> bool:
+    """Whether the cache keys its tree by bigrams (EAGLE): the cache's own is_eagle until
+    0.5.16, its tree core's from 0.5.17 (either core)."""
+    holder = _core(cache) or cache
+    return bool(getattr(holder, "is_eagle", False))
+
+
 def token_ids(tokens):
-    """Token ids as the release keeps them: a list, or an array('q') where the release
-    keeps token ids so (utils.common.assert_int64_array, 0.5.23) and on the Rust tree
-    core, which asserts 8-byte items from its first release (0.5.19, inline in its
+    """Token ids as the release's tree keys carry them: a list, or an array('q') where the
+    release keeps token ids so (utils.common.assert_int64_array, 0.5.23) and on the Rust
+    tree core, which asserts 8-byte items from its first release (0.5.19, inline in its
     adapter)."""
     common = importlib.import_module("sglang.srt.utils.common")
     if hasattr(common, "assert_int64_array") or current_core() == "rust":
@@ -242,9 +257,15 @@ def token_ids(tokens):
     return list(tokens)
 
 
-def radix_key(tokens) -> "RadixKey":
-    """A RadixKey of token ids (token_ids)."""
-    return RadixKey(token_ids(tokens))
+def radix_key(tokens, *, bigram: bool = False) -> "RadixKey":
+    """A RadixKey of token ids (as token_ids() gives them). `bigram`: the
+    EAGLE key over the same tokens (RadixKey.is_bigram: one entry per adjacent pair, one
+    fewer than the tokens)."""
+    ids = token_ids(tokens)
+    if not bigram:
+        return RadixKey(ids)
+    require(takes(RadixKey, "is_bigram"), "RadixKey takes no is_bigram (EAGLE bigram keys)")
+    return RadixKey(ids, is_bigram=True)
 
 
 def matched_device_indices(cache, match) -> torch.Tensor:

@@ -334,8 +334,10 @@ def build_tree(
     with_mamba: bool = False,
     mamba_size: int = 64,
     max_context_len: int = 2048,
+    is_eagle: bool = False,
 ) -> RadixHarness:
-    """FULL+SWA (or FULL+SWA+MAMBA) UnifiedRadixCache on real CPU pools."""
+    """FULL+SWA (or FULL+SWA+MAMBA) UnifiedRadixCache on real CPU pools; `is_eagle`: the
+    cache of an EAGLE speculative server (its tree keyed by bigrams of token ids)."""
     allocator = seam.swa_allocator(page_size=page_size, full_size=full_size, swa_size=swa_size)
     req_pool = seam.req_to_token_pool(
         size=8, max_context_len=max_context_len, mamba_size=mamba_size if with_mamba else None
@@ -350,6 +352,7 @@ def build_tree(
         # Page sizes above 1 need the extra buffer with a mamba component.
         mamba_extra_buffer=with_mamba and page_size > 1,
         core=seam.current_core(),
+        is_eagle=is_eagle,
     )
     h = RadixHarness(
         cache=cache,

@@ -37,6 +37,8 @@ class Violations:
     dead_swa_served: int = 0  # window slots of a prefix hit with no live SWA slot behind them
     prefix_tokens_lost: int = 0  # finished full KV the tree did not keep
     release_asserted: int = 0  # scenarios the release's own code stopped with an assert
+    full_unaccounted: int = 0  # |Full pool check difference|, summed per step
+    slots_leaked: int = 0  # slots neither free nor held once the tree is evicted (idle)
 
     def total(self) -> int:
         return sum(dataclasses.astuple(self))
@@ -50,9 +52,12 @@ class Scheduler:
     running requests on rows of the request-to-token pool."""
 
     def __init__(self, *, page_size: int, window: int, full_size: int = 1024, swa_size: int = 1024,
-                 rows: int = 8):
+                 rows: int = 8, eagle: bool = False):
+        """`eagle`: an EAGLE speculative server, whose tree is keyed by bigrams of token
+        ids (a key one entry shorter than the tokens it spans)."""
         self.h = rf.build_tree(page_size=page_size, window=window, full_size=full_size,
-                               swa_size=swa_size)
+                               swa_size=swa_size, is_eagle=eagle)
+        self.eagle = eagle
         self.h.req_to_token_pool.req_to_token.zero_()
         self.page = page_size
         self.window = window
@@ -134,12 +139,17 @@ class Scheduler:
 
     def finish(self, req: Request):
         """The request finished: insert its page-aligned KV into the tree, free the rest of
-        its row (the partial last page), drop its lock, give the row back."""
-        aligned = len(req.fill_ids) // self.page * self.page
+        its row (the partial last page), drop its lock, give the row back. Under EAGLE the
+        key is the bigram key of its tokens: page-aligned in bigrams, one fewer than the
+        tokens, so it covers the KV of every token but the last."""
+        tokens = len(req.fill_ids) - 1 if self.eagle else len(req.fill_ids)
+        aligned = tokens // self.page * self.page
         kv = swa_seam.row(self.req_pool, req)
+        key = seam.radix_key(req.fill_ids[: aligned + 1], bigram=True) if self.eagle and aligned \
+            else seam.radix_key(req.fill_ids[:aligned])
         result = self.cache.insert(
             seam.insert_params(
-                key=seam.radix_key(req.fill_ids[:aligned]),
+                key=key,
                 value=kv[:aligned],
                 mamba_value=None,
                 prev_prefix_len=req.cache_protected_len,
