@@ -25,6 +25,7 @@ maybe_stub_sgl_kernel()
 
 import contextlib  # noqa: E402
 import importlib  # noqa: E402
+import inspect  # noqa: E402
 import itertools  # noqa: E402
 import os  # noqa: E402
 import threading  # noqa: E402
@@ -154,8 +155,27 @@ def _host_pool(device_pool, *, mla: bool, page_size: int):
         for module in reserve:
             stack.enter_context(mock.patch(f"{module}.HICACHE_HOST_MEMORY_RESERVE_BYTES", 0))
         return cls(**accepted(
-            cls.__init__, device_pool=device_pool, host_to_device_ratio=2.0, host_size=0, page_size=page_size,
-            layout="layer_first", pin_memory=False, device="cpu"))
+            cls.__init__, host_to_device_ratio=2.0, host_size=0, page_size=page_size, layout="layer_first",
+            pin_memory=False, device="cpu", **_host_pool_source(cls, device_pool, mla=mla)))
+
+
+def _host_pool_source(cls, device_pool, *, mla: bool) -> dict:
+    """What a host pool is built from: the device pool itself, or (0.5.23) the device
+    pool's buffer description and capacity, as the release's pool assembler passes them."""
+    if "buffer_info" not in inspect.signature(cls.__init__).parameters:
+        return {"device_pool": device_pool}
+    capacity = getattr(device_pool, "host_capacity_tokens", None)
+    source = {
+        "buffer_info": device_pool.get_device_pool_infos()[0].buffer_info,
+        "device_capacity_tokens": device_pool.size if capacity is None else capacity,
+        "start_layer": device_pool.start_layer,
+        "end_layer": device_pool.end_layer,
+        "write_back_staging": getattr(device_pool, "hicache_write_back_staging", None),
+    }
+    if mla:
+        source.update(override_kv_cache_dim=device_pool.kv_cache_dim, layer_shard_enabled=False,
+                      target_layer_num=device_pool.layer_num)
+    return source
 
 
 def _has(module: str, attr: str) -> bool:
@@ -192,6 +212,9 @@ class StorageServer:
     def page_hashes(self, tokens) -> list:
         """The prefix's page keys as the tree and the controller derive them (a hash chain
         from the root, one per page)."""
+        chain = getattr(cache_controller, "get_storage_hash_str", None)
+        if chain is not None:  # 0.5.20+: one call hashes every page (seeded by the request's namespace)
+            return list(chain(list(tokens), None, page_size=self.page_size))
         hashes, last = [], None
         for i in range(0, len(tokens) - len(tokens) % self.page_size, self.page_size):
             last = self.controller.get_hash_str(tokens[i:i + self.page_size], last)
@@ -214,9 +237,11 @@ class StorageServer:
         return op.completed_tokens
 
     def _prefetch_op(self, tokens, host):
-        return PrefetchOperation(**accepted(
+        op = PrefetchOperation(**accepted(
             PrefetchOperation.__init__, request_id=f"kvdtype-{next(_request_ids)}", host_indices=host,
             token_ids=list(tokens), last_hash=None))
+        op.host_indices = host  # 0.5.23 allocates a prefetch's host pages after its lookup
+        return op
 
     def lookup(self, tokens) -> list:
         """The storage lookup of a request's prefix: the page keys the store answers as
@@ -236,8 +261,10 @@ class StorageServer:
         op = self._prefetch_op(tokens, host)
         op.hash_value = list(hashes)
         try:
-            self.controller._page_transfer(op)
-            done = op.completed_tokens // self.page_size
+            # Up to 0.5.22 the operation counts the tokens it loaded; 0.5.23 returns the pages.
+            done = self.controller._page_transfer(op)
+            if not isinstance(done, int):
+                done = op.completed_tokens // self.page_size
             return [bytes(self.host_pool.get_data_page(int(host[i * self.page_size]), flat=True)
                           .contiguous().view(torch.uint8).numpy()) for i in range(done)]
         finally:
