@@ -78,7 +78,7 @@ class Scheduler:
         """Match, lock the match, allocate the rest (whole pages: a partial last page is
         allocated in full), write the row. Returns the request and its prefix match, or
         (None, match) when the pools cannot hold it."""
-        match = self.h.match(tokens)
+        match = swa_seam.match(self.cache, tokens)
         prefix = seam.matched_device_indices(self.cache, match).to(torch.int64)
         pages = -(-len(tokens) // self.page)
         fresh = self.h.alloc_kv(pages * self.page - len(prefix))
@@ -97,7 +97,7 @@ class Scheduler:
 
     def grow(self, req: Request, tokens: list) -> bool:
         """The request decoded `tokens` more: they fill its last page, then fresh pages."""
-        filled = len(req.fill_ids) + len(tokens)
+        filled = len(req.tokens) + len(tokens)
         need = -(-filled // self.page) * self.page - req.kv_allocated_len
         if need > 0:
             fresh = self.h.alloc_kv(need)
@@ -107,7 +107,7 @@ class Scheduler:
             self.req_pool.req_to_token[req.req_pool_idx, start : start + need] = fresh.to(
                 self.req_pool.req_to_token.dtype)
             req.kv_allocated_len = start + need
-        req.fill_ids = req.fill_ids + list(tokens)
+        req.tokens = req.tokens + list(tokens)
         req.kv_committed_len = filled
         return True
 
@@ -119,7 +119,7 @@ class Scheduler:
         """A decode step: the scheduler's own out-of-window release for the request
         (its frontier rule, its switches), at the request's last position."""
         swa_seam.scheduler_release_out_of_window(self.cache, self.allocator, self.req_pool, req,
-                                                 len(req.fill_ids) - 1)
+                                                 len(req.tokens) - 1)
 
     def decode_release(self, req: Request, upto: int) -> None:
         """Decoding moved the window: free the request's SWA slots below `upto`."""
@@ -135,11 +135,11 @@ class Scheduler:
     def finish(self, req: Request):
         """The request finished: insert its page-aligned KV into the tree, free the rest of
         its row (the partial last page), drop its lock, give the row back."""
-        aligned = len(req.fill_ids) // self.page * self.page
+        aligned = len(req.tokens) // self.page * self.page
         kv = swa_seam.row(self.req_pool, req)
         result = self.cache.insert(
             seam.insert_params(
-                key=seam.radix_key(req.fill_ids[:aligned]),
+                key=swa_seam.radix_key(req.tokens[:aligned]),
                 value=kv[:aligned],
                 mamba_value=None,
                 prev_prefix_len=req.cache_protected_len,
