@@ -6,8 +6,9 @@ for a request that is still running, which moved between releases and lives only
   (<= 0.5.15) or on ``req.kv`` (0.5.16+); its SWA eviction boundary as
   ``swa_evicted_seqlen`` (<= 0.5.20) or an entry of ``component_evicted_seqlens``
   (0.5.21+); its tokens as ``fill_ids``, ``get_fill_ids()`` or
-  ``full_untruncated_fill_ids`` (0.5.22+), as a list or an array('q') (the Rust
-  tree core's adapter asserts it, 0.5.19+);
+  ``full_untruncated_fill_ids`` (0.5.22+), in the container the release's Req keeps
+  them in: a list (0.5.12), array('q') from 0.5.13 (``Req.get_fill_ids() -> array``),
+  which the Rust tree core (0.5.19+) asserts on every key the cache builds from them;
 - how a request holds its tree lock: ``last_node`` + ``swa_uuid_for_lock`` (<= 0.5.16),
   + ``skip_lock_node_ids`` (0.5.17 - 0.5.19), a ``lock_receipt`` (0.5.20 - 0.5.21),
   a lock handle from ``cache.lock()`` (0.5.22+);
@@ -18,6 +19,8 @@ for a request that is still running, which moved between releases and lives only
 """
 
 from __future__ import annotations
+
+import array
 
 import torch
 
@@ -79,8 +82,46 @@ def _on_kv(name):
     return property(lambda self: getattr(self.kv, name), lambda self, v: setattr(self.kv, name, v))
 
 
+Req = locate("Req", "sglang.srt.managers.schedule_batch:Req")
+
+
+def _keeps_token_arrays() -> bool:
+    """Whether the release's Req keeps its token ids as array('q') (0.5.13+: its
+    get_fill_ids() is annotated to return an array) rather than lists (0.5.12)."""
+    fill = getattr(Req, "get_fill_ids", None)
+    returns = getattr(fill, "__annotations__", {}).get("return")
+    return returns in ("array", array.array)
+
+
+_TOKEN_ARRAYS = _keeps_token_arrays()
+
+
+def token_ids(tokens):
+    """Token ids in the container the release's Req hands the cache."""
+    return array.array("q", tokens) if _TOKEN_ARRAYS else list(tokens)
+
+
+def radix_key(tokens, *, bigram: bool = False):
+    """The key the scheduler builds for these tokens: from its Req's container, so the
+    keys the cache builds from a request (cache_unfinished_req, checkpoint) and the
+    checks' own keys are of one kind (the Python tree core asserts they are).
+    `bigram`: EAGLE's key over the same tokens (one entry per adjacent pair)."""
+    ids = token_ids(tokens)
+    if not bigram:
+        return radix.RadixKey(ids)
+    radix.require(radix.takes(radix.RadixKey, "is_bigram"), "RadixKey takes no is_bigram (EAGLE bigram keys)")
+    return radix.RadixKey(ids, is_bigram=True)
+
+
+def match(cache, tokens):
+    """The scheduler's prefix match for a request's tokens."""
+    return cache.match_prefix(radix.MatchPrefixParams(key=radix_key(tokens)))
+
+
 class Request:
-    """A running request as the cache's caching paths read it (no sampling, no output)."""
+    """A running request as the cache's caching paths read it (no sampling, no output).
+    The checks read and extend its tokens as a list (``tokens``); the cache reads them
+    under the release's names, in the release's container (``token_ids``)."""
 
     req_pool_idx = _on_kv("req_pool_idx")
     cache_protected_len = _on_kv("cache_protected_len")
@@ -91,8 +132,7 @@ class Request:
     def __init__(self, rid: str, tokens: list):
         self.rid = rid
         self.kv = _KvRecord()
-        self._origin_input_ids = list(tokens)
-        self.fill_ids = list(tokens)
+        self.tokens = list(tokens)
         self.extra_key = None
         self.cache_salt = None
         self.session = None
@@ -112,22 +152,31 @@ class Request:
         self.mamba_pool_idx = None
         self.mamba_last_track_seqlen = None
 
-    # What the release reads of the request's tokens, in the type it keeps them in
-    # (radix.token_ids: an array('q') on the Rust tree core); fill_ids stays a list.
     @property
-    def origin_input_ids(self):
-        return radix.token_ids(self._origin_input_ids)
+    def tokens(self) -> list:
+        return list(self._tokens)
+
+    @tokens.setter
+    def tokens(self, tokens) -> None:
+        """The prompt is what the request had when admitted; what follows, its output."""
+        tokens = list(tokens)
+        prompt = getattr(self, "_prompt_len", len(tokens))
+        self._prompt_len = prompt
+        self._tokens = tokens
+        self.origin_input_ids = token_ids(tokens[:prompt])
+        self.output_ids = token_ids(tokens[prompt:])
+        self._fill_ids = token_ids(tokens)
 
     @property
-    def output_ids(self):
-        return radix.token_ids([])
+    def fill_ids(self):
+        return self._fill_ids
 
     def get_fill_ids(self):
-        return radix.token_ids(self.fill_ids)
+        return self._fill_ids
 
     @property
     def full_untruncated_fill_ids(self):
-        return radix.token_ids(self.fill_ids)
+        return self._fill_ids
 
     def finished(self) -> bool:
         return False
@@ -138,7 +187,7 @@ def place(req_pool, req: Request, row: int, kv: torch.Tensor) -> None:
     req.req_pool_idx = row
     req_pool.req_to_token[row, : len(kv)] = kv.to(req_pool.req_to_token.dtype)
     req.kv_allocated_len = len(kv)  # whole pages
-    req.kv_committed_len = min(len(kv), len(req.fill_ids))
+    req.kv_committed_len = min(len(kv), len(req.tokens))
 
 
 def row(req_pool, req: Request) -> torch.Tensor:
@@ -188,7 +237,7 @@ def cache_unfinished(cache, req: Request) -> None:
     checkpoint = getattr(cache, "checkpoint", None)
     require(checkpoint is not None and takes(checkpoint, "up_to"),
             "UnifiedRadixCache has neither cache_unfinished_req nor checkpoint(up_to=...)")
-    checkpoint(req, up_to=len(req.fill_ids))
+    checkpoint(req, up_to=len(req.tokens))
 
 
 def release_out_of_window(allocator, req_pool, req: Request, upto: int) -> None:

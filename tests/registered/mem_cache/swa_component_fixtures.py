@@ -83,7 +83,7 @@ class Scheduler:
         """Match, lock the match, allocate the rest (whole pages: a partial last page is
         allocated in full), write the row. Returns the request and its prefix match, or
         (None, match) when the pools cannot hold it."""
-        match = self.h.match(tokens)
+        match = swa_seam.match(self.cache, tokens)
         prefix = seam.matched_device_indices(self.cache, match).to(torch.int64)
         pages = -(-len(tokens) // self.page)
         fresh = self.h.alloc_kv(pages * self.page - len(prefix))
@@ -102,7 +102,7 @@ class Scheduler:
 
     def grow(self, req: Request, tokens: list) -> bool:
         """The request decoded `tokens` more: they fill its last page, then fresh pages."""
-        filled = len(req.fill_ids) + len(tokens)
+        filled = len(req.tokens) + len(tokens)
         need = -(-filled // self.page) * self.page - req.kv_allocated_len
         if need > 0:
             fresh = self.h.alloc_kv(need)
@@ -112,7 +112,7 @@ class Scheduler:
             self.req_pool.req_to_token[req.req_pool_idx, start : start + need] = fresh.to(
                 self.req_pool.req_to_token.dtype)
             req.kv_allocated_len = start + need
-        req.fill_ids = req.fill_ids + list(tokens)
+        req.tokens = req.tokens + list(tokens)
         req.kv_committed_len = filled
         return True
 
@@ -124,7 +124,7 @@ class Scheduler:
         """A decode step: the scheduler's own out-of-window release for the request
         (its frontier rule, its switches), at the request's last position."""
         swa_seam.scheduler_release_out_of_window(self.cache, self.allocator, self.req_pool, req,
-                                                 len(req.fill_ids) - 1)
+                                                 len(req.tokens) - 1)
 
     def decode_release(self, req: Request, upto: int) -> None:
         """Decoding moved the window: free the request's SWA slots below `upto`."""
@@ -142,11 +142,11 @@ class Scheduler:
         its row (the partial last page), drop its lock, give the row back. Under EAGLE the
         key is the bigram key of its tokens: page-aligned in bigrams, one fewer than the
         tokens, so it covers the KV of every token but the last."""
-        tokens = len(req.fill_ids) - 1 if self.eagle else len(req.fill_ids)
+        tokens = len(req.tokens) - 1 if self.eagle else len(req.tokens)
         aligned = tokens // self.page * self.page
         kv = swa_seam.row(self.req_pool, req)
-        key = seam.radix_key(req.fill_ids[: aligned + 1], bigram=True) if self.eagle and aligned \
-            else seam.radix_key(req.fill_ids[:aligned])
+        key = swa_seam.radix_key(req.tokens[: aligned + 1], bigram=True) if self.eagle and aligned \
+            else swa_seam.radix_key(req.tokens[:aligned])
         result = self.cache.insert(
             seam.insert_params(
                 key=key,

@@ -65,7 +65,7 @@ def _check_pools(s: sf.Scheduler, v: sf.Violations) -> None:
 def _cache_running(s: sf.Scheduler, req, v: sf.Violations) -> None:
     """Cache a running request; it must own (and lock) what it inserted."""
     s.cache_running(req)
-    v.prefix_tokens_lost += _bigram_aligned(len(req.fill_ids), s.page) - req.cache_protected_len
+    v.prefix_tokens_lost += _bigram_aligned(len(req.tokens), s.page) - req.cache_protected_len
     _check_pools(s, v)
 
 
@@ -98,7 +98,7 @@ def _turn(page, window, prompt_len, output_len, pressure_at=None):
                 s.cache.evict(sf.EvictParams(num_tokens=10**6, swa_num_tokens=10**6))
                 v.locked_full_freed += s.locked_full_freed()
             _check_pools(s, v)
-        conversation = req.fill_ids
+        conversation = req.tokens
         s.finish(req)
         _check_pools(s, v)
         following, match = s.admit(conversation + list(range(9000, 9000 + page)))
@@ -166,8 +166,8 @@ def _serve(seed):
                 continue
             running[i] = req
             _cache_running(s, req, v)
-            while len(req.fill_ids) < len(prompt):
-                s.grow(req, prompt[len(req.fill_ids): len(req.fill_ids) + chunk])
+            while len(req.tokens) < len(prompt):
+                s.grow(req, prompt[len(req.tokens): len(req.tokens) + chunk])
                 _cache_running(s, req, v)
         elif roll < 0.7:
             req = rng.choice(s.running)
@@ -180,7 +180,7 @@ def _serve(seed):
             v.locked_full_freed += s.locked_full_freed()
         else:
             i = rng.choice([i for i, req in enumerate(running) if req is not None])
-            conversations[i] = list(running[i].fill_ids)
+            conversations[i] = list(running[i].tokens)
             s.finish(running[i])
             running[i] = None
         _check_pools(s, v)

@@ -57,7 +57,7 @@ def _turns(s, v, prompt_len, output_len):
         s.grow(req, [token])
         s.scheduler_release(req)
     v.locked_full_freed += s.locked_full_freed()
-    conversation = req.fill_ids
+    conversation = req.tokens
     s.finish(req)
     v.swa_unaccounted += s.swa_unaccounted()
     v.dead_swa_in_tree += s.dead_swa_in_tree()
