@@ -117,6 +117,8 @@ def _single_rank_patches() -> list:
         "get_attention_tp_rank": lambda: 0,
         "get_attention_tp_size": lambda: 1,
         "get_attention_dp_rank": lambda: 0,
+        "get_pipeline_model_parallel_rank": lambda: 0,
+        "get_pipeline_model_parallel_world_size": lambda: 1,
     }
     patches = [mock.patch.object(cache_controller, name, fn) for name, fn in found.items()
                if hasattr(cache_controller, name)]
