@@ -453,8 +453,9 @@ def drain(cache, *, device_tokens: int, host_tokens: int, mamba_slots: int) -> N
 #   own sanity check counts;
 # - backuped, evicted, a component's device value: node_backuped,
 #   is_full_device_evicted, get_component_device_value;
-# - host values: build_storage_backup_spec (the FULL host value, and each component's
-#   host slots as storage transfers, which the core builds only while a storage tier is
+# - host values: build_storage_backup_spec (the FULL host value) and, per other
+#   component, its host slots as its storage transfer (build_hicache_transfers in the
+#   BACKUP_STORAGE phase), which the core builds only while a storage tier is
 #   marked wired and the node is hashed: marked for the read alone and unmarked after it,
 #   hashes backfilled; neither is anything a check judges, and
 #   TestSeamReadsChangeNothing shows the checks' outcomes are the same without the read);
@@ -572,7 +573,12 @@ class _RustTree:
         return self.key_lens[node_id]
 
     def host_values(self, node_id) -> dict:
-        """{component: host indices or None} of a node."""
+        """{component: host indices or None} of a node. FULL's is the storage spec's
+        host value (None: not backed up). Another component's host slots are its own
+        H->storage transfer: a node's aux host slices outlive its FULL host value (from
+        0.5.18 write-back reclaims a FULL host copy that duplicates device KV and leaves
+        the SWA host slice under its own pool's LRU), so the node's spec, which the core
+        builds only for a backed-up node, does not tell them."""
         core = self.core
         wired = core.enable_storage
         if not wired:
@@ -581,24 +587,34 @@ class _RustTree:
             if not wired:
                 core.backfill_missing_hash_values()
             spec = core.build_storage_backup_spec(node_id, False)
+            values = {ct: None for ct in core.tree_components}
+            if spec is not None:  # None: not backed up
+                values[ComponentType.FULL] = spec.host_value
+            for ct in core.tree_components:
+                if ct == ComponentType.FULL:
+                    continue
+                xfers = core.build_hicache_transfers(ct, node_id, _storage_phase())
+                if xfers:
+                    require(len(xfers) == 1, f"the Rust core builds {len(xfers)} {ct} storage transfers for one node")
+                    values[ct] = xfers[0].host_indices
         finally:
             if not wired:
                 core.enable_storage = False
-        values = {ct: None for ct in core.tree_components}
-        if spec is not None:  # None: not backed up
-            values[ComponentType.FULL] = spec.host_value
-            for ct, xfers in spec.comp_xfers.items():
-                require(len(xfers) == 1, f"the Rust core's storage spec has {len(xfers)} {ct} transfers for one node")
-                values[ct] = xfers[0].host_indices
         for ct in core.tree_components:
             # Where the core answers the same question itself, the two must agree.
             if ct != ComponentType.FULL and core.get_component_device_value(node_id, ct) is None:
                 host_only = core.component_has_host_value_only(node_id, ct)
                 require(host_only == (values[ct] is not None),
-                        f"node {node_id} {ct}: the storage spec says host value "
+                        f"node {node_id} {ct}: its storage transfer says host value "
                         f"{'absent' if values[ct] is None else 'present'}, component_has_host_value_only "
                         f"says {host_only}")
         return values
+
+
+def _storage_phase():
+    """CacheTransferPhase.BACKUP_STORAGE (the release's enum, which the Rust adapter takes)."""
+    phase = locate("CacheTransferPhase", f"{_MC}.unified_cache.components:CacheTransferPhase")
+    return phase.BACKUP_STORAGE
 
 
 def _rust_tree(cache) -> _RustTree:
