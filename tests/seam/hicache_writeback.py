@@ -6,7 +6,8 @@ the release's kernels, on CPU by a row copy in torch).
 
 What differs between releases and lives only here:
 - which node ids have a load-back the tree has not acknowledged yet
-  (``ongoing_load_back``, keyed by node id on every release);
+  (``ongoing_load_back``, keyed by node id on every release; its entries name the
+  node until 0.5.16, its id from 0.5.17);
 - how the scheduler's per-step HiCache work reaches the cache (start the queued
   loads, poll load acks, wait for write-back copies).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import sys
 from unittest import mock
 
 import torch
@@ -31,6 +33,7 @@ __all__ = [
     "cpu_device_module_patches",
     "kv_data_stack",
     "pending_load_back_ids",
+    "pending_load_back_nodes",
     "row_copies_on_cpu",
     "start_loads",
     "wait_write_backs",
@@ -69,6 +72,14 @@ def pending_load_back_ids(cache) -> set:
     pending = getattr(cache, "ongoing_load_back", None)
     require(pending is not None, "UnifiedRadixCache has no ongoing_load_back")
     return set(pending)
+
+
+def pending_load_back_nodes(cache) -> list:
+    """The anchor nodes of the load-backs the tree has not acknowledged yet (each entry
+    names its node first: the node until 0.5.16, its id from 0.5.17)."""
+    pending = getattr(cache, "ongoing_load_back", None)
+    require(pending is not None, "UnifiedRadixCache has no ongoing_load_back")
+    return [radix.node(cache, entry[0]) for entry in pending.values()]
 
 
 def start_loads(cache) -> None:
@@ -215,10 +226,14 @@ class KVDataStack:
         return [int(v) for v in buffer[locs.to(buffer.device)][:, 0, 0].float().cpu()]
 
 
-def _mha_host_pool(device_pool, size: int, page_size: int, device):
+def _mha_host_pool_cls():
     # 0.5.16 moved the host pools into mem_cache/pool_host/.
-    cls = radix.locate("MHATokenToKVPoolHost", f"{radix._MC}.memory_pool_host:MHATokenToKVPoolHost",
-                       f"{radix._MC}.pool_host.mha:MHATokenToKVPoolHost")
+    return radix.locate("MHATokenToKVPoolHost", f"{radix._MC}.memory_pool_host:MHATokenToKVPoolHost",
+                        f"{radix._MC}.pool_host.mha:MHATokenToKVPoolHost")
+
+
+def _mha_host_pool(device_pool, size: int, page_size: int, device):
+    cls = _mha_host_pool_cls()
     return cls(
         **radix.accepted(
             cls.__init__,
@@ -271,8 +286,8 @@ def kv_data_stack(*, device, page_size, full_size, swa_size, window, host_full_s
     ]
     group = radix.host_pool_group(entries)
     stream = torch.cuda.Stream() if torch.device(device).type == "cuda" else CpuStream()
-    controller = radix.bare_hybrid_controller(group, "write_back", allocator, device=device, stream=stream)
-    controller.io_backend = "direct"
+    controller = radix.bare_hybrid_controller(group, "write_back", allocator, device=device, stream=stream,
+                                              io_backend="direct")
     radix.wire_host_pools(cache, controller, group, kv_host=kv_host, swa_host=swa_host,
                           mamba_host=None, write_policy="write_back")
     cache.load_back_threshold = page_size
@@ -290,10 +305,11 @@ def _torch_transfer_kv_direct(src_layers, dst_layers, src_indices, dst_indices, 
 def row_copies_on_cpu(device):
     """On CPU the host pools' "direct" copies move real rows (sgl_kernel is stubbed
     there, and not even imported by memory_pool_host from 0.5.13); on CUDA the
-    release's kernel runs."""
+    release's kernel runs. Patched where MHATokenToKVPoolHost's module binds it
+    (mem_cache/pool_host/mha.py from 0.5.16)."""
     if torch.device(device).type != "cpu":
         yield
         return
-    module = radix.locate("host pool module", f"{radix._MC}.memory_pool_host")
+    module = sys.modules[_mha_host_pool_cls().__module__]
     with mock.patch.object(module, "transfer_kv_direct", _torch_transfer_kv_direct, create=True):
         yield

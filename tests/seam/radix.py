@@ -787,7 +787,7 @@ def device_module_holders() -> tuple:
 
 
 @building("a HybridCacheController without its CUDA __init__")
-def bare_hybrid_controller(group, write_policy, allocator, *, device, stream, layer_num=2):
+def bare_hybrid_controller(group, write_policy, allocator, *, device, stream, layer_num=2, io_backend="kernel"):
     """A real HybridCacheController with only the state its copy paths read. Call it
     with the device module replaced (hicache_standins.cpu_device_module_patches): from
     0.5.18 the copies go through the base controller's transfer engine, built here."""
@@ -796,7 +796,7 @@ def bare_hybrid_controller(group, write_policy, allocator, *, device, stream, la
     ctrl.mem_pool_device = None
     ctrl.mem_pool_device_allocator = allocator
     ctrl.write_policy = write_policy
-    ctrl.io_backend = "kernel"
+    ctrl.io_backend = io_backend
     ctrl.device = device
     ctrl.write_queue = []
     ctrl.load_queue = []
@@ -809,7 +809,7 @@ def bare_hybrid_controller(group, write_policy, allocator, *, device, stream, la
     ctrl.has_draft = False  # no draft-model KV registered (read by copy paths from 0.5.14)
     l2 = _l2_transfer()
     if l2 is not None:
-        ctrl.l2_transfer_engine = l2.L2TransferEngine("kernel")
+        ctrl.l2_transfer_engine = l2.L2TransferEngine(io_backend)  # as the controller builds it
         # 0.5.23: no forward to fence a copy against here
         ctrl.write_fence_stream = ctrl.load_fence_stream = None
     ctrl.transfer_layer_id_max = layer_num  # 0.5.21 renamed transfer_layer_num

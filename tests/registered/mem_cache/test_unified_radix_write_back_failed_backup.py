@@ -122,12 +122,14 @@ class TestWriteBackFailedBackupKeepsLeaf(rf.RadixTestCase):
                          "device KV was freed for a node still in the tree without a host copy")
         self.assertEqual(h.host_slot_leaks(), {})
 
-        # The load's ack, then the request finishes: the held prefix can leave the host
-        # and a leaf kept on device is written there instead.
+        # The load's ack, then the request finishes: the held prefix can leave the device
+        # and then the host, and a leaf kept on device is written there by the next
+        # eviction instead.
         wb.acknowledge_loads(h.cache)
         self.assertEqual(len(rf.seam.matched_device_indices(h.cache, h.match(held))), len(held))
         h.unlock(last, lock)
         self.assertIsNone(_evict(h, 24 * ps))
+        self.assertIsNone(_evict(h, 8 * ps))
         self.assertEqual(_dead_nodes(h), [])
         alive = {n.id for n in h.nodes()}
         self.assertTrue(all(n.evicted and n.backuped for n in kept if n.id in alive))
