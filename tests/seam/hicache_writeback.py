@@ -233,19 +233,19 @@ def _mha_host_pool_cls():
 
 
 def _mha_host_pool(device_pool, size: int, page_size: int, device):
+    """The host KV pool of a device MHA pool. Until 0.5.22 it takes the device pool;
+    from 0.5.23 it takes the device pool's buffer description and capacity, which the
+    release's pool assembler reads off the device pool (_mha_host_inputs): built here
+    the same way, by that helper."""
     cls = _mha_host_pool_cls()
-    return cls(
-        **radix.accepted(
-            cls.__init__,
-            device_pool=device_pool,
-            host_to_device_ratio=size / device_pool.size,
-            host_size=0,
-            page_size=page_size,
-            layout="layer_first",
-            pin_memory=torch.device(device).type == "cuda",
-            device="cpu",
-        )
-    )
+    common = dict(host_to_device_ratio=size / device_pool.size, host_size=0, page_size=page_size,
+                  layout="layer_first", pin_memory=torch.device(device).type == "cuda", device="cpu")
+    if not radix.takes(cls.__init__, "buffer_info"):
+        return cls(**radix.accepted(cls.__init__, device_pool=device_pool, **common))
+    assembler = radix.locate("the hybrid pool assembler's MHA host inputs",
+                             f"{radix._MC}.hybrid_cache.hybrid_pool_assembler:_mha_host_inputs")
+    cls, buffer_info, inputs = assembler(device_pool)
+    return cls(buffer_info, **radix.accepted(cls.__init__, **common), **inputs)
 
 
 @building("a FULL+SWA HiCache stack that holds KV data (pools, host pools, controller)")
