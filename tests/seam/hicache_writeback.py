@@ -6,7 +6,8 @@ the release's kernels, on CPU by a row copy in torch).
 
 What differs between releases and lives only here:
 - which node ids have a load-back the tree has not acknowledged yet
-  (``ongoing_load_back``, keyed by node id on every release);
+  (``ongoing_load_back``, keyed by node id on every release; its entries name the
+  node until 0.5.16, its id from 0.5.17);
 - which load-back owns a node's Full KV host copy until its ack (a node field from
   0.5.18 on the Python tree core; no such owner before; kept inside the Rust core);
 - how the scheduler's per-step HiCache work reaches the cache (start the queued
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import sys
 from unittest import mock
 
 import torch
@@ -34,6 +36,7 @@ __all__ = [
     "kv_data_stack",
     "load_back_owners",
     "pending_load_back_ids",
+    "pending_load_back_nodes",
     "row_copies_on_cpu",
     "start_loads",
     "wait_write_backs",
@@ -95,6 +98,14 @@ def load_back_owners(cache):
         if node_obj.load_back_pending_id is not None:
             owners[node_obj.id] = node_obj.load_back_pending_id
     return owners
+
+
+def pending_load_back_nodes(cache) -> list:
+    """The anchor nodes of the load-backs the tree has not acknowledged yet (each entry
+    names its node first: the node until 0.5.16, its id from 0.5.17)."""
+    pending = getattr(cache, "ongoing_load_back", None)
+    require(pending is not None, "UnifiedRadixCache has no ongoing_load_back")
+    return [radix.node(cache, entry[0]) for entry in pending.values()]
 
 
 def start_loads(cache) -> None:
@@ -241,22 +252,26 @@ class KVDataStack:
         return [int(v) for v in buffer[locs.to(buffer.device)][:, 0, 0].float().cpu()]
 
 
-def _mha_host_pool(device_pool, size: int, page_size: int, device):
+def _mha_host_pool_cls():
     # 0.5.16 moved the host pools into mem_cache/pool_host/.
-    cls = radix.locate("MHATokenToKVPoolHost", f"{radix._MC}.memory_pool_host:MHATokenToKVPoolHost",
-                       f"{radix._MC}.pool_host.mha:MHATokenToKVPoolHost")
-    return cls(
-        **radix.accepted(
-            cls.__init__,
-            device_pool=device_pool,
-            host_to_device_ratio=size / device_pool.size,
-            host_size=0,
-            page_size=page_size,
-            layout="layer_first",
-            pin_memory=torch.device(device).type == "cuda",
-            device="cpu",
-        )
-    )
+    return radix.locate("MHATokenToKVPoolHost", f"{radix._MC}.memory_pool_host:MHATokenToKVPoolHost",
+                        f"{radix._MC}.pool_host.mha:MHATokenToKVPoolHost")
+
+
+def _mha_host_pool(device_pool, size: int, page_size: int, device):
+    """The host KV pool of a device MHA pool. Until 0.5.22 it takes the device pool;
+    from 0.5.23 it takes the device pool's buffer description and capacity, which the
+    release's pool assembler reads off the device pool (_mha_host_inputs): built here
+    the same way, by that helper."""
+    cls = _mha_host_pool_cls()
+    common = dict(host_to_device_ratio=size / device_pool.size, host_size=0, page_size=page_size,
+                  layout="layer_first", pin_memory=torch.device(device).type == "cuda", device="cpu")
+    if not radix.takes(cls.__init__, "buffer_info"):
+        return cls(**radix.accepted(cls.__init__, device_pool=device_pool, **common))
+    assembler = radix.locate("the hybrid pool assembler's MHA host inputs",
+                             f"{radix._MC}.hybrid_cache.hybrid_pool_assembler:_mha_host_inputs")
+    cls, buffer_info, inputs = assembler(device_pool)
+    return cls(buffer_info, **radix.accepted(cls.__init__, **common), **inputs)
 
 
 @building("a FULL+SWA HiCache stack that holds KV data (pools, host pools, controller)")
@@ -297,8 +312,8 @@ def kv_data_stack(*, device, page_size, full_size, swa_size, window, host_full_s
     ]
     group = radix.host_pool_group(entries)
     stream = torch.cuda.Stream() if torch.device(device).type == "cuda" else CpuStream()
-    controller = radix.bare_hybrid_controller(group, "write_back", allocator, device=device, stream=stream)
-    controller.io_backend = "direct"
+    controller = radix.bare_hybrid_controller(group, "write_back", allocator, device=device, stream=stream,
+                                              io_backend="direct")
     radix.wire_host_pools(cache, controller, group, kv_host=kv_host, swa_host=swa_host,
                           mamba_host=None, write_policy="write_back")
     cache.load_back_threshold = page_size
@@ -316,10 +331,11 @@ def _torch_transfer_kv_direct(src_layers, dst_layers, src_indices, dst_indices, 
 def row_copies_on_cpu(device):
     """On CPU the host pools' "direct" copies move real rows (sgl_kernel is stubbed
     there, and not even imported by memory_pool_host from 0.5.13); on CUDA the
-    release's kernel runs."""
+    release's kernel runs. Patched where MHATokenToKVPoolHost's module binds it
+    (mem_cache/pool_host/mha.py from 0.5.16)."""
     if torch.device(device).type != "cpu":
         yield
         return
-    module = radix.locate("host pool module", f"{radix._MC}.memory_pool_host")
+    module = sys.modules[_mha_host_pool_cls().__module__]
     with mock.patch.object(module, "transfer_kv_direct", _torch_transfer_kv_direct, create=True):
         yield

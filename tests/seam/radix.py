@@ -480,8 +480,9 @@ def drain(cache, *, device_tokens: int, host_tokens: int, mamba_slots: int) -> N
 #   own sanity check counts;
 # - backuped, evicted, a component's device value: node_backuped,
 #   is_full_device_evicted, get_component_device_value;
-# - host values: build_storage_backup_spec (the FULL host value, and each component's
-#   host slots as storage transfers, which the core builds only while a storage tier is
+# - host values: build_storage_backup_spec (the FULL host value) and, per other
+#   component, its host slots as its storage transfer (build_hicache_transfers in the
+#   BACKUP_STORAGE phase), which the core builds only while a storage tier is
 #   marked wired and the node is hashed: marked for the read alone and unmarked after it,
 #   hashes backfilled; neither is anything a check judges, and
 #   TestSeamReadsChangeNothing shows the checks' outcomes are the same without the read);
@@ -599,7 +600,12 @@ class _RustTree:
         return self.key_lens[node_id]
 
     def host_values(self, node_id) -> dict:
-        """{component: host indices or None} of a node."""
+        """{component: host indices or None} of a node. FULL's is the storage spec's
+        host value (None: not backed up). Another component's host slots are its own
+        H->storage transfer: a node's aux host slices outlive its FULL host value (from
+        0.5.18 write-back reclaims a FULL host copy that duplicates device KV and leaves
+        the SWA host slice under its own pool's LRU), so the node's spec, which the core
+        builds only for a backed-up node, does not tell them."""
         core = self.core
         wired = core.enable_storage
         if not wired:
@@ -608,24 +614,34 @@ class _RustTree:
             if not wired:
                 core.backfill_missing_hash_values()
             spec = core.build_storage_backup_spec(node_id, False)
+            values = {ct: None for ct in core.tree_components}
+            if spec is not None:  # None: not backed up
+                values[ComponentType.FULL] = spec.host_value
+            for ct in core.tree_components:
+                if ct == ComponentType.FULL:
+                    continue
+                xfers = core.build_hicache_transfers(ct, node_id, _storage_phase())
+                if xfers:
+                    require(len(xfers) == 1, f"the Rust core builds {len(xfers)} {ct} storage transfers for one node")
+                    values[ct] = xfers[0].host_indices
         finally:
             if not wired:
                 core.enable_storage = False
-        values = {ct: None for ct in core.tree_components}
-        if spec is not None:  # None: not backed up
-            values[ComponentType.FULL] = spec.host_value
-            for ct, xfers in spec.comp_xfers.items():
-                require(len(xfers) == 1, f"the Rust core's storage spec has {len(xfers)} {ct} transfers for one node")
-                values[ct] = xfers[0].host_indices
         for ct in core.tree_components:
             # Where the core answers the same question itself, the two must agree.
             if ct != ComponentType.FULL and core.get_component_device_value(node_id, ct) is None:
                 host_only = core.component_has_host_value_only(node_id, ct)
                 require(host_only == (values[ct] is not None),
-                        f"node {node_id} {ct}: the storage spec says host value "
+                        f"node {node_id} {ct}: its storage transfer says host value "
                         f"{'absent' if values[ct] is None else 'present'}, component_has_host_value_only "
                         f"says {host_only}")
         return values
+
+
+def _storage_phase():
+    """CacheTransferPhase.BACKUP_STORAGE (the release's enum, which the Rust adapter takes)."""
+    phase = locate("CacheTransferPhase", f"{_MC}.unified_cache.components:CacheTransferPhase")
+    return phase.BACKUP_STORAGE
 
 
 def _rust_tree(cache) -> _RustTree:
@@ -798,7 +814,7 @@ def device_module_holders() -> tuple:
 
 
 @building("a HybridCacheController without its CUDA __init__")
-def bare_hybrid_controller(group, write_policy, allocator, *, device, stream, layer_num=2):
+def bare_hybrid_controller(group, write_policy, allocator, *, device, stream, layer_num=2, io_backend="kernel"):
     """A real HybridCacheController with only the state its copy paths read. Call it
     with the device module replaced (hicache_standins.cpu_device_module_patches): from
     0.5.18 the copies go through the base controller's transfer engine, built here."""
@@ -807,7 +823,7 @@ def bare_hybrid_controller(group, write_policy, allocator, *, device, stream, la
     ctrl.mem_pool_device = None
     ctrl.mem_pool_device_allocator = allocator
     ctrl.write_policy = write_policy
-    ctrl.io_backend = "kernel"
+    ctrl.io_backend = io_backend
     ctrl.device = device
     ctrl.write_queue = []
     ctrl.load_queue = []
@@ -820,7 +836,7 @@ def bare_hybrid_controller(group, write_policy, allocator, *, device, stream, la
     ctrl.has_draft = False  # no draft-model KV registered (read by copy paths from 0.5.14)
     l2 = _l2_transfer()
     if l2 is not None:
-        ctrl.l2_transfer_engine = l2.L2TransferEngine("kernel")
+        ctrl.l2_transfer_engine = l2.L2TransferEngine(io_backend)  # as the controller builds it
         # 0.5.23: no forward to fence a copy against here
         ctrl.write_fence_stream = ctrl.load_fence_stream = None
     ctrl.transfer_layer_id_max = layer_num  # 0.5.21 renamed transfer_layer_num
