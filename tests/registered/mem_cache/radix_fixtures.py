@@ -191,6 +191,14 @@ class RadixHarness:
             stack.extend(n.children.values())
         return out
 
+    def path_ids(self, node) -> set:
+        """Ids of the nodes from `node` up to the root (the root left out)."""
+        ids, root = set(), self.root
+        while node is not None and node is not root:
+            ids.add(node.id)
+            node = node.parent
+        return ids
+
     def backup_invariant_violations(self) -> list:
         """Ids of backed-up nodes whose parent is neither root nor backed up."""
         root = self.root

@@ -228,15 +228,6 @@ class TestLoadBackLoadsItsOwnKV(LoadBackDataChecks, rf.RadixTestCase):
     device = "cpu"
 
 
-def _path_ids(h, node) -> set:
-    """Ids of the nodes from `node` up to the root (the root left out)."""
-    ids = set()
-    while node is not h.root and node is not None:
-        ids.add(node.id)
-        node = node.parent
-    return ids
-
-
 class TestLoadBackHostPinRandomized(rf.RadixTestCase):
     """Seeded write-back traffic with load-backs under device and host pressure, acks
     taken some steps later. Counted over every seed: host pages a load-back reads that
@@ -269,8 +260,8 @@ class TestLoadBackHostPinRandomized(rf.RadixTestCase):
             m = h.match(convs[i])
             pending = wb.pending_load_back_nodes(h.cache)
             if m.host_hit_length and pending:
-                path = _path_ids(h, h.node(m.best_match_node))
-                if any(path & _path_ids(h, p) for p in pending):
+                path = h.path_ids(h.node(m.best_match_node))
+                if any(path & h.path_ids(p) for p in pending):
                     t.acknowledge()
             loaded = t.load_back(convs[i])
             if loaded is not None:

@@ -203,7 +203,15 @@ class TestWriteBackFailedBackupRandomized(rf.RadixTestCase):
             convs[i] = convs[i] + _tokens(rng.randrange(40000, 90000) * 8, rng.randint(1, 6) * ps)
             m = h.match(convs[i])
             # Load back only while the device has room: a load-back's own eviction
-            # is the other fix's scenario (#27444).
+            # is the other fix's scenario (#27444). A load-back whose path shares a
+            # node with one in flight waits for that one's ack: two load-backs in
+            # flight over the same nodes are #36317's (0.5.18 asserts against it).
+            pending = wb.pending_load_back_nodes(h.cache)
+            if m.host_hit_length and pending:
+                path = h.path_ids(h.node(m.best_match_node))
+                if any(path & h.path_ids(p) for p in pending):
+                    wb.acknowledge_loads(h.cache)
+                    m = h.match(convs[i])
             if m.host_hit_length and h.allocator.full_available_size() >= m.host_hit_length + 8 * ps:
                 if h.load_back(h.node(m.best_match_node)):
                     counts["loads"] += 1
