@@ -170,6 +170,11 @@ def recover_swa_keeping_locked_full(allocator, kept_full, incoming_full):
         require(hasattr(allocator, name), f"SWATokenToKVPoolAllocator has no {name}")
     kept_full, incoming_full = kept_full.to(torch.int64), incoming_full.to(torch.int64)
     swa = allocator.translate_loc_from_full_to_swa(incoming_full)
+    # The tree hands the mapping slots in the mapping's own dtype (int64 on 0.5.12, whose
+    # translation returns int32).
+    mapping = getattr(allocator, "full_to_swa_index_mapping", None)
+    if mapping is not None:
+        swa = swa.to(mapping.dtype)
     allocator.set_full_to_swa_mapping(kept_full, swa)
     clear = getattr(allocator, "clear_full_to_swa_mapping", None)
     if clear is not None:

