@@ -23,7 +23,7 @@ from unittest import mock
 
 import torch
 
-from seam import CannotRun, building, radix, require
+from seam import CannotRun, applies_only_if, building, radix, require
 from seam.hicache_standins import CpuStream, RecordingHostPool, cpu_device_module_patches
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "cpu_device_module_patches",
     "kv_data_stack",
     "load_back_owners",
+    "require_aux_load_backs",
     "pending_load_back_ids",
     "pending_load_back_nodes",
     "row_copies_on_cpu",
@@ -98,6 +99,17 @@ def load_back_owners(cache):
         if node_obj.load_back_pending_id is not None:
             owners[node_obj.id] = node_obj.load_back_pending_id
     return owners
+
+
+def require_aux_load_backs() -> None:
+    """Only where the release loads an SWA or Mamba component back apart from Full KV (its
+    MatchResult reports their host hits on their own, swa_host_hit_length: 0.5.13+):
+    before that a load-back always reads Full KV with the rest, and no SWA / Mamba
+    load-back exists to take anyone's owner."""
+    match_cls = radix.locate("MatchResult", f"{radix._MC}.base_prefix_cache:MatchResult")
+    fields = getattr(match_cls, "_fields", None) or getattr(match_cls, "__dataclass_fields__", {})
+    applies_only_if("swa_host_hit_length" in fields,
+                    "MatchResult reports no SWA host hit apart from Full KV (no SWA / Mamba-only load-back)")
 
 
 def pending_load_back_nodes(cache) -> list:

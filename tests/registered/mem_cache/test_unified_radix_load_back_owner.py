@@ -53,6 +53,7 @@ class OwnerTree:
     release's controller, with a record of what each load-back in flight reads."""
 
     def __init__(self, test, ps, *, window_pages, with_mamba, device_pages=48, host_pages=160):
+        wb.require_aux_load_backs()
         for patcher in wb.cpu_device_module_patches():
             patcher.start()
             test.addCleanup(patcher.stop)
