@@ -9,6 +9,8 @@ each fix's state from them:
               passed on one tree core and could not be judged on the other (never on
               the release's default core: then the fix is not held, cannot-run)
   cannot-run  its tests cannot reach their checks on that release (the reason says why)
+  not-applicable  the release has no such code path, so it cannot have the bug (the
+              reason says what is missing); a line carries nothing for it
 
 A release whose wheel, venv and tests are unchanged since its last run reuses that run's
 outcomes (lib/evidence.py; FRESH=1 runs them again). Writes build/matrix/matrix.json ([{"fix", "release", "state", "why"}, "judged"
@@ -131,7 +133,10 @@ def merge(folder: Path, fix_list: list[fixes.Fix], tests_root: Path) -> tuple[li
     return versions, cells, seconds, len(files)
 
 
-def render(fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds: float, parts: int = 0) -> str:
+def render(fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds: float, parts: int = 0,
+           ran: tuple[int, int] | None = None) -> str:
+    """The table and its notes; `ran` = (releases, fixes) judged now where that is a part of
+    the table, the other cells being as published before."""
     lines = [
         "| fix | " + " | ".join(versions) + " |",
         "|---|" + "---|" * len(versions),
@@ -143,19 +148,23 @@ def render(fix_list: list[fixes.Fix], versions: list[str], cells: dict, seconds:
     notes = [
         f"- {fix.pr} on {v}: {cells[(fix.pr, v)]['why']}"
         for fix in fix_list for v in versions
-        if cells[(fix.pr, v)]["state"] == "cannot-run" or cells[(fix.pr, v)].get("judged")
+        if cells[(fix.pr, v)]["state"] in ("cannot-run", "not-applicable") or cells[(fix.pr, v)].get("judged")
         or "cannot run" in cells[(fix.pr, v)]["why"]
     ]
     unjudged = sorted({v for fix in fix_list for v in versions if cells[(fix.pr, v)]["state"] == NOT_JUDGED},
                       key=pins.version_key)
     text = "\n".join(lines) + "\n"
     if notes:
-        text += "\nWhat could not run or was not judged, in full or in part:\n\n" + "\n".join(notes) + "\n"
+        text += ("\nWhat could not run, was not judged in full or in part, or does not apply:\n\n"
+                 + "\n".join(notes) + "\n")
     if unjudged:
         text += (f"\n`not-judged`: a fix added since {', '.join(unjudged)} were last judged; "
                  "`make matrix PUBLISH=1` judges every cell.\n")
     if parts:
         return text + f"\n`make matrix` over {len(versions)} releases in {parts} parts took {seconds:.0f} s in the longest.\n"
+    if ran:
+        return text + (f"\nThe last `make matrix` judged {ran[1]} of {len(fix_list)} fixes on {ran[0]} of "
+                       f"{len(versions)} releases, in {seconds:.0f} s; every other cell is as published before.\n")
     return text + f"\n`make matrix` over {len(versions)} releases took {seconds:.0f} s.\n"
 
 
@@ -255,13 +264,16 @@ def main(argv=None) -> None:
         raise SeriesError("PART=file is one job's part of the whole matrix; give it without FIXES")
     cells = judge(paths, versions, judged, paths.root, lambda v: envs.venv(paths, v), args.pytest_args, args.fresh,
                   args.jobs)
+    ran = None
     if args.fixes or (args.releases and args.publish):  # a part of the matrix: the rest as published
+        ran = (len(versions), len(judged))
         versions = pinned
         cells = with_published(paths, fix_list, versions, cells)
     if args.part:
         write_part(Path(args.part), fix_list, versions, cells, time.monotonic() - started, paths.root)
         return
-    write(paths, fix_list, versions, cells, render(fix_list, versions, cells, time.monotonic() - started), args.publish)
+    write(paths, fix_list, versions, cells, render(fix_list, versions, cells, time.monotonic() - started, ran=ran),
+          args.publish)
 
 
 if __name__ == "__main__":

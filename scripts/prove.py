@@ -31,15 +31,17 @@ REVERTS = "tests/reverts"
 
 
 def _word(results: list) -> str:
-    kinds = {"cannot-run" if verdict_.seam_refused(*result) else result[0] for result in results}
-    for kind in ("failed", "error", "passed", "cannot-run", "skipped"):
+    kinds = {"cannot-run" if verdict_.seam_refused(*result) else "not-applicable" if verdict_.not_applicable(*result)
+             else result[0] for result in results}
+    for kind in ("failed", "error", "passed", "cannot-run", "not-applicable", "skipped"):
         if kind in kinds:
             return kind
     return "missing"
 
 
 def summarize(chosen: dict, default: str | None = None) -> str:
-    """One word for a group of test results: failed > error > passed > cannot-run > skipped > missing.
+    """One word for a group of test results: failed > error > passed > cannot-run > not-applicable
+    (the release has no such code path) > skipped > missing.
     (Stricter than lib/verdict.py: here an error where a test must pass is a failure.)
     A test collected once per tree core (TestX[python], TestX[rust]) passes only where
     every core passed, or the cores that did include the release's `default` one; then
@@ -59,7 +61,7 @@ def summarize(chosen: dict, default: str | None = None) -> str:
     if not missing:
         return "passed"
     if not judged:
-        return next(k for k in ("cannot-run", "skipped", "missing") if k in missing.values())
+        return next(k for k in ("cannot-run", "not-applicable", "skipped", "missing") if k in missing.values())
     note = "; ".join([", ".join(judged)] + [f"{p} {w}, not judged" for p, w in missing.items()])
     if default is None or default in missing:
         return f"cannot-run ({note}: the release's default tree core {default or '(unknown)'} was not judged)"
@@ -185,7 +187,8 @@ def prove(paths: config.Paths, rel: config.Release, venv: Path, sites: dict, tes
                  for f in absorbed for t in f.tests]
     if base_rows:
         print(f"\nFixes upstream {rel.version} has, without a revert here (one side: they must pass on vanilla, "
-              f"judged on the release's default configuration; a skip is no evidence)\n\n"
+              f"judged on the release's default configuration; a skip is no evidence; not-applicable: the "
+              f"release has no such code path, so it cannot have the bug)\n\n"
               f"| fix | test | vanilla {rel.version} |\n|---|---|---|")
         for r in base_rows:
             print(f"| {r['fix']} | {r['test']} | {r['vanilla']} |")
@@ -194,9 +197,9 @@ def prove(paths: config.Paths, rel: config.Release, venv: Path, sites: dict, tes
 
 def proven(result: dict) -> bool:
     """Every patch and guard proven, and every fix the release has held: its tests passed
-    on vanilla (a skip judged nothing)."""
+    on vanilla (a skip judged nothing), or found no such code path in the release."""
     return (all(r["verdict"] == "proven" for r in result["patches"] + result["guards"])
-            and all(_kind(r["vanilla"]) == "passed" for r in result["base_fixes"]))
+            and all(_kind(r["vanilla"]) in ("passed", "not-applicable") for r in result["base_fixes"]))
 
 
 def main(argv=None) -> None:

@@ -134,7 +134,7 @@ def guard_row(fix: fixes.Fix, runs: dict, paths: config.Paths) -> dict:
     states = [row[s]["state"] for s in ("vanilla", "patched") if row[s] is not None]
     # holds: True, False (a check fails on X), or None (its tests cannot run on X: no verdict)
     row["holds"] = (False if verdict.PRESENT in states else None if verdict.CANNOT in states
-                    else all(s == verdict.FIXED for s in states))
+                    else all(s in verdict.HELD for s in states))
     return row
 
 

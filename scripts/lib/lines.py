@@ -193,11 +193,11 @@ def derive(paths: config.Paths, version: str, tests_root: Path) -> Derived:
         state = states.get((fix.pr, version))
         if any(Path(e).name in word for e in own):
             continue
-        if state not in ("present", "fixed"):
+        if state not in ("present", "fixed", "not-applicable"):
             out.unjudged.append(fix.pr)
             out.entries += [e for e in has if e in own]
             continue
-        if state == "fixed":
+        if state in ("fixed", "not-applicable"):  # nothing to carry: has it, or cannot have the bug
             continue
         release = newest_at_or_below({port_release(e) for e in own}, version)
         if release:

@@ -8,6 +8,9 @@ A test's outcome on one side is one of
               provokes) or a setup that no longer works; which one, the base tells
   cannot-run  it could not get to its checks: collection/import error, or an
               ImportError / AttributeError / TypeError / NameError (an API that moved)
+  n/a         not applicable: the release has no such code path at all, so no bug of
+              this kind can be in it (the seam's applies_only_if: a reason starting
+              with NOT_APPLICABLE_REASON); neither a pass nor a gap in the evidence
   skip        skipped here (e.g. needs CUDA): no evidence either way
 A test that asks the seam (tests/seam) for something the release lacks is skipped
 with a reason starting with CANNOT_RUN: that is cannot-run, not skip.
@@ -40,7 +43,8 @@ CATEGORIES = {
     PORTING: "tests no longer run on X (API changed: they stop before their checks, unlike on the base): port the adapter the evidence names (tests/seam/<file>)",
 }
 
-CANNOT_RUN = "cannot run on sglang"  # tests/seam/__init__.py gives this reason
+CANNOT_RUN = "cannot run on sglang"  # tests/seam/__init__.py gives these reasons
+NOT_APPLICABLE_REASON = "not applicable to sglang"
 _ASSERTION = re.compile(r"^(E\s+)?(AssertionError\b|assert )")
 _API_MOVED = re.compile(r"^(E\s+)?(ImportError|ModuleNotFoundError|AttributeError|TypeError|NameError)\b")
 _PATHS = re.compile(r"\(?(/[^\s:'\")]+)+\)?")
@@ -48,21 +52,21 @@ _PATHS = re.compile(r"\(?(/[^\s:'\")]+)+\)?")
 
 @dataclass
 class Outcome:
-    status: str  # pass / fail / cannot-run / skip
+    status: str  # pass / fail / error / cannot-run / n/a / skip
     message: str = ""
     judged: str = ""  # a pass judged on some parts only (tree cores): which ones; message says why not the rest
 
     def kind(self) -> str:
         """What happened, comparable across sites and releases: for a failed check only that
         it failed; for an error its exception type; for cannot-run the message without paths."""
-        if self.status in ("pass", "fail", "skip"):
+        if self.status in ("pass", "fail", "n/a", "skip"):
             return self.status
         if self.status == "error":
             return "error:" + self.message.split(":", 1)[0].strip()
         return f"cannot-run:{_PATHS.sub('<path>', self.message).strip()}"
 
 
-STATUSES = ("pass", "fail", "error", "cannot-run", "skip")
+STATUSES = ("pass", "fail", "error", "cannot-run", "n/a", "skip")
 
 
 def outcomes_for(results: dict, node_id: str) -> Outcome:
@@ -89,7 +93,7 @@ def outcomes_for(results: dict, node_id: str) -> Outcome:
     cannot = by_status["cannot-run"]
     if cannot and by_status["pass"]:
         return Outcome("pass", f"{len(cannot)} of {len(per_case)} cases cannot run: {cannot[0].message}")
-    for status in ("cannot-run", "pass", "skip"):
+    for status in ("cannot-run", "pass", "n/a", "skip"):
         if by_status[status]:
             return by_status[status][0]
     return Outcome("skip")
@@ -97,8 +101,8 @@ def outcomes_for(results: dict, node_id: str) -> Outcome:
 
 def _part_outcome(cases: list) -> Outcome:
     """A variant's outcome (its cases did not fail): cannot-run if one could not run,
-    pass if one passed (the others skipped as not applicable there), else skip."""
-    for status in ("cannot-run", "pass", "skip"):
+    pass if one passed (the others skipped as not applicable there), else n/a or skip."""
+    for status in ("cannot-run", "pass", "n/a", "skip"):
         found = [o for o in cases if o.status == status]
         if found:
             return found[0]
@@ -116,7 +120,7 @@ def _judged_parts(by_part: dict, default: str | None) -> Outcome:
     if not missing:
         return Outcome("pass")
     if not judged:
-        for status in ("cannot-run", "skip"):
+        for status in ("cannot-run", "n/a", "skip"):
             for part, o in missing.items():
                 if o.status == status:
                     return Outcome(status, _on(part, o.message))
@@ -136,11 +140,17 @@ def seam_refused(outcome: str, message: str) -> bool:
     return outcome == "skipped" and message.startswith(CANNOT_RUN)
 
 
+def not_applicable(outcome: str, message: str) -> bool:
+    """The seam's skip where the release has no such code path (nothing to judge)."""
+    return outcome == "skipped" and message.startswith(NOT_APPLICABLE_REASON)
+
+
 def _status(outcome: str, message: str) -> Outcome:
     if outcome == "passed":
         return Outcome("pass")
     if outcome == "skipped":
-        return Outcome("cannot-run" if seam_refused(outcome, message) else "skip", message)
+        kind = "cannot-run" if seam_refused(outcome, message) else "n/a" if not_applicable(outcome, message) else "skip"
+        return Outcome(kind, message)
     if outcome == "error" or _API_MOVED.match(message):
         return Outcome("cannot-run", message)
     return Outcome("fail" if _ASSERTION.match(message) else "error", message)
@@ -240,13 +250,16 @@ def _said(o: Outcome) -> str:
     return o.status + (f" ({o.message})" if o.message and o.status != "pass" else "")
 
 
-PRESENT, FIXED, CANNOT = "present", "fixed", "cannot-run"
+PRESENT, FIXED, CANNOT, NOT_APPLICABLE = "present", "fixed", "cannot-run", "not-applicable"
+# states in which a release needs no patch for the fix: it has it, or cannot have its bug
+HELD = (FIXED, NOT_APPLICABLE)
 
 
 def fix_state(outcomes: list[Outcome]) -> tuple[str, str]:
     """A fix's state on one release from its tests' outcomes there, with the reason.
     A check that fails is the bug (present), even when another test cannot run; a
-    fix is fixed only when every test that ran passed and none was left unable to run."""
+    fix is fixed only when every test that ran passed and none was left unable to run;
+    not applicable when every test found the release without the code path it guards."""
     failed = [o for o in outcomes if o.status in ("fail", "error")]
     cannot = [o for o in outcomes if o.status == "cannot-run"]
     passed = [o for o in outcomes if o.status == "pass"]
@@ -256,11 +269,13 @@ def fix_state(outcomes: list[Outcome]) -> tuple[str, str]:
     if cannot:
         return CANNOT, " ".join(cannot[0].message.split())  # the seam's reason, verbatim
     if passed:
-        skipped = [o for o in outcomes if o.status == "skip"]
+        skipped = [o for o in outcomes if o.status in ("skip", "n/a")]
         partly = [o for o in passed if o.message]  # passed, with cases or parts that could not be judged
         return FIXED, (f"{len(passed)} of {len(outcomes)} test ids pass"
                        + (f", {len(skipped)} skipped ({_clip(skipped[0].message)})" if skipped else "")
                        + (f"; {' '.join(partly[0].message.split())}" if partly else ""))
+    if outcomes and all(o.status == "n/a" for o in outcomes):
+        return NOT_APPLICABLE, _clip(outcomes[0].message)
     return CANNOT, "every test skipped here: " + _clip(outcomes[0].message if outcomes else "no tests")
 
 

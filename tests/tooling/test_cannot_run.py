@@ -78,6 +78,22 @@ def test_fix_state_per_release():
     assert verdict.fix_state([o("skip", "needs a CUDA device")])[0] == verdict.CANNOT
 
 
+def test_a_release_without_the_code_path_is_not_applicable_not_cannot_run():
+    na = "not applicable to sglang 9: MatchResult reports no SWA host hit"
+    assert verdict._status("skipped", na).status == "n/a"
+    o = verdict.Outcome
+    assert verdict.fix_state([o("n/a", na), o("n/a", na)]) == (verdict.NOT_APPLICABLE, na)
+    # one test without the path and one that needs CUDA: nothing was judged, not "not applicable"
+    assert verdict.fix_state([o("n/a", na), o("skip", "needs a CUDA device")])[0] == verdict.CANNOT
+    assert verdict.fix_state([o("n/a", na), o("fail", "AssertionError: x")])[0] == verdict.PRESENT
+    assert verdict.fix_state([o("n/a", na), o("pass")])[0] == verdict.FIXED
+    fix_list = [fixes.Fix("#1", "one", "2", ("t::A",))]
+    cells = {("#1", "1"): {"state": "present", "why": "1 of 1 fail"}, ("#1", "2"): {"state": verdict.NOT_APPLICABLE, "why": na}}
+    table = matrix.render(fix_list, ["1", "2"], cells, 3.0, ran=(1, 1))
+    assert "| #1 one | present | not-applicable |" in table and f"- #1 on 2: {na}" in table
+    assert "judged 1 of 1 fixes on 1 of 2 releases" in table and "over 2 releases" not in table
+
+
 def test_matrix_table_lists_every_fix_and_why_one_cannot_run():
     fix_list = [fixes.Fix("#1", "one", "2", ("t::A",)), fixes.Fix("#2", "two", "1", ("t::B",))]
     cells = {("#1", "1"): {"state": "present", "why": "1 of 1 fail"}, ("#1", "2"): {"state": "fixed", "why": "ok"},

@@ -85,6 +85,17 @@ def test_a_line_is_what_the_evidence_says_the_release_lacks(up):
     assert said == "names 1.0.0/0001, 1.0.0/0003 where the evidence asks for 1.0.0/0001, 2.0.0/0003"
 
 
+def test_a_fix_the_release_cannot_have_is_neither_carried_nor_unjudged(up):
+    paths = config.Paths.from_env()
+    states = {(f, r): "present" for f in FIXES for r in (BASE, NEW)}
+    states[("#10", NEW)] = "not-applicable"  # 2.0.0 has no such code path at all
+    states[("#40", NEW)] = "not-applicable"
+    evidence(up, states)
+    new = lines.derive(paths, NEW, up.tests_root)
+    assert f"lines/{BASE}/0002-ten.patch" not in new.entries and f"lines/{BASE}/0001-five.patch" in new.entries
+    assert "#40" not in new.lacking and not {"#10", "#40"} & set(new.unjudged)
+
+
 def test_a_new_release_is_judged_from_the_newest_line_below_it(up):
     paths = config.Paths.from_env()
     # 2.0.0's line carries a patch only it has (a port), which a move to 3.0.0 must see

@@ -179,6 +179,20 @@ def test_a_test_that_cannot_run_is_never_a_pass_nor_a_plain_skip():
     assert prove.verdict([("failed", "missing")], good=1).startswith("BROKEN")
 
 
+def test_a_fix_the_release_cannot_have_is_held_but_a_skip_is_not():
+    """A fix whose every test finds no such code path in the release (the seam's
+    applies_only_if) needs nothing there; a plain skip (no CUDA) judged nothing."""
+    na = ("skipped", "not applicable to sglang 9.9.9: MatchResult reports no SWA host hit apart from Full KV")
+    assert prove.summarize({"t::a": na, "t::b": na}) == "not-applicable"
+    assert prove.summarize({"t::a": na, "t::b": ("passed", "")}) == "passed"
+    assert prove.summarize({"t::a": na, "t::b": ("skipped", "needs a CUDA device")}) == "not-applicable"
+
+    def held(word: str) -> bool:
+        return prove.proven({"patches": [], "guards": [], "base_fixes": [{"fix": "#1", "test": "t::a", "vanilla": word}]})
+    assert held("not-applicable") and held("passed")
+    assert not held("skipped") and not held("cannot-run") and not held("failed")
+
+
 def test_a_site_edited_by_hand_runs_again_on_its_bytes_and_says_which_files(proving, capsys):
     """Stored outcomes name the wheel a site was installed from; a file edited there since
     (its RECORD holds every file's sha256) is new evidence: the side runs again on those

@@ -57,7 +57,7 @@ def test_every_core_judged_is_a_plain_pass_and_a_failure_anywhere_is_the_bug():
 def test_prove_holds_a_fix_only_on_the_default_core_and_never_on_a_skip():
     both = results("python", python=("passed", ""), rust=SKIP)
     word = prove.summarize(pytest_run.select(both, ID), pytest_run.tree_core_default(both))
-    assert word == "passed (python; rust skipped, not judged)"
+    assert word == "passed (python; rust not-applicable, not judged)"
     held = {"patches": [], "guards": [], "base_fixes": [{"fix": "#1", "test": ID, "vanilla": word}]}
     assert prove.proven(held)
     on_rust = results("rust", python=("passed", ""), rust=SKIP)
