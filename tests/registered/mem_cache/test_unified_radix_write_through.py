@@ -243,7 +243,7 @@ class TestWriteThroughRandomized(rf.RadixTestCase):
     """Seeded random insert / match / lock / evict / write-through traffic."""
 
     SEED = int(os.environ.get("SGLANG_RADIX_FUZZ_SEED", "20261121"))
-    NUM_OPS = 2000
+    NUM_OPS = int(os.environ.get("SGLANG_RADIX_FUZZ_OPS", "600"))  # more for a long soak
 
     def _run(self, page_size, with_mamba, seed):
         ps = page_size
