@@ -72,6 +72,19 @@ def require(condition: bool, why: str) -> None:
         raise CannotRun(why)
 
 
+def raised_by_release(exc: BaseException) -> bool:
+    """Whether an exception came out of the release's own code (its innermost frame lies
+    in the installed sglang): a check counts the release's asserts as the bug, never an
+    assert of its own fixtures or of the seam, which must surface as they are."""
+    import traceback
+
+    import sglang
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    home = os.path.dirname(os.path.abspath(sglang.__file__)) + os.sep
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(home)
+
+
 def applies_only_if(condition: bool, why: str) -> None:
     """An ordinary skip where the release has no such behaviour at all (upstream
     removed what the check guards): nothing is left for the check to judge, which
