@@ -16,10 +16,34 @@ def command(venv: Path, targets: list[str], extra: list[str] = (), cache_dir: Pa
     return [str(venv / "bin/python"), "-m", "pytest", *cache, "-ra", *extra, *targets]
 
 
-def environ(site: Path) -> dict:
+# A torch extension build (0.5.18+ JIT-compiles its native hash) holds a `lock` file while it
+# compiles; one left by a killed run makes every later load wait for ever. A build takes
+# about a minute: a lock this old has no owner left.
+STALE_LOCK_S = 15 * 60
+
+
+def environ(site: Path, venv: Path) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(site)
+    # the venv's own extension builds (they are built against its torch), kept with it
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(venv / "torch_extensions"))
+    clear_stale_locks(Path(env["TORCH_EXTENSIONS_DIR"]))
     return env
+
+
+def clear_stale_locks(folder: Path, now: float | None = None) -> list[Path]:
+    """Remove extension build locks older than STALE_LOCK_S under `folder`; says which."""
+    now = time.time() if now is None else now
+    cleared = []
+    for lock in folder.glob("*/lock") if folder.is_dir() else []:
+        try:
+            if now - lock.stat().st_mtime > STALE_LOCK_S:
+                lock.unlink()
+                cleared.append(lock)
+                print(f"removed a stale torch extension build lock ({lock}): no build holds it", flush=True)
+        except FileNotFoundError:
+            pass  # its build finished meanwhile
+    return cleared
 
 
 def run_tree(cmd: list[str], timeout: float | None = None, **popen) -> subprocess.CompletedProcess:
@@ -83,7 +107,7 @@ def run(venv: Path, site: Path, targets: list[str], cwd: Path, extra: list[str] 
     """Run in the foreground, output to the terminal; returns pytest's exit code.
     With `junit`, pytest also writes its per-test report there (read it with `read_report`)."""
     report = [f"--junitxml={junit}", "-o", "junit_family=xunit2"] if junit else []
-    return run_tree(command(venv, targets, [*report, *extra], cache_dir), cwd=cwd, env=environ(site)).returncode
+    return run_tree(command(venv, targets, [*report, *extra], cache_dir), cwd=cwd, env=environ(site, venv)).returncode
 
 
 def read_report(junit: Path) -> dict:
@@ -110,7 +134,7 @@ def outcomes(venv: Path, site: Path, node_ids: list[str], cwd: Path, timeout: in
         report = Path(tmp) / "junit.xml"
         proc = run_tree(
             command(venv, node_ids, ["-q", f"--junitxml={report}", "-o", "junit_family=xunit2", *extra]),
-            cwd=cwd, env={**environ(site), **(extra_env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=cwd, env={**environ(site, venv), **(extra_env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, timeout=timeout,
         )
         if not report.exists():

@@ -109,3 +109,23 @@ def test_two_applies_at_once_both_succeed(up):
     assert first.returncode == 0 and second.returncode == 0, outputs
     assert sum("series already applied" in out for out, _ in outputs) == 1
     assert_fully_applied(up)
+
+
+def test_a_torch_extension_lock_a_killed_run_left_is_cleared_and_a_live_one_kept(tmp_path, monkeypatch, capsys):
+    from scripts.lib import pytest_run
+
+    venv = tmp_path / "venv"
+    stale, live = venv / "torch_extensions" / "hicache_hash_cpp" / "lock", venv / "torch_extensions" / "other" / "lock"
+    for lock in (stale, live):
+        lock.parent.mkdir(parents=True)
+        lock.write_text("")
+    old = time.time() - pytest_run.STALE_LOCK_S - 60
+    os.utime(stale, (old, old))
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    env = pytest_run.environ(tmp_path / "site", venv)
+    assert env["TORCH_EXTENSIONS_DIR"] == str(venv / "torch_extensions")
+    assert not stale.exists() and live.exists()  # a build running now keeps its lock
+    assert "removed a stale torch extension build lock" in capsys.readouterr().out
+    # a folder the user chose is theirs to keep: used as it is
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "mine"))
+    assert pytest_run.environ(tmp_path / "site", venv)["TORCH_EXTENSIONS_DIR"] == str(tmp_path / "mine")
