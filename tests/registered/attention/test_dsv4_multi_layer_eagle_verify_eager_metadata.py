@@ -30,56 +30,31 @@ maybe_stub_sgl_kernel()
 
 import torch  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(__file__))
+
+import dsv4_verify_fixtures as vf  # noqa: E402
 from seam import dsv4_attention as dsv4  # noqa: E402
 from sglang.test.ci.ci_register import register_cpu_ci  # noqa: E402
 from sglang.test.test_utils import CustomTestCase  # noqa: E402
 
 register_cpu_ci(est_time=30, suite="stage-a-test-cpu")
 
-PS = dsv4.PAGE_SIZE
-REQ_STRIDE = 2 * PS  # request r owns full pages 1 + 2r and 2 + 2r
 LAYOUT = {1: 3, 2: 4, 3: 1, 4: 2, 5: 5}  # full page -> SWA page
 NUM_DRAFT_TOKENS = 3  # MTP: two draft steps, topk 1
 SEQ_LENS = (42, 301)  # request 0's third draft token closes a C4 group
 PREFILL_CHUNK = 4  # the last prefill chunk before the verify: its metadata is left on the backend
 
 
-def full_slot(request, position):
-    """The full-pool slot make_backend's req_to_token gives a request's position."""
-    return PS + REQ_STRIDE * request + position
-
-
-def rows(n, device):
-    return torch.arange(n * dsv4.ROW_DIM, dtype=torch.float32, device=device).view(
-        n, dsv4.ROW_DIM
-    ) + 1.0
-
-
-class _MultiLayerVerifyFixture:
-    device = "cpu"
-    num_layers = 4
+class _MultiLayerVerifyFixture(vf.VerifyFixture):
+    LAYOUT, SEQ_LENS, NUM_DRAFT_TOKENS = LAYOUT, SEQ_LENS, NUM_DRAFT_TOKENS
+    swa_pages = 5
     prefill_before = False  # a prefill chunk's metadata is left on the backend first
 
-    def setUp(self):
-        dsv4.remember_compression_metadata()
-        self._kernels = dsv4.store_kernels()
-        self._kernels.__enter__()
-
-    def tearDown(self):
-        self._kernels.__exit__(None, None, None)
-
     def _verify(self):
-        pool = dsv4.make_pool(layer_num=self.num_layers, device=self.device, swa_pages=5)
-        self.mapping = dsv4.paged_mapping(6, LAYOUT, PS, self.device)
-        dsv4.register_mapping(pool, self.mapping)
-        self.pool = pool
-        backend = dsv4.make_backend(
-            pool, num_reqs=len(SEQ_LENS), req_stride=REQ_STRIDE, topk=1,
-            num_steps=NUM_DRAFT_TOKENS - 1, num_draft_tokens=NUM_DRAFT_TOKENS,
-        )
+        backend = self._backend()
         if self.prefill_before:
             loc = torch.tensor(
-                [full_slot(r, p) for r, s in enumerate(SEQ_LENS) for p in range(s - PREFILL_CHUNK, s)],
+                [vf.full_slot(r, p) for r, s in enumerate(SEQ_LENS) for p in range(s - PREFILL_CHUNK, s)],
                 device=self.device,
             )
             prefill = dsv4.new_forward_batch(
@@ -89,18 +64,14 @@ class _MultiLayerVerifyFixture:
             dsv4.init_metadata(backend, prefill)
             self.assertIsNotNone(backend.forward_metadata)
         self._adjust_backend(backend)
-        self.layers = list(range(self.num_layers))
         with dsv4.real_compression_metadata():
             return dsv4.multi_layer_verify_step(
                 backend,
                 seq_lens=SEQ_LENS,
                 num_draft_tokens=NUM_DRAFT_TOKENS,
                 layer_ids=self.layers,
-                kv_rows=lambda n: rows(n, self.device),
+                kv_rows=lambda n: vf.rows(n, self.device),
             )
-
-    def _adjust_backend(self, backend):
-        pass
 
 
 class _EagerVerifyCases(_MultiLayerVerifyFixture):
@@ -108,29 +79,10 @@ class _EagerVerifyCases(_MultiLayerVerifyFixture):
         seen = self._verify()
         tokens = len(SEQ_LENS) * NUM_DRAFT_TOKENS
         self.assertEqual(seen.num_tokens, tokens)
-        expected_loc = torch.tensor(
-            [full_slot(r, s + i) for r, s in enumerate(SEQ_LENS) for i in range(NUM_DRAFT_TOKENS)],
-            device=self.device,
-        )
+        expected_loc = vf.verify_locations(SEQ_LENS, NUM_DRAFT_TOKENS, self.device)
         self.assertTrue(torch.equal(seen.out_cache_loc.long(), expected_loc))
-
         meta = seen.metadata
-        per_token = {
-            "raw_out_loc (SWA / C4 / C128 store locations)": meta.raw_out_loc,
-            "c4_out_loc (C4 write targets)": meta.c4_out_loc,
-            "c128_out_loc (C128 write targets)": meta.c128_out_loc,
-            "seq_lens_casual": meta.seq_lens_casual,
-            "positions_casual": meta.positions_casual,
-            "swa_page_indices": meta.swa_page_indices,
-            "swa_topk_lengths": meta.swa_topk_lengths,
-            "page_table": meta.page_table,
-        }
-        for name, value in per_token.items():
-            self.assertIsNotNone(value, f"{name}: not planned")
-            self.assertEqual(
-                value.shape[0], tokens,
-                f"{name} has {value.shape[0]} rows for a verify batch of {tokens} tokens",
-            )
+        self.assert_metadata_rows(meta, tokens)
         self.assertTrue(
             torch.equal(meta.raw_out_loc.long(), expected_loc),
             "the metadata's store locations are not the verify batch's",
@@ -146,13 +98,7 @@ class _EagerVerifyCases(_MultiLayerVerifyFixture):
 
     def test_eager_verify_stores_its_tokens_at_their_swa_slots_on_every_layer(self):
         seen = self._verify()
-        loc = seen.out_cache_loc.long()
-        kv = rows(seen.num_tokens, self.device)
-        for layer_id in self.layers:
-            self.assertTrue(
-                torch.equal(dsv4.rows_at(self.pool, layer_id, self.mapping[loc]), kv),
-                f"layer {layer_id}: the verify tokens' SWA KV is not at their SWA slots",
-            )
+        self.assert_swa_rows_on_every_layer(seen.out_cache_loc.long(), vf.rows(seen.num_tokens, self.device))
 
 
 class TestDSV4MultiLayerEagleEagerVerifyCPU(_EagerVerifyCases, CustomTestCase):
