@@ -35,6 +35,41 @@ from seam import swa_allocator as seam  # noqa: E402
 POOLS = ("full", "swa")
 
 
+class DrivenAllocator:
+    """A release's SWA allocator driven on CPU (its placement kernels stood in), with the
+    violations its driver counts. The allocator's own accounting assert (a pool
+    over-freed) is one of them, and breaks the driver: later calls would only repeat it."""
+
+    def __init__(self, allocator, page_size):
+        self.ps = page_size
+        self.allocator = allocator
+        self.violations = collections.Counter()
+        self.broken = False
+        self._placement = seam.cpu_placement(allocator)
+
+    def __enter__(self):
+        self._placement.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._placement.__exit__(*exc)
+
+    def _count(self, kind, n=1):
+        if n > 0:
+            self.violations[kind] += n
+
+    @contextlib.contextmanager
+    def allocator_asserts(self):
+        """Around a call: the release's accounting assert is counted, never raised."""
+        try:
+            yield
+        except AssertionError as exc:
+            if not raised_by_release(exc):
+                raise
+            self._count("accounting_assert")
+            self.broken = True
+
+
 @dataclasses.dataclass
 class Request:
     rid: int
@@ -47,34 +82,19 @@ class Request:
         return len(self.slots)
 
 
-class PagedSWAServer:
+class PagedSWAServer(DrivenAllocator):
     def __init__(self, *, page_size, full_pages, swa_pages, need_sort):
-        self.ps = page_size
-        self.allocator = seam.paged_swa_allocator(
+        super().__init__(seam.paged_swa_allocator(
             page_size=page_size,
             full_size=full_pages * page_size,
             swa_size=swa_pages * page_size,
             need_sort=need_sort,
-        )
+        ), page_size)
         self.pool_pages = {"full": full_pages, "swa": swa_pages}
         self.sides = dict(zip(POOLS, seam.sides(self.allocator)))
         self.owner = {pool: {} for pool in POOLS}  # page id -> rid
         self.live: dict[int, Request] = {}
-        self.violations = collections.Counter()
-        self.broken = False  # the allocator asserted: later calls would only repeat it
         self._next_rid = 0
-        self._placement = seam.cpu_placement(self.allocator)
-
-    def __enter__(self):
-        self._placement.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._placement.__exit__(*exc)
-
-    def _count(self, kind, n):
-        if n > 0:
-            self.violations[kind] += n
 
     # -- free lists -----------------------------------------------------------
 
@@ -84,14 +104,9 @@ class PagedSWAServer:
     @contextlib.contextmanager
     def _tracked(self, rid, taking: bool):
         before = self._free()
-        try:
+        with self.allocator_asserts():
             yield
-        except AssertionError as exc:
-            if not raised_by_release(exc):
-                raise
-            # The allocator's own accounting check (a pool over-freed).
-            self._count("accounting_assert", 1)
-            self.broken = True
+        if self.broken:
             return
         after = self._free()
         for pool in POOLS:

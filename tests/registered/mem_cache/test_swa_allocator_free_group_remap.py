@@ -27,10 +27,10 @@ import unittest
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
+import swa_allocator_fixtures as sa  # noqa: E402
 import swa_component_fixtures as sf  # noqa: E402
 from radix_fixtures import RadixTestCase  # noqa: E402
 
-from seam import raised_by_release  # noqa: E402
 from seam import swa_allocator as seam  # noqa: E402
 from sglang.test.ci.ci_register import register_cpu_ci  # noqa: E402
 from sglang.test.test_utils import CustomTestCase  # noqa: E402
@@ -48,7 +48,7 @@ class Holder:
     tombstoned: bool = False  # its SWA went back (an SWA eviction); its Full KV stays
 
 
-class GroupedSWAFrees:
+class GroupedSWAFrees(sa.DrivenAllocator):
     """A real SWATokenToKVPoolAllocator, driven the way a scheduler and its tree do, with
     the owner of every SWA page kept apart from it. Every call is judged by the pages it
     returns to the SWA free list (inside a group: by the flush):
@@ -61,32 +61,17 @@ class GroupedSWAFrees:
     """
 
     def __init__(self, *, page_size, full_pages, swa_pages, need_sort):
-        self.ps = page_size
-        self.allocator = seam.swa_allocator(
+        super().__init__(seam.swa_allocator(
             page_size=page_size, full_size=full_pages * page_size, swa_size=swa_pages * page_size,
             need_sort=need_sort,
-        )
+        ), page_size)
         self.full_side, self.swa_side = seam.sides(self.allocator)
         self.pool_slots = {"full": full_pages * page_size, "swa": swa_pages * page_size}
         self.holders: dict[int, Holder] = {}
         self.owner: dict[int, int] = {}  # SWA page -> hid
         self.due: set = set()  # SWA pages let go of, to come back at the next flush
         self.in_group = False
-        self.broken = False
-        self.violations = collections.Counter()
         self._next = 0
-        self._placement = seam.cpu_placement(self.allocator)
-
-    def __enter__(self):
-        self._placement.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._placement.__exit__(*exc)
-
-    def _count(self, kind, n=1):
-        if n > 0:
-            self.violations[kind] += n
 
     def _swa_free(self) -> collections.Counter:
         return collections.Counter(seam.free_page_ids(self.swa_side))
@@ -98,13 +83,9 @@ class GroupedSWAFrees:
         back afterwards."""
         before = self._swa_free()
         self.taken = collections.Counter()
-        try:
+        with self.allocator_asserts():
             yield
-        except AssertionError as exc:
-            if not raised_by_release(exc):
-                raise
-            self._count("accounting_assert")
-            self.broken = True
+        if self.broken:
             return
         after = self._swa_free()
         for page, n in (after - before).items():
