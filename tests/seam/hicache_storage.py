@@ -35,6 +35,7 @@ from unittest import mock  # noqa: E402
 import torch  # noqa: E402
 
 from seam import CannotRun, accepted, building, locate, require  # noqa: E402
+from seam.hicache_standins import CpuDeviceModule  # noqa: E402
 
 _MC = "sglang.srt.mem_cache"
 cache_controller = locate("the HiCache controller module", "sglang.srt.managers.cache_controller")
@@ -60,41 +61,6 @@ KV_DTYPES = {
 
 
 # -- CPU stand-ins for the device module ------------------------------------------------
-
-
-class _CpuEvent:
-    def record(self, stream=None):
-        pass
-
-    def wait(self, stream=None):
-        pass
-
-    def query(self):
-        return True
-
-    def synchronize(self):
-        pass
-
-
-class _CpuStream:
-    def wait_event(self, event):
-        pass
-
-    def synchronize(self):
-        pass
-
-
-class _CpuDeviceModule:
-    Event = _CpuEvent
-    Stream = _CpuStream
-
-    @staticmethod
-    def stream(stream):
-        return contextlib.nullcontext()
-
-    @staticmethod
-    def current_stream():
-        return _CpuStream()
 
 
 class _Allocator:
@@ -129,7 +95,7 @@ def _single_rank_patches() -> list:
         )
         patches.append(mock.patch.object(cache_controller, "get_parallel", lambda: parallel))
     if hasattr(cache_controller, "device_module"):
-        patches.append(mock.patch.object(cache_controller, "device_module", _CpuDeviceModule))
+        patches.append(mock.patch.object(cache_controller, "device_module", CpuDeviceModule))
     return patches
 
 
