@@ -24,6 +24,7 @@ from unittest import mock
 import torch
 
 from seam import CannotRun, applies_only_if, building, radix, require
+from seam import swa_allocator as allocators
 from seam.hicache_standins import CpuStream, RecordingHostPool, cpu_device_module_patches
 
 __all__ = [
@@ -292,19 +293,9 @@ def kv_data_stack(*, device, page_size, full_size, swa_size, window, host_full_s
     (a host KV pool is always a page larger than asked, and larger than its device
     pool), the release's controller with its own streams on `device`."""
     EvictParams, PoolName, SWA = radix.EvictParams, radix.PoolName, radix.ComponentType.SWA
-    inner = radix.locate("MHATokenToKVPool", f"{radix._MC}.memory_pool:MHATokenToKVPool")
-    kvcache = radix.SWAKVPool(
-        **radix.accepted(
-            radix.SWAKVPool.__init__, forwards_to=inner.__init__,
-            size=full_size, size_swa=swa_size, page_size=page_size, dtype=torch.float32,
-            head_num=1, head_dim=8, swa_attention_layer_ids=[0], full_attention_layer_ids=[1],
-            enable_kvcache_transpose=False, device=device,
-        )
-    )
-    allocator = radix.SWATokenToKVPoolAllocator(
-        size=full_size, size_swa=swa_size, page_size=page_size, dtype=torch.float32,
-        device=device, kvcache=kvcache, need_sort=False,
-    )
+    allocator = allocators.swa_allocator(page_size=page_size, full_size=full_size, swa_size=swa_size, need_sort=False,
+                                         device=device, dtype=torch.float32, head_dim=8)
+    kvcache = allocator.get_kvcache()
     req_pool = radix.req_to_token_pool(size=8, max_context_len=2048)
     cache = radix.unified_cache(
         req_pool=req_pool, allocator=allocator, page_size=page_size, window=window,

@@ -1,9 +1,9 @@
 """How to build a UnifiedRadixCache with HiCache on CPU, per release.
 
 What moved between releases and lives only here:
-- module homes: SWATokenToKVPoolAllocator (mem_cache/allocator/swa.py from 0.5.13),
-  HostPoolGroup / PoolEntry (mem_cache/pool_host/group.py in later releases);
-- constructor arguments that come and go (SWAKVPool, HybridReqToTokenPool);
+- module homes: HostPoolGroup / PoolEntry (mem_cache/pool_host/group.py in later releases);
+- constructor arguments that come and go (HybridReqToTokenPool; the SWA allocator and its
+  pool are tests/seam/swa_allocator.py's);
 - the mamba slot allocator (split off the mamba pool from 0.5.13);
 - how host pools and a controller are wired into the cache (the attributes the
   hybrid pool assembler sets);
@@ -41,17 +41,11 @@ PoolTransfer = locate("PoolTransfer", f"{_MC}.hicache_storage:PoolTransfer")
 ReqToTokenPool = locate("ReqToTokenPool", f"{_MC}.memory_pool:ReqToTokenPool")
 LogicalHostPool = locate("LogicalHostPool", f"{_MC}.memory_pool_host:LogicalHostPool")
 RadixKey = locate("RadixKey", f"{_MC}.radix_cache:RadixKey")
-SWAKVPool = locate("SWAKVPool", f"{_MC}.swa_memory_pool:SWAKVPool")
 # The host pool group moved to mem_cache/pool_host/group.py in 0.5.19.
 HostPoolGroup = locate(
     "HostPoolGroup", f"{_MC}.memory_pool_host:HostPoolGroup", f"{_MC}.pool_host.group:HostPoolGroup"
 )
 PoolEntry = locate("PoolEntry", f"{_MC}.memory_pool_host:PoolEntry", f"{_MC}.pool_host.group:PoolEntry")
-SWATokenToKVPoolAllocator = locate(
-    "SWATokenToKVPoolAllocator",
-    f"{_MC}.swa_memory_pool:SWATokenToKVPoolAllocator",
-    f"{_MC}.allocator.swa:SWATokenToKVPoolAllocator",
-)
 # 0.5.17 moved the radix tree logic into mem_cache/unified_cache/ (a tree core behind the cache).
 ComponentType = locate(
     "ComponentType",
@@ -64,36 +58,12 @@ UnifiedRadixCache = locate("UnifiedRadixCache", f"{_MC}.unified_radix_cache:Unif
 # -- device side --------------------------------------------------------------
 
 
-@building("the SWA token-to-KV allocator over SWAKVPool")
 def swa_allocator(*, page_size, full_size, swa_size):
-    """A real SWATokenToKVPoolAllocator over a real SWAKVPool (layer 0 SWA, layer 1 full)."""
-    # SWAKVPool hands its **kwargs to the inner full/SWA pools (MHATokenToKVPool).
-    inner = locate("MHATokenToKVPool", f"{_MC}.memory_pool:MHATokenToKVPool")
-    kvcache = SWAKVPool(
-        **accepted(
-            SWAKVPool.__init__,
-            forwards_to=inner.__init__,
-            size=full_size,
-            size_swa=swa_size,
-            page_size=page_size,
-            dtype=torch.bfloat16,
-            head_num=1,
-            head_dim=4,
-            swa_attention_layer_ids=[0],
-            full_attention_layer_ids=[1],
-            enable_kvcache_transpose=False,
-            device="cpu",
-        )
-    )
-    return SWATokenToKVPoolAllocator(
-        size=full_size,
-        size_swa=swa_size,
-        page_size=page_size,
-        dtype=torch.bfloat16,
-        device="cpu",
-        kvcache=kvcache,
-        need_sort=False,
-    )
+    """A real SWATokenToKVPoolAllocator over a real SWAKVPool (layer 0 SWA, layer 1 full),
+    as a server without PD builds it (no sorted free lists)."""
+    from seam import swa_allocator as allocators
+
+    return allocators.swa_allocator(page_size=page_size, full_size=full_size, swa_size=swa_size, need_sort=False)
 
 
 @building("the request-to-token pool")

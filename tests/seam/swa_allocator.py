@@ -56,8 +56,9 @@ def paged_swa_allocator(*, page_size, full_size, swa_size, need_sort):
 
 
 @building("a SWATokenToKVPoolAllocator over SWAKVPool")
-def swa_allocator(*, page_size, full_size, swa_size, need_sort):
-    """paged_swa_allocator for any page size (page_size 1: token sub-allocators)."""
+def swa_allocator(*, page_size, full_size, swa_size, need_sort, device="cpu", dtype=torch.bfloat16, head_dim=4):
+    """paged_swa_allocator for any page size (page_size 1: token sub-allocators); its
+    SWAKVPool is the allocator's get_kvcache()."""
     inner = locate("MHATokenToKVPool", f"{_MC}.memory_pool:MHATokenToKVPool")
     kvcache = SWAKVPool(
         **accepted(
@@ -66,21 +67,21 @@ def swa_allocator(*, page_size, full_size, swa_size, need_sort):
             size=full_size,
             size_swa=swa_size,
             page_size=page_size,
-            dtype=torch.bfloat16,
+            dtype=dtype,
             head_num=1,
-            head_dim=4,
+            head_dim=head_dim,
             swa_attention_layer_ids=[0],
             full_attention_layer_ids=[1],
             enable_kvcache_transpose=False,
-            device="cpu",
+            device=device,
         )
     )
     return SWATokenToKVPoolAllocator(
         size=full_size,
         size_swa=swa_size,
         page_size=page_size,
-        dtype=torch.bfloat16,
-        device="cpu",
+        dtype=dtype,
+        device=device,
         kvcache=kvcache,
         need_sort=need_sort,
     )

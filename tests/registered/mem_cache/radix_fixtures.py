@@ -34,9 +34,9 @@ from seam.radix import (  # noqa: E402
     MatchPrefixParams,
     PoolName,
     ReqToTokenPool,
-    SWATokenToKVPoolAllocator,
     UnifiedRadixCache,
 )
+from seam.swa_allocator import SWATokenToKVPoolAllocator  # noqa: E402
 
 FULL = ComponentType.FULL
 SWA = ComponentType.SWA
