@@ -194,7 +194,8 @@ class _DSV4DraftStepTargetsCases:
                     )
 
     def test_three_steps(self):
-        # Request 1's first draft token closes a C4 group, request 2's second a C128 one.
+        # Request 1 (128 tokens) closes a C4 and a C128 group: both its targets are
+        # real slots (its step's location // 4 and // 128), the others' the padding 0.
         self._check((41, 128, 254), 3)
 
     def test_randomized(self):
