@@ -68,13 +68,15 @@ def draft_buffer(rng, batch_size, topk, num_steps, page_size, device="cpu"):
     for r in range(batch_size):
         prefix = rng.randrange(1, 4 * page_size + 2)
         if page_size == 1 or topk == 1:
-            start = pages[r] * page_size * (topk * num_steps + page_size) + prefix
+            # One region per request, wide enough for its prefix and draft slots.
+            start = pages[r] * page_size * (4 * page_size + 2 + topk * num_steps) + prefix
             values.extend(start + j for j in range(topk * num_steps))
         else:
             for k in range(topk):
                 page = pages[batch_size + r * topk + k]
                 base = page * page_size * ((num_steps + page_size - 1) // page_size + 1)
                 values.extend(base + prefix % page_size + s for s in range(num_steps))
+    assert len(set(values)) == len(values), "the fixture gave two draft tokens one slot"
     return torch.tensor(values, dtype=torch.int64, device=device)
 
 
