@@ -45,17 +45,7 @@ def has_request_window() -> bool:
         importlib.import_module(f"{_MC}.dsv41_request_window")
     except ImportError:
         return False
-    pool_cls = locate("DeepSeekV4TokenToKVPool", f"{_MC}.deepseek_v4_memory_pool:DeepSeekV4TokenToKVPool")
-    return hasattr(pool_cls, "__init__") and "request_window" in _pool_source(pool_cls)
-
-
-def _pool_source(pool_cls) -> str:
-    import inspect
-
-    try:
-        return inspect.getsource(pool_cls.__init__)
-    except (OSError, TypeError):
-        return ""
+    return True
 
 
 def _request_window_pool():
@@ -106,6 +96,9 @@ def builder_params(*, req_pool, allocator, page_size, window):
             model_config=model_config,
             mtp_draft_device_pools=(),
             mtp_draft_mamba_pools=(),
+            # The builder reads the speculative algorithm for the tree's keys alone
+            # (EAGLE bigrams); the checks key the tree by tokens. The draft's need for
+            # paged SWA is the pool's needs_paged_swa_allocator above.
             spec_algorithm=spec.NONE,
         )
         worker = types.SimpleNamespace(
@@ -116,6 +109,7 @@ def builder_params(*, req_pool, allocator, page_size, window):
             get_memory_pool=lambda: (req_pool, allocator),
         )
 
+    require(hasattr(kvb, "CacheInitParams"), "kv_cache_builder builds no CacheInitParams of its own")
     real_params = kvb.CacheInitParams
 
     def capture(*args, **kwargs):
@@ -130,8 +124,8 @@ def builder_params(*, req_pool, allocator, page_size, window):
         "get_parallel": _single_rank_parallel,
         "get_dp_tp_group": lambda: _Group(),
     }
+    # get_dp_tp_group: 0.5.22+ (before, the builder takes its process groups as arguments)
     patches = [mock.patch.object(kvb, name, fn) for name, fn in standins.items() if hasattr(kvb, name)]
-    require(len(patches) >= 6, "kv_cache_builder no longer consults what the seam stands in for")
     kwargs = accepted(
         kvb.build_kv_cache,
         server_args=None, model_config=model_config, tp_worker=worker, page_size=page_size,
