@@ -191,7 +191,16 @@ def unified_cache(*, req_pool, allocator, page_size, window, components, mamba_e
         fields["is_eagle"] = True
     if core is not None:
         fields["tree_core_backend"] = core
-    params = CacheInitParams(**accepted(CacheInitParams, **fields))
+    cache = cache_on_core(CacheInitParams(**accepted(CacheInitParams, **fields)), core)
+    if is_eagle:
+        require(keys_by_bigram(cache), "the cache built with is_eagle does not key its tree by bigrams")
+    return cache
+
+
+def cache_on_core(params, core=None):
+    """UnifiedRadixCache(params) on `core`: through params (tree_core_backend, 0.5.21) or,
+    before that, SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND while it is built. A core that
+    cannot load, or a release that falls back to another core, cannot run the check."""
     env = {} if core is None or takes(CacheInitParams, "tree_core_backend") else {
         "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": core}
     try:
@@ -204,8 +213,6 @@ def unified_cache(*, req_pool, allocator, page_size, window, components, mamba_e
         got = type(cache.tree_core).__name__
         require(got == _CORE_CLASSES[core],
                 f"asked for the {core} tree core, the cache runs on {got} (the release fell back)")
-    if is_eagle:
-        require(keys_by_bigram(cache), "the cache built with is_eagle does not key its tree by bigrams")
     return cache
 
 

@@ -29,12 +29,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
-import os
 import types
 from unittest import mock
 
 from seam import MISFIT, CannotRun, accepted, applies_only_if, building, locate, radix, require, takes
-from seam.radix import CacheInitParams, ComponentType, UnifiedRadixCache
+from seam.radix import CacheInitParams, ComponentType
 
 _MC = "sglang.srt.mem_cache"
 
@@ -160,16 +159,4 @@ def target_cache(*, req_pool, allocator, page_size, window, core=None):
     with building("the request-window target's CacheInitParams"):
         params = dataclasses.replace(params, **{k: v for k, v in fields.items()
                                                 if k in {f.name for f in dataclasses.fields(params)}})
-    env = {} if core is None or takes(CacheInitParams, "tree_core_backend") else {
-        "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": core}
-    try:
-        with mock.patch.dict(os.environ, env), radix.server_args():
-            cache = UnifiedRadixCache(params)
-    except Exception as exc:  # the core cannot load here (e.g. the Rust extension against this torch)
-        raise CannotRun(f"UnifiedRadixCache on the {core or 'default'} tree core cannot be built "
-                        f"({type(exc).__name__}: {exc})") from exc
-    if core is not None:
-        got = type(cache.tree_core).__name__
-        require(got == radix._CORE_CLASSES[core],
-                f"asked for the {core} tree core, the cache runs on {got} (the release fell back)")
-    return cache
+    return radix.cache_on_core(params, core)
