@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import config, fixes, git, hints, series
+from . import config, fixes, git, hints, series, verdict
 from .pins import newest_at_or_below, version_key
 from .errors import SeriesError
 
@@ -193,11 +193,11 @@ def derive(paths: config.Paths, version: str, tests_root: Path) -> Derived:
         state = states.get((fix.pr, version))
         if any(Path(e).name in word for e in own):
             continue
-        if state not in ("present", "fixed", "not-applicable"):
+        if state != verdict.PRESENT and state not in verdict.HELD:
             out.unjudged.append(fix.pr)
             out.entries += [e for e in has if e in own]
             continue
-        if state in ("fixed", "not-applicable"):  # nothing to carry: has it, or cannot have the bug
+        if state in verdict.HELD:  # nothing to carry: has it, or cannot have the bug
             continue
         release = newest_at_or_below({port_release(e) for e in own}, version)
         if release:
