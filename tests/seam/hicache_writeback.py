@@ -300,6 +300,7 @@ def kv_data_stack(*, device, page_size, full_size, swa_size, window, host_full_s
     cache = radix.unified_cache(
         req_pool=req_pool, allocator=allocator, page_size=page_size, window=window,
         components=(radix.ComponentType.FULL, SWA), mamba_extra_buffer=False, core=core,
+        hicache_write_policy="write_back",
     )
     kv_host = _mha_host_pool(kvcache.full_kv_pool, host_full_size, page_size, device)
     swa_host = _mha_host_pool(kvcache.swa_kv_pool, host_swa_size, page_size, device)

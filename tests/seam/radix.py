@@ -171,12 +171,13 @@ _CORE_CLASSES = {"python": "UnifiedTreeCore", "rust": "RustUnifiedTreeCore"}
 
 @building("the UnifiedRadixCache")
 def unified_cache(*, req_pool, allocator, page_size, window, components, mamba_extra_buffer, core=None,
-                  is_eagle=False):
+                  is_eagle=False, hicache_write_policy=None):
     """A UnifiedRadixCache on `core` (a name from tree_cores()). Releases that take the
     core per cache (CacheInitParams.tree_core_backend, 0.5.21) get it there, the others
     through SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND while the cache is built. `is_eagle`:
     the cache of an EAGLE-family speculative server (CacheInitParams.is_eagle), which
-    keys its tree by bigrams of token ids."""
+    keys its tree by bigrams of token ids. `hicache_write_policy`: the cache of a server
+    launched with HiCache under that policy (a release may pick its core by it)."""
     fields = dict(
         disable=False,
         req_to_token_pool=req_pool,
@@ -191,20 +192,25 @@ def unified_cache(*, req_pool, allocator, page_size, window, components, mamba_e
         fields["is_eagle"] = True
     if core is not None:
         fields["tree_core_backend"] = core
-    cache = cache_on_core(CacheInitParams(**accepted(CacheInitParams, **fields)), core)
+    cache = cache_on_core(CacheInitParams(**accepted(CacheInitParams, **fields)), core,
+                          hicache_write_policy=hicache_write_policy)
     if is_eagle:
         require(keys_by_bigram(cache), "the cache built with is_eagle does not key its tree by bigrams")
     return cache
 
 
-def cache_on_core(params, core=None):
+def cache_on_core(params, core=None, *, hicache_write_policy=None):
     """UnifiedRadixCache(params) on `core`: through params (tree_core_backend, 0.5.21) or,
-    before that, SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND while it is built. A core that
-    cannot load, or a release that falls back to another core, cannot run the check."""
+    before that, SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND while it is built; with
+    `hicache_write_policy`, built under the server args of a HiCache launch with it. A
+    core that cannot load, or a release that falls back to another core, cannot run the
+    check."""
     env = {} if core is None or takes(CacheInitParams, "tree_core_backend") else {
         "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": core}
+    launch = {} if hicache_write_policy is None else {
+        "enable_hierarchical_cache": True, "hicache_write_policy": hicache_write_policy}
     try:
-        with mock.patch.dict(os.environ, env), server_args():
+        with mock.patch.dict(os.environ, env), server_args(**launch):
             cache = UnifiedRadixCache(params)
     except Exception as exc:  # the core cannot load here (e.g. the Rust extension against this torch)
         raise CannotRun(f"UnifiedRadixCache on the {core or 'default'} tree core cannot be built "
@@ -749,6 +755,26 @@ def wire_host_pools(cache, controller, group, *, kv_host, swa_host, mamba_host, 
         core.set_hicache_enabled()
         core.has_swa_host_pool = swa_host is not None
         cache.is_write_back = write_policy == "write_back"
+    attachment = _storage_attachment()
+    if attachment is not None:  # 0.5.19+: init_hicache builds the runtime attach/detach
+        cache._storage_attachment = attachment.StorageAttachment(cache)
+
+
+def _storage_attachment():
+    try:
+        return importlib.import_module(f"{_MC}.unified_cache.storage_attachment")
+    except ImportError:
+        return None
+
+
+def switch_write_policy(cache, write_policy: str) -> tuple:
+    """Ask the running cache for `write_policy` as the admin API does (attach_storage_backend
+    with hicache_write_policy, 0.5.19+), and return the release's (ok, message). The
+    release applies or refuses the policy before it starts the storage backend; the
+    seam's controller has no storage to start, so that later step reports a failure."""
+    applies_only_if(_storage_attachment() is not None and hasattr(cache, "attach_storage_backend"),
+                    "this release switches no HiCache write policy at runtime (0.5.19+)")
+    return cache.attach_storage_backend(storage_backend="file", hicache_write_policy=write_policy)
 
 
 def pending_write_ids(cache) -> set:

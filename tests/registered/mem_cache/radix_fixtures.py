@@ -343,9 +343,12 @@ def build_tree(
     mamba_size: int = 64,
     max_context_len: int = 2048,
     is_eagle: bool = False,
+    hicache_write_policy: str | None = None,
 ) -> RadixHarness:
     """FULL+SWA (or FULL+SWA+MAMBA) UnifiedRadixCache on real CPU pools; `is_eagle`: the
-    cache of an EAGLE speculative server (its tree keyed by bigrams of token ids)."""
+    cache of an EAGLE speculative server (its tree keyed by bigrams of token ids);
+    `hicache_write_policy`: of a server launched with HiCache under that policy (pass
+    what attach_hicache will wire: a release may pick its tree core by it)."""
     allocator = seam.swa_allocator(page_size=page_size, full_size=full_size, swa_size=swa_size)
     req_pool = seam.req_to_token_pool(
         size=8, max_context_len=max_context_len, mamba_size=mamba_size if with_mamba else None
@@ -361,6 +364,7 @@ def build_tree(
         mamba_extra_buffer=with_mamba and page_size > 1,
         core=seam.current_core(),
         is_eagle=is_eagle,
+        hicache_write_policy=hicache_write_policy,
     )
     h = RadixHarness(
         cache=cache,

@@ -53,7 +53,7 @@ class LoadBackTree:
             test.addCleanup(patcher.stop)
         self.ps = ps
         self.h = h = rf.build_tree(page_size=ps, window=WINDOW_PAGES * ps, full_size=full_pages * ps,
-                                   swa_size=swa_pages * ps)
+                                   swa_size=swa_pages * ps, hicache_write_policy="write_back")
         rf.attach_hicache(h, wb.cpu_controller(h.allocator), write_policy="write_back",
                           host_full_size=host_full_pages * ps, host_swa_size=host_swa_pages * ps,
                           host_pool_cls=wb.PageLedgerHostPool)

@@ -59,7 +59,8 @@ class OwnerTree:
             test.addCleanup(patcher.stop)
         self.ps = ps
         self.h = h = rf.build_tree(page_size=ps, window=window_pages * ps, full_size=device_pages * ps,
-                                   swa_size=device_pages * ps, with_mamba=with_mamba, mamba_size=24)
+                                   swa_size=device_pages * ps, with_mamba=with_mamba, mamba_size=24,
+                                   hicache_write_policy="write_back")
         rf.attach_hicache(h, wb.cpu_controller(h.allocator), write_policy="write_back",
                           host_full_size=host_pages * ps, host_swa_size=host_pages * ps,
                           host_mamba_size=48, host_pool_cls=wb.PageLedgerHostPool)

@@ -43,7 +43,7 @@ def _write_back_tree(test, ps, *, full_pages, host_full_pages, host_swa_pages, w
         patcher.start()
         test.addCleanup(patcher.stop)
     h = rf.build_tree(page_size=ps, window=window_pages * ps, full_size=full_pages * ps,
-                      swa_size=2 * full_pages * ps)
+                      swa_size=2 * full_pages * ps, hicache_write_policy="write_back")
     rf.attach_hicache(h, wb.cpu_controller(h.allocator), write_policy="write_back",
                       host_full_size=host_full_pages * ps, host_swa_size=host_swa_pages * ps,
                       host_pool_cls=RecordingHostPool)

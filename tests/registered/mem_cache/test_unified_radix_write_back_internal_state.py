@@ -41,17 +41,21 @@ class WriteBackTree:
     """A UnifiedRadixCache under write-back (FULL+SWA, or FULL+SWA+MAMBA) on the release's
     controller, with host pools large enough that no backup fails for want of room."""
 
-    def __init__(self, test, ps, *, window_pages, with_mamba, device_pages=64, host_pages=256):
+    def __init__(self, test, ps, *, window_pages, with_mamba, device_pages=64, host_pages=256,
+                 launched_with="write_back"):
         for patcher in wb.cpu_device_module_patches():
             patcher.start()
             test.addCleanup(patcher.stop)
         self.ps = ps
         self.h = h = rf.build_tree(page_size=ps, window=window_pages * ps, full_size=device_pages * ps,
-                                   swa_size=device_pages * ps, with_mamba=with_mamba, mamba_size=32)
-        rf.attach_hicache(h, wb.cpu_controller(h.allocator), write_policy="write_back",
+                                   swa_size=device_pages * ps, with_mamba=with_mamba, mamba_size=32,
+                                   hicache_write_policy=launched_with)
+        rf.attach_hicache(h, wb.cpu_controller(h.allocator), write_policy=launched_with,
                           host_full_size=host_pages * ps, host_swa_size=host_pages * ps,
                           host_mamba_size=64, host_pool_cls=wb.PageLedgerHostPool)
         h.cache.load_back_threshold = ps
+        if launched_with != "write_back":  # then switched to write-back at runtime
+            self.switch = rf.seam.switch_write_policy(h.cache, "write_back")
 
     def serve(self, tokens) -> bool:
         ok = rf.serve_request(self.h, tokens, 0, rf.ServeStats())
@@ -99,6 +103,7 @@ class _InternalStateChecks:
     WITH_MAMBA = False
     WINDOW_PAGES = 4
     D_PAGES = 8
+    LAUNCHED_WITH = "write_back"
 
     def _evict_state(self, t):
         raise NotImplementedError
@@ -107,7 +112,8 @@ class _InternalStateChecks:
         raise NotImplementedError
 
     def _check(self, ps):
-        t = WriteBackTree(self, ps, window_pages=self.WINDOW_PAGES, with_mamba=self.WITH_MAMBA)
+        t = WriteBackTree(self, ps, window_pages=self.WINDOW_PAGES, with_mamba=self.WITH_MAMBA,
+                          launched_with=self.LAUNCHED_WITH)
         h = t.h
         x, d = _tokens(1000, 8 * ps), _tokens(2000, self.D_PAGES * ps)
         self.assertTrue(t.serve(x) and t.serve(x + d))
@@ -177,6 +183,16 @@ class TestMambaInternalNodeBackedUp(_InternalStateChecks, rf.RadixTestCase):
 
     def _free_state_slots(self, t) -> int:
         return t.h.mamba_slots.available_size()
+
+
+class TestSwitchedToWriteBackAtRuntime(TestSWAInternalNodeBackedUp):
+    """As TestSWAInternalNodeBackedUp, on a server launched write-through whose write
+    policy is switched to write-back at runtime (the admin API's attach with
+    hicache_write_policy): the switch either holds (and the state is backed up on its
+    eviction) or is refused (and write-through keeps backing everything up); either
+    way no prefix is lost."""
+
+    LAUNCHED_WITH = "write_through"
 
 
 class TestInternalStateRandomized(rf.RadixTestCase):
