@@ -73,10 +73,11 @@ def _kind(word: str) -> str:
 
 
 def verdict(sides: list[tuple[str, str]], good: int) -> str:
-    """sides: (before, after) per test; `good` is the side that must pass (0 or 1)."""
+    """sides: (before, after) per test; `good` is the side that must pass (0 or 1). A test
+    that finds no such code path (not-applicable) judges nothing either way."""
     bad = 1 - good
     sides = [(_kind(a), _kind(b)) for a, b in sides]
-    if any(side[good] not in ("passed", "skipped", "cannot-run") for side in sides):
+    if any(side[good] not in ("passed", "skipped", "cannot-run", "not-applicable") for side in sides):
         return "BROKEN: fails where it must pass"
     if any(side[bad] in ("failed", "error") and side[good] == "passed" for side in sides):
         return "proven"

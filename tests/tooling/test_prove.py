@@ -179,6 +179,14 @@ def test_a_test_that_cannot_run_is_never_a_pass_nor_a_plain_skip():
     assert prove.verdict([("failed", "missing")], good=1).startswith("BROKEN")
 
 
+def test_a_not_applicable_test_judges_nothing_beside_a_proving_one():
+    """A patch's test that finds no such code path on this release (a runtime switch the
+    release does not have) is no failure: its other tests still prove the patch."""
+    assert prove.verdict([("failed", "passed"), ("not-applicable", "not-applicable")], good=1) == "proven"
+    assert prove.verdict([("not-applicable", "not-applicable")], good=1).startswith("not proven here")
+    assert prove.verdict([("failed", "passed"), ("not-applicable", "failed")], good=1).startswith("BROKEN")
+
+
 def test_a_fix_the_release_cannot_have_is_held_but_a_skip_is_not():
     """A fix whose every test finds no such code path in the release (the seam's
     applies_only_if) needs nothing there; a plain skip (no CUDA) judged nothing."""
