@@ -56,10 +56,11 @@ def export_series(paths: config.Paths, rel: config.Release, line: bool = False) 
                  else f"wrote {lines.label(paths, rel.version)}; upstream/releases.json base = {rel.version}")
         print(f"{where}; commit it with `git add -A patches upstream env README.md && git commit -F {message}`")
     else:
-        if patch_queue.diff_against(paths.patches, exported, [p.entry for p in patches]).any:
+        shared = lines.referenced(paths, skip=file)
+        if patch_queue.diff_against(paths.patches, exported, [p.entry for p in patches], shared).any:
             lines.keep_copy(paths, "export")
         changes = patch_queue.write(paths.patches, exported, file, ported=lines.ported_dir(paths, rel.version),
-                                    shared=lines.referenced(paths, skip=file))
+                                    shared=shared)
     if branch == scratch.APPLIED and git.rev(repo, branch) != (state["head"] if state else git.rev(repo, scratch.BASELINE)):
         # The commits live on as the queue; `applied` goes back to what `make apply` expects.
         git.checkout_fresh(repo, patch_queue.QUEUE, scratch.APPLIED)

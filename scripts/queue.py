@@ -41,7 +41,7 @@ def build_queue(paths: config.Paths, rel: config.Release, force: bool = False) -
     repo = scratch.ensure_baseline(paths, rel, tools)
     require_idle(repo, f"`make queue{up}`")
     if git.ref_exists(repo, patch_queue.QUEUE) and not force:
-        pending = unexported(paths, repo, patches)
+        pending = unexported(paths, repo, rel.version, patches)
         if pending.any:
             raise SeriesError(f"branch queue in {repo} differs from patches/ ({pending.summary()}); keep it with "
                               f"`make export{up}`, or rebuild it from patches/ with `make queue{up} FORCE=1`")

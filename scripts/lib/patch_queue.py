@@ -179,8 +179,10 @@ class Changes:
         return bool(self.added or self.dropped or self.refreshed or self.reordered)
 
 
-def diff_against(patches_dir: Path, exported: list[Exported], old_entries: list[str]) -> Changes:
-    """What writing `exported` over a series of `old_entries` (paths under patches_dir) changes."""
+def diff_against(patches_dir: Path, exported: list[Exported], old_entries: list[str], shared: set | None = None) -> Changes:
+    """What writing `exported` over a series of `old_entries` (paths under patches_dir) changes.
+    A file another series names (`shared`: resolved paths) is unchanged when the patch only
+    moved (see _positionless): it is that line's, and applies here as it is."""
     old = {Path(e).name: e for e in old_entries}
     new_names = [e.name for e in exported]
     changes = Changes(
@@ -189,11 +191,19 @@ def diff_against(patches_dir: Path, exported: list[Exported], old_entries: list[
     )
     for e in exported:
         path = patches_dir / old.get(e.name, e.name)
-        if e.name in old and (not path.exists() or path.read_text() != e.text):
+        if e.name in old and not _holds(path, e.text, shared or set()):
             changes.refreshed.append(e.name)
     kept_old = [n for n in old if n in new_names]
     changes.reordered = kept_old != [n for n in new_names if n in old]
     return changes
+
+
+def _holds(path: Path, text: str, shared: set) -> bool:
+    """The file is this patch: byte for byte, or, when another line owns it, moved only."""
+    if not path.exists():
+        return False
+    held = path.read_text()
+    return held == text or (path.resolve() in shared and same_patch(_undated(held), _undated(text)))
 
 
 def _twin(patches_dir: Path, shared: set, e: Exported) -> str | None:
@@ -201,7 +211,7 @@ def _twin(patches_dir: Path, shared: set, e: Exported) -> str | None:
     root = patches_dir.resolve()
     for path in sorted(shared):
         if path.name == e.name and path.is_relative_to(root) and path.is_file() \
-                and _undated(path.read_text()) == _undated(e.text):
+                and same_patch(_undated(path.read_text()), _undated(e.text)):
             return path.relative_to(root).as_posix()
     return None
 
@@ -223,7 +233,7 @@ def write(patches_dir: Path, exported: list[Exported], series_path: Path | None 
     series_path = series_path or (patches_dir / "series")
     shared = shared or set()
     old_entries = _entries(series_path)
-    changes = diff_against(patches_dir, exported, old_entries)
+    changes = diff_against(patches_dir, exported, old_entries, shared)
     recorded = series.dropped(series_path)
     missing = [n for n in changes.dropped if not (reasons or {}).get(n) and n not in recorded]
     if missing:
@@ -247,7 +257,7 @@ def write(patches_dir: Path, exported: list[Exported], series_path: Path | None 
         if path.resolve() in shared or (entry == e.name and ported is not None):
             path = (ported or patches_dir) / e.name
             entry = path.relative_to(patches_dir).as_posix()
-        if path.resolve() in shared and path.exists() and _undated(path.read_text()) != _undated(e.text):
+        if path.resolve() in shared and path.exists() and not same_patch(_undated(path.read_text()), _undated(e.text)):
             raise SeriesError(f"patches/{entry} is on another line and differs from the {e.name} written here; give "
                               f"this one another name (a `{MARKER}:` line on its queue commit) and run again")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -269,6 +279,21 @@ def write(patches_dir: Path, exported: list[Exported], series_path: Path | None 
 
 def _undated(text: str) -> str:
     return _DATE_LINE.sub("", re.sub(r"(?m)^Last-Update:.*$", "", text))
+
+
+_INDEX_LINE = re.compile(r"(?m)^index [0-9a-f]+\.\.[0-9a-f]+( \d+)?\n")
+_HUNK_AT = re.compile(r"(?m)^@@ -\d+((?:,\d+)?) \+\d+((?:,\d+)?) @@.*$")
+
+
+def _positionless(text: str) -> str:
+    """The patch without where it lands: blob ids and hunk line numbers (and a hunk's
+    function heading) left out. Two patches equal so change the same lines in the same
+    context: another line's file applies here as it is, without fuzz."""
+    return _HUNK_AT.sub(r"@@ -\1 +\2 @@", _INDEX_LINE.sub("", text))
+
+
+def same_patch(old: str, new: str) -> bool:
+    return _positionless(old) == _positionless(new)
 
 
 _NEW_HEADER = "# The series, applied in this order on top of the pinned upstream.\n# One patch file per line; '#' starts a comment.\n"

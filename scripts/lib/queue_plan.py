@@ -30,10 +30,12 @@ def source(paths: config.Paths, version: str) -> tuple:
     return lines.series_file(paths, version), lines.load(paths, version)
 
 
-def unexported(paths: config.Paths, repo, patches: list[series.Patch]) -> patch_queue.Changes:
+def unexported(paths: config.Paths, repo, version: str, patches: list[series.Patch]) -> patch_queue.Changes:
     """What `make export` would change in patches/ if run now (`patches`: the ones the queue holds)."""
     exported = patch_queue.export(repo, scratch.BASELINE, patch_queue.QUEUE, old_names=subjects(patches))
-    return patch_queue.diff_against(paths.patches, exported, [p.entry for p in patches])
+    file, _ = source(paths, version)
+    return patch_queue.diff_against(paths.patches, exported, [p.entry for p in patches],
+                                    lines.referenced(paths, skip=file))
 
 
 def replayed(paths: config.Paths, rel: config.Release, patches: list[series.Patch]) -> tuple[list[series.Patch], dict | None]:

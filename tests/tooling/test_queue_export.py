@@ -285,3 +285,33 @@ def test_a_line_names_another_lines_copy_of_the_same_patch(tmp_path):
                       shared={first.resolve(), (patches / "0001-pool.patch").resolve()})
     assert target.read_text().splitlines()[-1] == "lines/1.1/0001-pool.patch"
     assert not (patches / "lines" / "1.2").exists() and first.read_text() == text
+
+
+def test_a_patch_that_only_moved_keeps_its_shared_file(tmp_path):
+    """Export on a release where a shared patch lands at other line numbers (other blob
+    ids, other hunk offsets): the line keeps naming the shared file, which applies there
+    as it is, and reports nothing refreshed; a changed line of the diff is a refresh."""
+    import re
+
+    from scripts.lib import patch_queue
+    from synthetic import _format_patch
+
+    patches = tmp_path / "patches"
+    text = _format_patch("python/sglang/pool.py", ["a\n"], ["b\n"], "change pool")
+    (patches / "lines" / "1.1").mkdir(parents=True)
+    shared = patches / "lines" / "1.1" / "0001-pool.patch"
+    shared.write_text(text)
+    series = patches / "lines" / "1.2.series"
+    series.write_text("lines/1.1/0001-pool.patch\n")
+    moved = re.sub(r"(?m)^@@ -1(,\d+)? \+1(,\d+)? @@", r"@@ -40\1 +40\2 @@ def pool():", text)
+    moved = moved.replace("b/python/sglang/pool.py\n---", "b/python/sglang/pool.py\nindex 1234567..89abcde 100644\n---", 1)
+    assert "index 1234567" in moved
+    assert moved != text
+    exported = [patch_queue.Exported("0001-pool.patch", "change pool", moved)]
+    changes = patch_queue.write(patches, exported, series, ported=patches / "lines" / "1.2", shared={shared.resolve()})
+    assert not changes.any and series.read_text() == "lines/1.1/0001-pool.patch\n"
+    assert shared.read_text() == text and not (patches / "lines" / "1.2").exists()
+    changed = [patch_queue.Exported("0001-pool.patch", "change pool", moved.replace("+b\n", "+c\n"))]
+    assert patch_queue.write(patches, changed, series, ported=patches / "lines" / "1.2",
+                             shared={shared.resolve()}).refreshed == ["0001-pool.patch"]
+    assert series.read_text() == "lines/1.2/0001-pool.patch\n" and shared.read_text() == text

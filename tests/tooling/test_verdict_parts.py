@@ -91,3 +91,13 @@ def test_code_under_test_that_produced_nothing_is_a_failure_and_prove_says_broke
     assert prove.verdict([("failed", word)], good=1).startswith("BROKEN")
     refused = ("skipped", "cannot run on sglang 0.5.12: the DSV4 metadata has no core_attn_metadata.copy_ [tests/seam/x.py]")
     assert prove.verdict([("failed", prove.summarize({"t.TestV::test_m": refused}))], good=1).startswith("not proven")
+
+
+def test_no_code_path_on_any_core_is_the_releases_reason_not_a_cores():
+    other = ("skipped", SKIP[1].replace("the Rust tree core builds", "neither core builds"))
+    o = verdict.outcomes_for(results("python", python=SKIP, rust=other), ID)
+    assert o.status == "n/a" and o.message.startswith("not applicable to sglang 0.5.20")
+    assert verdict.fix_state([o]) == (verdict.NOT_APPLICABLE, o.message)
+    # one core without the code path, the other unable to run: never held
+    mixed = verdict.outcomes_for(results("python", python=SKIP, rust=CANNOT), ID)
+    assert mixed.status == "cannot-run" and mixed.message.startswith("[rust] cannot run")

@@ -71,8 +71,10 @@ class TestSSDOffloadDirectoryPerRank(_L3Case):
     def _assert_private_dirs(self, ranks, how=""):
         dirs = [r.offload_dir for r in ranks]
         self.assertNotIn(None, dirs, f"{how}a rank's Mooncake client was set up without SSD offload")
-        self.assertEqual(len(set(dirs)), len(ranks), f"{how}ranks share an SSD offload directory: {dirs}")
         base = os.path.realpath(self.base)
+        # named under the configured path, so the message is the same on every run
+        named = [os.path.join("<ssd_offload_path>", os.path.relpath(os.path.realpath(d), base)) for d in dirs]
+        self.assertEqual(len(set(dirs)), len(ranks), f"{how}ranks share an SSD offload directory: {named}")
         for d in dirs:
             self.assertEqual(os.path.commonpath([os.path.realpath(d), base]), base,
                              f"{how}{d} is not under the configured ssd_offload_path {base}")
