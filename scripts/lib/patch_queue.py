@@ -247,7 +247,7 @@ def write(patches_dir: Path, exported: list[Exported], series_path: Path | None 
     for e in exported:
         entry = old.get(e.name, e.name)
         path = patches_dir / entry
-        if path.exists() and path.read_text() == e.text:
+        if _holds(path, e.text, shared):
             entry_of[e.name] = entry
             continue
         twin = _twin(patches_dir, shared, e)

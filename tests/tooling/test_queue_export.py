@@ -307,8 +307,12 @@ def test_a_patch_that_only_moved_keeps_its_shared_file(tmp_path):
     moved = moved.replace("b/python/sglang/pool.py\n---", "b/python/sglang/pool.py\nindex 1234567..89abcde 100644\n---", 1)
     assert "index 1234567" in moved
     assert moved != text
+    older = patches / "lines" / "1.0" / "0001-pool.patch"  # an older line's copy, moved too: not taken
+    older.parent.mkdir()
+    older.write_text(text.replace("@@ -1 +1 @@", "@@ -7 +7 @@"))
     exported = [patch_queue.Exported("0001-pool.patch", "change pool", moved)]
-    changes = patch_queue.write(patches, exported, series, ported=patches / "lines" / "1.2", shared={shared.resolve()})
+    changes = patch_queue.write(patches, exported, series, ported=patches / "lines" / "1.2",
+                                shared={shared.resolve(), older.resolve()})
     assert not changes.any and series.read_text() == "lines/1.1/0001-pool.patch\n"
     assert shared.read_text() == text and not (patches / "lines" / "1.2").exists()
     changed = [patch_queue.Exported("0001-pool.patch", "change pool", moved.replace("+b\n", "+c\n"))]
