@@ -73,7 +73,7 @@ class TestSSDOffloadDirectoryPerRank(_L3Case):
         self.assertNotIn(None, dirs, f"{how}a rank's Mooncake client was set up without SSD offload")
         base = os.path.realpath(self.base)
         # named under the configured path, so the message is the same on every run
-        named = [os.path.join("<ssd_offload_path>", os.path.relpath(os.path.realpath(d), base)) for d in dirs]
+        named = [os.path.normpath(os.path.join("<ssd_offload_path>", os.path.relpath(os.path.realpath(d), base))) for d in dirs]
         self.assertEqual(len(set(dirs)), len(ranks), f"{how}ranks share an SSD offload directory: {named}")
         for d in dirs:
             self.assertEqual(os.path.commonpath([os.path.realpath(d), base]), base,
