@@ -217,9 +217,26 @@ def cache_on_core(params, core=None, *, hicache_write_policy=None):
                         f"({type(exc).__name__}: {exc})") from exc
     if core is not None:
         got = type(cache.tree_core).__name__
+        if got != _CORE_CLASSES[core] and launch:
+            # A release that resolves the core by the launch (resolve_tree_core_backend)
+            # never runs this configuration on the asked-for core: nothing to judge there.
+            applies_only_if(_resolved_core(core, params) != core,
+                            f"a launch with {hicache_write_policy} HiCache runs this cache on {got}, "
+                            f"not on the {core} tree core it was asked for")
         require(got == _CORE_CLASSES[core],
                 f"asked for the {core} tree core, the cache runs on {got} (the release fell back)")
     return cache
+
+
+def _resolved_core(core, params):
+    """The core the release resolves `core` to for `params` under default server args
+    (no HiCache launch); `core` itself on a release without that resolution."""
+    registry = importlib.import_module(f"{_MC}.unified_cache.tree_core_registry")
+    resolve = getattr(registry, "resolve_tree_core_backend", None)
+    if resolve is None:
+        return core
+    with server_args():
+        return resolve(core, params)
 
 
 def keys_by_bigram(cache) -> bool:
