@@ -268,6 +268,20 @@ class RadixHarness:
         assert not bad, f"backed-up nodes under un-backed-up parents: {bad}"
 
 
+def over_seeds(run_seed, seeds, notes=("crash",)) -> tuple[dict, list]:
+    """The counters run_seed(seed) returns, summed over `seeds`, and its text entries named
+    in `notes` (what went wrong in a seed) as "seed=S: text"."""
+    totals, told = {}, []
+    for seed in seeds:
+        counts = run_seed(seed)
+        for key in notes:
+            if key in counts:
+                told.append(f"seed={seed}: {counts.pop(key)}")
+        for key, value in counts.items():
+            totals[key] = totals.get(key, 0) + value
+    return totals, told
+
+
 @dataclasses.dataclass
 class ServeStats:
     requests: int = 0

@@ -145,8 +145,17 @@ class _OverlapChecks:
     the same prefix: its Full KV is on device already (A committed it), its SWA window
     or its Mamba state is still on host, and B loads that."""
 
+    WINDOW_PAGES = 4
+    WITH_MAMBA = False
+    D_PAGES = 8
+
     def _build(self, ps):
-        raise NotImplementedError
+        """X served, then X+D, all evicted to host; A asks for X+D, B for X+F."""
+        t = OwnerTree(self, ps, window_pages=self.WINDOW_PAGES, with_mamba=self.WITH_MAMBA)
+        x, d, f = _tokens(1000, 8 * ps), _tokens(2000, self.D_PAGES * ps), _tokens(3000, 4 * ps)
+        self.assertTrue(t.serve(x) and t.serve(x + d))
+        t.evict_all()
+        return t, "X", x + d, x + f
 
     def _check(self, ps):
         t, prefix, a_tokens, b_tokens = self._build(ps)
@@ -181,24 +190,14 @@ class TestSWALoadBackBesideFullLoadBack(_OverlapChecks, rf.RadixTestCase):
     """FULL+SWA, window 4 pages: A loads X+D (the Full KV of both, D's SWA window); B
     shares X only, and the window of its match ends in X, whose SWA is on host."""
 
-    def _build(self, ps):
-        t = OwnerTree(self, ps, window_pages=4, with_mamba=False)
-        x, d, f = _tokens(1000, 8 * ps), _tokens(2000, 8 * ps), _tokens(3000, 4 * ps)
-        self.assertTrue(t.serve(x) and t.serve(x + d))
-        t.evict_all()
-        return t, "X", x + d, x + f
-
 
 class TestMambaLoadBackBesideFullLoadBack(_OverlapChecks, rf.RadixTestCase):
     """FULL+SWA+MAMBA, window 8 pages: A loads X+D (the Full KV and SWA of both, D's
     Mamba state); B shares X only and restores X's Mamba state, still on host."""
 
-    def _build(self, ps):
-        t = OwnerTree(self, ps, window_pages=8, with_mamba=True)
-        x, d, f = _tokens(1000, 8 * ps), _tokens(2000, 4 * ps), _tokens(3000, 4 * ps)
-        self.assertTrue(t.serve(x) and t.serve(x + d))
-        t.evict_all()
-        return t, "X", x + d, x + f
+    WINDOW_PAGES = 8
+    WITH_MAMBA = True
+    D_PAGES = 4
 
 
 class TestAuxLoadBacksShareANode(rf.RadixTestCase):
@@ -308,15 +307,9 @@ class TestLoadBackOwnerRandomized(rf.RadixTestCase):
         return counts
 
     def _run(self, ps, with_mamba):
-        totals, notes = {}, []
-        for k in range(self.SEEDS):
-            seed = self.BASE_SEED + 100 * ps + 10 * with_mamba + k
-            counts = self._run_seed(ps, seed, with_mamba)
-            for key in ("crash", "mixup"):
-                if key in counts:
-                    notes.append(f"seed={seed}: {counts.pop(key)}")
-            for key, value in counts.items():
-                totals[key] = totals.get(key, 0) + value
+        seeds = [self.BASE_SEED + 100 * ps + 10 * with_mamba + k for k in range(self.SEEDS)]
+        totals, notes = rf.over_seeds(lambda seed: self._run_seed(ps, seed, with_mamba), seeds,
+                                      notes=("crash", "mixup"))
         told = totals.pop("owners_told") == self.SEEDS
         report = (f"page_size={ps} mamba={with_mamba} seeds={self.SEEDS} ops={self.OPS} {totals}"
                   + ("" if told else " (owner mix-ups not counted: this tree core does not tell its owners)"))

@@ -257,14 +257,8 @@ class TestWriteBackFailedBackupRandomized(rf.RadixTestCase):
         return counts
 
     def _run(self, ps):
-        totals, crashes = {}, []
-        for k in range(self.SEEDS):
-            seed = self.BASE_SEED + 100 * ps + k
-            counts = self._run_seed(ps, seed)
-            if "crash" in counts:
-                crashes.append(f"seed={seed}: {counts.pop('crash')}")
-            for key, value in counts.items():
-                totals[key] = totals.get(key, 0) + value
+        seeds = [self.BASE_SEED + 100 * ps + k for k in range(self.SEEDS)]
+        totals, crashes = rf.over_seeds(lambda seed: self._run_seed(ps, seed), seeds)
         report = f"page_size={ps} seeds={self.SEEDS} ops={self.OPS} {totals}"
         print(report)
         self.assertEqual(totals["crashed"], 0, report + "; " + "; ".join(crashes[:3]))

@@ -237,11 +237,8 @@ class TestInternalStateRandomized(rf.RadixTestCase):
         return counts
 
     def _run(self, ps, with_mamba):
-        totals = {}
-        for k in range(self.SEEDS):
-            seed = self.BASE_SEED + 100 * ps + 10 * with_mamba + k
-            for key, value in self._run_seed(ps, seed, with_mamba).items():
-                totals[key] = totals.get(key, 0) + value
+        seeds = [self.BASE_SEED + 100 * ps + 10 * with_mamba + k for k in range(self.SEEDS)]
+        totals, _ = rf.over_seeds(lambda seed: self._run_seed(ps, seed, with_mamba), seeds, notes=())
         report = f"page_size={ps} mamba={with_mamba} seeds={self.SEEDS} {totals}"
         print(report)
         self.assertGreater(totals["reused_before"], 0, "nothing was reused, nothing was judged: " + report)
